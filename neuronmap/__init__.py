@@ -1,0 +1,48 @@
+"""NeuronMap: interpretability that lives in your training loop.
+
+Add one callback (Lightning or Hugging Face Trainer) or two lines to a plain loop; on a
+schedule NeuronMap runs the model on a fixed probe set, captures activations with forward
+hooks, runs analyses with proper statistics and logs the results to your tracker.
+
+Example:
+    >>> import neuronmap as nm
+    >>> from neuronmap.testing import tiny_mlp, tiny_probe
+    >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()],
+    ...                        reporters=[])
+    >>> report = monitor.run(tiny_mlp(), step=0)
+"""
+
+from neuronmap.analyses import ActivationStats, Analysis, AnalysisContext, AnalysisResult, MetricSet
+from neuronmap.capture import ActivationCapture, Activations, capture_activations
+from neuronmap.engine import NeuronMap
+from neuronmap.errors import (
+    InvalidParameterError,
+    LayerNotFoundError,
+    NeuronMapError,
+    ProbeSetError,
+)
+from neuronmap.probe import ProbeSet
+from neuronmap.results import History, Report
+from neuronmap.schedule import Schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCapture",
+    "ActivationStats",
+    "Activations",
+    "Analysis",
+    "AnalysisContext",
+    "AnalysisResult",
+    "History",
+    "InvalidParameterError",
+    "LayerNotFoundError",
+    "MetricSet",
+    "NeuronMap",
+    "NeuronMapError",
+    "ProbeSet",
+    "ProbeSetError",
+    "Report",
+    "Schedule",
+    "__version__",
+]

@@ -1,0 +1,227 @@
+"""The analysis interface: :class:`Analysis`, its inputs and :class:`AnalysisResult`, and the registry.
+
+An analysis reads an :class:`AnalysisContext` (activations, the probe set, the model, the
+History of earlier runs) and returns an :class:`AnalysisResult` of scalar metrics, pandas
+tables, matplotlib figures and notes. Numerics live in ``neuronmap.metrics`` and
+``neuronmap.stats``; analyses only orchestrate them per layer.
+
+Third-party analyses register under the entry-point group ``neuronmap.analyses``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from neuronmap.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+    from neuronmap.capture.hooks import Activations
+    from neuronmap.probe import ProbeSet
+    from neuronmap.results import History
+
+__all__ = [
+    "Analysis",
+    "AnalysisContext",
+    "AnalysisResult",
+    "MetricSet",
+    "available_analyses",
+    "get_analysis",
+    "register_analysis",
+]
+
+Status = Literal["ok", "skipped", "failed"]
+
+
+@dataclass
+class AnalysisContext:
+    """Everything an analysis may read during one scheduled run."""
+
+    #: The model (in eval mode; analyses that need gradients enable them locally).
+    model: torch.nn.Module
+    #: The fixed probe set.
+    probe: ProbeSet
+    #: Reduced activations of the monitored layers, ``layer -> [n, d]``.
+    activations: Activations
+    #: Global step, epoch and triggering event of this run.
+    step: int
+    epoch: int | None = None
+    event: str | None = None
+    #: Every earlier run's metrics (long format).
+    history: History | None = None
+    #: Device the model runs on.
+    device: torch.device | None = None
+    #: Batch size for any extra forward passes.
+    batch_size: int = 32
+    #: Seed for every random procedure (bootstrap, permutations, CV splits).
+    random_state: int = 0
+
+    @property
+    def outputs(self) -> np.ndarray | None:
+        """The model's top-level output (e.g. logits) on the probe set, when captured."""
+        return self.activations.outputs
+
+
+class MetricSet(dict[str, float]):
+    """Relative metric keys ``<layer>/<metric>`` -> value, with helpers for statistic siblings."""
+
+    def add(
+        self,
+        layer: str,
+        metric: str,
+        value: float,
+        *,
+        ci: tuple[float, float] | Any | None = None,
+        p: float | None = None,
+        p_adj: float | None = None,
+    ) -> None:
+        """Add ``value`` and, when given, its ``_ci_low``/``_ci_high``/``_p``/``_p_adj`` siblings.
+
+        ``ci`` may be a ``(low, high)`` pair or any object with ``.low`` and ``.high``.
+        """
+        if "/" in metric:
+            raise InvalidParameterError(f"Metric names cannot contain '/'; got {metric!r}.")
+        key = f"{layer}/{metric}"
+        self[key] = float(value)
+        if ci is not None:
+            low, high = (ci.low, ci.high) if hasattr(ci, "low") else ci
+            self[f"{key}_ci_low"] = float(low)
+            self[f"{key}_ci_high"] = float(high)
+        if p is not None:
+            self[f"{key}_p"] = float(p)
+        if p_adj is not None:
+            self[f"{key}_p_adj"] = float(p_adj)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What one analysis produced in one run."""
+
+    #: Registry name of the analysis (the ``<analysis>`` part of metric keys).
+    name: str
+    #: Relative keys ``<layer>/<metric>`` -> value.
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    #: Named tables.
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    #: Named matplotlib figures (closed by the engine once reported).
+    figures: Mapping[str, Figure] = field(default_factory=dict)
+    #: Human-readable remarks (skipped layers, reasons for NaN ...).
+    notes: tuple[str, ...] = ()
+    #: ``ok``, ``skipped`` (nothing to compute, with a note) or ``failed`` (see ``error``).
+    status: Status = "ok"
+    #: The exception text when the analysis failed.
+    error: str | None = None
+    #: Wall-clock seconds the analysis took.
+    duration_s: float = 0.0
+
+    def finite_metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self.metrics.items() if math.isfinite(v)}
+
+
+class Analysis(ABC):
+    """Base class of every analysis.
+
+    Subclasses set ``name`` (stable: it is part of metric keys), implement :meth:`run`, and
+    may keep state across runs (drift references) exposed through :meth:`state_dict`.
+
+    Attributes:
+        name: Registry and metric-key name.
+        needs_outputs: Whether the engine must capture the model's top-level output.
+        layers: Optional selectors restricting the analysis to some captured layers.
+
+    Example:
+        >>> class MeanNorm(Analysis):
+        ...     name = "mean_norm"
+        ...     def run(self, ctx):
+        ...         m = MetricSet()
+        ...         for layer, x in self.layer_items(ctx):
+        ...             m.add(layer, "norm", float(np.linalg.norm(x, axis=1).mean()))
+        ...         return AnalysisResult(self.name, metrics=m)
+    """
+
+    name: ClassVar[str] = "analysis"
+    needs_outputs: ClassVar[bool] = False
+
+    def __init__(self, *, layers: str | list[str] | None = None) -> None:
+        self.layers = [layers] if isinstance(layers, str) else layers
+
+    @abstractmethod
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        """Compute this analysis for one scheduled run."""
+
+    def layer_items(self, ctx: AnalysisContext) -> list[tuple[str, np.ndarray]]:
+        """The captured ``(layer, activations)`` pairs this analysis covers, in model order."""
+        names = ctx.activations.layers
+        if self.layers:
+            from neuronmap.capture.layers import glob_to_regex
+
+            wanted = [re.compile(s[3:]) if s.startswith("re:") else glob_to_regex(s) for s in self.layers]
+            names = [n for n in names if any(w.fullmatch(n) for w in wanted)]
+        return [(n, np.asarray(ctx.activations[n])) for n in names]
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able parameters of this analysis (for config.json and the audit trail)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and _jsonable(v)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state carried across runs (override when there is any)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool)) or (
+        isinstance(value, (list, tuple)) and all(_jsonable(v) for v in value)
+    ) or (isinstance(value, dict) and all(isinstance(k, str) and _jsonable(v) for k, v in value.items()))
+
+
+_REGISTRY: dict[str, type[Analysis]] = {}
+
+
+def register_analysis(cls: type[Analysis]) -> type[Analysis]:
+    """Class decorator adding an analysis to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group="neuronmap.analyses"):
+        if ep.name not in _REGISTRY:
+            _REGISTRY[ep.name] = ep.load()
+
+
+def available_analyses() -> list[str]:
+    """Names of every registered analysis, built-in and from entry points."""
+    import neuronmap.analyses  # noqa: F401  (registers the built-ins)
+
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_analysis(name: str, **kwargs: Any) -> Analysis:
+    """Instantiate a registered analysis by name.
+
+    Raises:
+        InvalidParameterError: Unknown name; the message lists the known ones.
+    """
+    known = available_analyses()
+    if name not in _REGISTRY:
+        raise InvalidParameterError(f"Unknown analysis {name!r}; known analyses: {known}.")
+    return _REGISTRY[name](**kwargs)

@@ -1,0 +1,128 @@
+"""Layer selectors: from user-friendly patterns to dotted ``named_modules()`` names.
+
+Selectors, in the order they are tried:
+
+* ``re:<regex>`` — full match of a Python regular expression against module names;
+* ``type:<ClassName>`` — every module of that class (name or qualified name);
+* a glob — ``*`` matches within one dotted component, ``**`` across components, ``?`` one
+  character (``encoder.layer.*`` is the blocks, not their sub-modules;
+  ``encoder.**.dense`` is every ``dense`` inside the encoder);
+* anything else — an exact module name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+from neuronmap.errors import InvalidParameterError, LayerNotFoundError
+
+__all__ = ["glob_to_regex", "module_names", "resolve_layers"]
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Dotted names of every sub-module, in registration order, without the root ``""``."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a dotted glob where ``*`` stays in one component and ``**`` crosses them."""
+    parts = pattern.split(".")
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else r"(?:[^.]+\.)*")
+            continue
+        piece = "".join(
+            "[^.]*" if ch == "*" else "[^.]" if ch == "?" else re.escape(ch) for ch in part
+        )
+        out.append(piece if last else piece + r"\.")
+    return re.compile("".join(out))
+
+
+def _class_names(module: nn.Module) -> set[str]:
+    cls = type(module)
+    return {cls.__name__, cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def _nearest(name: str, names: Sequence[str]) -> list[str]:
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+
+
+def _not_found(selector: str, model: nn.Module, names: Sequence[str]) -> LayerNotFoundError:
+    model_name = type(model).__name__
+    kind = "Layer" if not _GLOB_CHARS.search(selector) and ":" not in selector else "Selector"
+    msg = f"{kind} {selector!r} not found in {model_name}"
+    if kind == "Selector":
+        msg = f"Selector {selector!r} matched no module of {model_name} ({len(names)} modules)"
+    suggestions = _nearest(selector, names) if kind == "Layer" else []
+    if suggestions:
+        msg += "; did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
+    else:
+        msg += "."
+    head = selector.split(".")[0].removeprefix("re:").removeprefix("type:")
+    siblings = [n for n in names if n.split(".")[0] == head]
+    if siblings and kind == "Layer":
+        msg += f" {len(siblings)} modules live under '{head}'."
+    else:
+        tops = sorted({n.split(".")[0] for n in names})
+        msg += f" Top-level modules: {', '.join(tops[:12])}{' ...' if len(tops) > 12 else ''}."
+    msg += " Run `neuronmap layers` or `neuronmap.capture.module_names(model)` to list them."
+    return LayerNotFoundError(msg)
+
+
+def resolve_layers(model: nn.Module, selectors: str | Iterable[str]) -> list[str]:
+    """Resolve selectors to module names, in the model's module order, without duplicates.
+
+    Args:
+        model: The model whose ``named_modules()`` are searched.
+        selectors: One selector or several (see the module docstring).
+
+    Returns:
+        The matching dotted module names.
+
+    Raises:
+        LayerNotFoundError: A selector matches nothing; the message suggests the nearest names.
+        InvalidParameterError: A regular expression does not compile, or no selector is given.
+
+    Example:
+        >>> from neuronmap.testing import tiny_bert
+        >>> resolve_layers(tiny_bert(), "encoder.layer.*")
+        ['encoder.layer.0', 'encoder.layer.1']
+    """
+    if isinstance(selectors, str):
+        selectors = [selectors]
+    selectors = list(selectors)
+    if not selectors:
+        raise InvalidParameterError("layers must name at least one module; got an empty list.")
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    names = list(modules)
+    chosen: set[str] = set()
+    for selector in selectors:
+        if not isinstance(selector, str) or not selector:
+            raise InvalidParameterError(f"A layer selector must be a non-empty string; got {selector!r}.")
+        if selector.startswith("re:"):
+            try:
+                rx = re.compile(selector[3:])
+            except re.error as err:
+                raise InvalidParameterError(f"Invalid regular expression in {selector!r}: {err}.") from err
+            hits = [n for n in names if rx.fullmatch(n)]
+        elif selector.startswith("type:"):
+            wanted = selector[5:]
+            hits = [n for n in names if wanted in _class_names(modules[n])]
+        elif _GLOB_CHARS.search(selector):
+            rx = glob_to_regex(selector)
+            hits = [n for n in names if rx.fullmatch(n)]
+        else:
+            hits = [selector] if selector in modules else []
+        if not hits:
+            raise _not_found(selector, model, names)
+        chosen.update(hits)
+    return [n for n in names if n in chosen]

@@ -1,0 +1,346 @@
+"""The NeuronMap engine: schedule check -> capture -> analyses -> Report -> reporters.
+
+The engine knows nothing about Lightning or transformers: callbacks translate their events
+into :meth:`NeuronMap.maybe_run` calls. Between scheduled runs it attaches no hook and copies
+nothing, so idle costs one integer comparison.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
+from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, model_device, run_probe
+from neuronmap.capture.reduce import Reduction, check_reduction
+from neuronmap.errors import AnalysisError, AnalysisFailedWarning, InvalidParameterError, ReporterError, ReporterWarning
+from neuronmap.probe import ProbeSet
+from neuronmap.reporters.base import Reporter, RunStatus
+from neuronmap.results import History, Report
+from neuronmap.schedule import Schedule, ScheduleState
+
+__all__ = ["NeuronMap"]
+
+
+class NeuronMap:
+    """Run analyses on a fixed probe set, on a schedule, and send the results to reporters.
+
+    Args:
+        probe: The fixed probe set.
+        layers: Layer selectors (dotted names, globs with ``*``/``**``, ``re:``, ``type:``).
+        reduce: Token reduction for captured activations (``mean``, ``first``, ``last``,
+            ``max``, ``none``).
+        analyses: Analyses to run at every scheduled run.
+        schedule: When :meth:`maybe_run` runs (default: validation end and train end).
+        reporters: Where results go. ``None`` (default) writes a local run folder under
+            ``neuronmap-runs/``; ``[]`` reports nowhere. Strings are looked up in the reporter
+            registry (``"local"``, ``"mlflow"``, ...).
+        strict: Raise when an analysis or reporter fails instead of recording it and warning.
+        batch_size: Probe examples per forward pass.
+        device: Where to run the probe set (default: the model's device).
+        capture: Capture each module's ``"output"`` or ``"input"``.
+        output_index: Which element/key of tuple/dict outputs holds the hidden state.
+        max_bytes: Memory budget for ``reduce="none"``.
+        random_state: Seed for every random procedure of the analyses.
+        name: A name for this monitor (run tags, model cards).
+
+    Example:
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_mlp, tiny_probe
+        >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"],
+        ...                        analyses=[nm.ActivationStats()], reporters=[])
+        >>> report = monitor.run(tiny_mlp(), step=0)
+        >>> sorted(report.results)
+        ['activation_stats']
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        *,
+        layers: str | Sequence[str],
+        reduce: Reduction = "mean",
+        analyses: Sequence[Analysis] = (),
+        schedule: Schedule | None = None,
+        reporters: Sequence[Reporter | str] | None = None,
+        strict: bool = False,
+        batch_size: int = 32,
+        device: torch.device | str | None = None,
+        capture: str = "output",
+        output_index: int | str | None = None,
+        max_bytes: int = 2**30,
+        random_state: int = 0,
+        name: str = "neuronmap",
+    ) -> None:
+        if not isinstance(probe, ProbeSet):
+            raise InvalidParameterError(f"probe must be a neuronmap.ProbeSet; got {type(probe).__name__}.")
+        self.probe = probe
+        self.layers = [layers] if isinstance(layers, str) else list(layers)
+        if not self.layers:
+            raise InvalidParameterError("layers must name at least one module; got an empty list.")
+        self.reduce = check_reduction(reduce)
+        self.analyses = list(analyses)
+        for analysis in self.analyses:
+            if not isinstance(analysis, Analysis):
+                raise InvalidParameterError(
+                    f"analyses must be Analysis instances; got {type(analysis).__name__}. "
+                    "Pass e.g. nm.ActivationStats(), or nm.analyses.get_analysis(name)."
+                )
+        names = [a.name for a in self.analyses]
+        if len(set(names)) != len(names):
+            raise InvalidParameterError(f"Two analyses share a name (metric keys would collide): {names}.")
+        self.schedule = schedule or Schedule()
+        self._reporter_spec = reporters
+        self._reporters: list[Reporter] | None = None
+        self.strict = strict
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidParameterError(f"batch_size must be a positive int; got {batch_size!r}.")
+        self.batch_size = batch_size
+        self.device = device
+        self.capture = capture
+        self.output_index = output_index
+        self.max_bytes = max_bytes
+        self.random_state = random_state
+        self.name = name
+        self.history = History()
+        self._listeners: list[Callable[[Report, nn.Module], None]] = []
+        self._params_logged = False
+
+    def __repr__(self) -> str:
+        return (
+            f"NeuronMap(probe={self.probe.name!r} n={len(self.probe)}, layers={self.layers}, reduce={self.reduce!r}, "
+            f"analyses={[a.name for a in self.analyses]}, schedule={self.schedule})"
+        )
+
+    # ------------------------------------------------------------------ reporters
+    @property
+    def reporters(self) -> list[Reporter]:
+        """The reporters, created on first use (the default local folder appears only when used)."""
+        if self._reporters is None:
+            from neuronmap.reporters import LocalReporter, get_reporter
+
+            spec = self._reporter_spec
+            if spec is None:
+                self._reporters = [LocalReporter()]
+            else:
+                self._reporters = [get_reporter(r) if isinstance(r, str) else r for r in spec]
+        return self._reporters
+
+    @reporters.setter
+    def reporters(self, value: Sequence[Reporter]) -> None:
+        self._reporters = list(value)
+
+    def add_listener(self, listener: Callable[[Report, nn.Module], None]) -> None:
+        """Call ``listener(report, model)`` after every run (audit trail, gates)."""
+        self._listeners.append(listener)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able configuration of this monitor (logged as params and kept for audits)."""
+        return {
+            "name": self.name,
+            "layers": self.layers,
+            "reduce": self.reduce,
+            "batch_size": self.batch_size,
+            "random_state": self.random_state,
+            "schedule": {
+                "every_n_steps": self.schedule.every_n_steps,
+                "every_n_epochs": self.schedule.every_n_epochs,
+                "on": list(self.schedule.on),
+                "max_runs": self.schedule.max_runs,
+            },
+            "probe": {"name": self.probe.name, "n": len(self.probe), "fingerprint": self.probe.fingerprint()},
+            "analyses": {a.name: {"class": type(a).__name__, **a.config()} for a in self.analyses},
+        }
+
+    # ------------------------------------------------------------------ schedule
+    def should_run(self, *, step: int, epoch: int | None = None, event: str | None = "step") -> bool:
+        """Whether the schedule calls for a run now (cheap: no hook, no copy)."""
+        return self.schedule.should_run(step=step, epoch=epoch, event=event)
+
+    def maybe_run(
+        self, model: nn.Module, *, step: int, epoch: int | None = None, event: str | None = "step"
+    ) -> Report | None:
+        """Run if the schedule says so; the two-line integration for a plain PyTorch loop.
+
+        Example:
+            >>> # for step, batch in enumerate(loader):
+            >>> #     ...train...
+            >>> #     monitor.maybe_run(model, step=step)
+        """
+        if not self.should_run(step=step, epoch=epoch, event=event):
+            return None
+        return self.run(model, step=step, epoch=epoch, event=event)
+
+    # ------------------------------------------------------------------ the run
+    def capture_activations(self, model: nn.Module) -> Activations:
+        """Capture the monitored layers (and the model output if an analysis needs it)."""
+        cap = ActivationCapture(
+            model,
+            self.layers,
+            reduce=self.reduce,
+            capture=self.capture,  # type: ignore[arg-type]
+            output_index=self.output_index,
+            capture_model_output=any(a.needs_outputs for a in self.analyses),
+        )
+        run_probe(model, self.probe, cap, batch_size=self.batch_size, device=self.device, max_bytes=self.max_bytes)
+        arrays = {k: _numpy(v) for k, v in cap.collect().items()}
+        outputs = cap.collect_outputs()
+        return Activations(
+            {n: arrays[n] for n in cap.layer_names if n in arrays},
+            reduce=self.reduce,
+            outputs=None if outputs is None else _numpy(outputs),
+        )
+
+    def run(self, model: nn.Module, *, step: int, epoch: int | None = None, event: str | None = None) -> Report:
+        """Capture, analyse and report now, whatever the schedule says.
+
+        Args:
+            model: The model (left in the training mode it had).
+            step: Global step (the x-axis in trackers).
+            epoch: Epoch, when known.
+            event: What triggered the run (``validation_end``, ``train_end``, ...).
+
+        Returns:
+            The :class:`Report` (also appended to :attr:`history` and sent to the reporters).
+
+        Raises:
+            LayerNotFoundError, ForwardError, MemoryBudgetError: capture failed (these are errors
+                in the set-up, not in an analysis, so they always raise).
+        """
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        activations = self.capture_activations(model)
+        timings["capture"] = time.perf_counter() - t0
+        ctx = AnalysisContext(
+            model=model,
+            probe=self.probe,
+            activations=activations,
+            step=int(step),
+            epoch=epoch,
+            event=event,
+            history=self.history,
+            device=torch.device(self.device) if self.device is not None else model_device(model),
+            batch_size=self.batch_size,
+            random_state=self.random_state,
+        )
+        results: dict[str, AnalysisResult] = {}
+        for analysis in self.analyses:
+            results[analysis.name] = self._run_analysis(analysis, ctx)
+            timings[analysis.name] = results[analysis.name].duration_s
+        report = Report(
+            step=int(step),
+            epoch=epoch,
+            event=event,
+            timestamp=started,
+            results=results,
+            probe_fingerprint=self.probe.fingerprint(),
+            timings=timings,
+        )
+        self.schedule.record(step=int(step), epoch=epoch)
+        self.history.append(report)
+        self._publish(report)
+        for listener in self._listeners:
+            listener(report, model)
+        return report
+
+    def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
+        t0 = time.perf_counter()
+        was_training = ctx.model.training
+        try:
+            result = analysis.run(ctx)
+        except Exception as err:
+            if self.strict:
+                raise AnalysisError(f"Analysis {analysis.name!r} failed at step {ctx.step}: {err}") from err
+            warnings.warn(
+                f"NeuronMap analysis {analysis.name!r} failed at step {ctx.step} and was skipped "
+                f"({type(err).__name__}: {err}); training goes on. Pass strict=True to raise.",
+                AnalysisFailedWarning,
+                stacklevel=4,
+            )
+            tb = traceback.format_exception_only(type(err), err)[-1].strip()
+            return AnalysisResult(analysis.name, status="failed", error=tb, duration_s=time.perf_counter() - t0)
+        finally:
+            ctx.model.train(was_training)
+        return AnalysisResult(
+            result.name,
+            metrics=result.metrics,
+            tables=result.tables,
+            figures=result.figures,
+            notes=result.notes,
+            status=result.status,
+            error=result.error,
+            duration_s=time.perf_counter() - t0,
+        )
+
+    def _publish(self, report: Report) -> None:
+        for reporter in self.reporters:
+            if not self._params_logged:
+                self._guarded(reporter, "log_params", self.config())
+            log_report = getattr(reporter, "log_report", None)
+            if log_report is not None:
+                self._guarded(reporter, "log_report", report)
+            else:
+                from neuronmap.reporters.base import publish_report
+
+                self._guarded_call(reporter, lambda r=reporter: publish_report(r, report))
+            self._guarded(reporter, "flush")
+        self._params_logged = True
+
+    def _guarded(self, reporter: Reporter, method: str, *args: Any) -> None:
+        self._guarded_call(reporter, lambda: getattr(reporter, method)(*args))
+
+    def _guarded_call(self, reporter: Reporter, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception as err:
+            if self.strict:
+                raise ReporterError(f"Reporter {reporter!r} failed: {err}") from err
+            warnings.warn(
+                f"NeuronMap reporter {reporter!r} failed ({type(err).__name__}: {err}); training goes on.",
+                ReporterWarning,
+                stacklevel=5,
+            )
+
+    def close(self, status: RunStatus = "FINISHED") -> None:
+        """Close every reporter with ``status`` (``FAILED`` when training raised)."""
+        if self._reporters is None:
+            return
+        for reporter in self._reporters:
+            self._guarded(reporter, "close", status)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for resumed runs: schedule progress, history, analysis state."""
+        return {
+            "schedule": self.schedule.state.to_dict(),
+            "history": self.history.to_records(),
+            "analyses": {a.name: a.state_dict() for a in self.analyses},
+            "probe_fingerprint": self.probe.fingerprint(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (warns if the probe set changed)."""
+        fingerprint = state.get("probe_fingerprint")
+        if fingerprint and fingerprint != self.probe.fingerprint():
+            warnings.warn(
+                "The probe set differs from the one in the restored state; metrics before and after "
+                "the resume are not comparable.",
+                ReporterWarning,
+                stacklevel=2,
+            )
+        restored = ScheduleState.from_dict(state.get("schedule", {}))
+        self.schedule.state.runs = restored.runs
+        self.schedule.state.last_step = restored.last_step
+        self.schedule.state.last_epoch = restored.last_epoch
+        self.history = History.from_records(state.get("history", []))
+        for analysis in self.analyses:
+            if analysis.name in state.get("analyses", {}):
+                analysis.load_state_dict(state["analyses"][analysis.name])

@@ -1,0 +1,74 @@
+"""Exception hierarchy of NeuronMap.
+
+Every error NeuronMap raises derives from :class:`NeuronMapError`; leaves also derive
+from the built-in exception a caller would naturally catch (``KeyError`` for a missing
+layer, ``ValueError`` for a bad parameter), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnalysisError",
+    "AnalysisFailedWarning",
+    "ForwardError",
+    "LayerNotFoundError",
+    "MemoryBudgetError",
+    "MissingDependencyError",
+    "NeuronMapError",
+    "NeuronMapWarning",
+    "InvalidParameterError",
+    "ProbeSetError",
+    "ReporterError",
+    "ReporterWarning",
+]
+
+
+class NeuronMapError(Exception):
+    """Root of every error raised by NeuronMap."""
+
+
+class InvalidParameterError(NeuronMapError, ValueError):
+    """A parameter has a value outside the allowed set or range."""
+
+
+class LayerNotFoundError(NeuronMapError, KeyError):
+    """A layer selector names no module of the model."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ProbeSetError(NeuronMapError, ValueError):
+    """A probe set is empty or its columns disagree in length."""
+
+
+class MemoryBudgetError(NeuronMapError, MemoryError):
+    """A capture would exceed its memory budget (``max_bytes``)."""
+
+
+class ForwardError(NeuronMapError, RuntimeError):
+    """The model raised while running on the probe set."""
+
+
+class AnalysisError(NeuronMapError, RuntimeError):
+    """An analysis failed; raised only with ``strict=True``."""
+
+
+class ReporterError(NeuronMapError, RuntimeError):
+    """A reporter failed to write; raised only with ``strict=True``."""
+
+
+class MissingDependencyError(NeuronMapError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+class NeuronMapWarning(UserWarning):
+    """Base category of NeuronMap's warnings (filter them with ``-W ignore::...``)."""
+
+
+class AnalysisFailedWarning(NeuronMapWarning):
+    """An analysis raised; the run went on and the failure is in the report."""
+
+
+class ReporterWarning(NeuronMapWarning):
+    """A reporter could not write; the payload is kept and retried."""

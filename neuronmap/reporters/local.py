@@ -1,0 +1,202 @@
+"""The embedded default reporter: a self-contained run folder on the local disk.
+
+Layout of ``neuronmap-runs/<run-name>/``::
+
+    metrics.jsonl          one JSON line per logged step (step, epoch, event, metrics)
+    history.csv            the long-format History (step, epoch, event, analysis, layer, metric, value, key)
+    config.json            parameters from log_params
+    tags.json              tags from set_tags
+    figures/<step>/<analysis>/<name>.png
+    tables/<step>/<analysis>/<name>.csv
+    texts/<name>.md        text documents (model cards)
+    artifacts/             files from log_artifact
+    run.json               run status and times
+    report.html            a self-contained page (metrics over steps, latest figures and tables)
+
+``neuronmap report RUN_DIR`` re-renders ``report.html`` from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from neuronmap.reporters.base import BaseReporter, RunStatus
+from neuronmap.results import HISTORY_COLUMNS, split_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from neuronmap.results import Report
+
+__all__ = ["LocalReporter", "read_history", "safe_name"]
+
+DEFAULT_ROOT = "neuronmap-runs"
+
+
+def safe_name(name: str) -> str:
+    """A path-safe version of a figure/table name (``/`` kept as folder separators)."""
+    parts = [re.sub(r"[^A-Za-z0-9._=+-]", "_", p) for p in name.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "unnamed"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_name() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class LocalReporter(BaseReporter):
+    """Write everything to a run folder and keep ``report.html`` current.
+
+    Args:
+        root: Folder holding runs (default ``neuronmap-runs``).
+        run_name: Name of this run's folder (default: UTC time plus a short random id).
+        run_dir: Use this exact folder instead of ``root/run_name`` (resuming appends to it).
+        render_html: Re-render ``report.html`` on every ``flush``.
+
+    Example:
+        >>> import tempfile
+        >>> rep = LocalReporter(tempfile.mkdtemp(), run_name="demo")
+        >>> rep.log_metrics({"neuronmap/x/layer/m": 1.0}, step=0)
+        >>> rep.close()
+        >>> (rep.run_dir / "history.csv").exists()
+        True
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        root: str | Path = DEFAULT_ROOT,
+        run_name: str | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        render_html: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(root) / (run_name or new_run_name())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.render_html = render_html
+        self._run_info = {"started": _now(), "status": "RUNNING"}
+        self._write_json("run.json", self._run_info)
+
+    def __repr__(self) -> str:
+        return f"LocalReporter(run_dir={str(self.run_dir)!r})"
+
+    # ------------------------------------------------------------------ helpers
+    def _write_json(self, name: str, data: Any) -> None:
+        (self.run_dir / name).write_text(json.dumps(data, indent=2, default=str, sort_keys=True))
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        path = self.run_dir / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _append_line(self, record: Mapping[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=float, allow_nan=False) + "\n")
+
+    # ------------------------------------------------------------------ Reporter API
+    def log_report(self, report: Report) -> None:
+        self._append_line(
+            {"step": report.step, "epoch": report.epoch, "event": report.event, "time": report.timestamp,
+             "metrics": _finite(report.metrics)}
+        )
+        for analysis, result in report.results.items():
+            for fig_name, figure in result.figures.items():
+                self.log_figure(f"{analysis}/{fig_name}", figure, report.step)
+            for table_name, table in result.tables.items():
+                self.log_table(f"{analysis}/{table_name}", table, report.step)
+        status = {n: {"status": r.status, "error": r.error, "notes": list(r.notes)} for n, r in report.results.items()}
+        reports_dir = self.run_dir / "reports"
+        reports_dir.mkdir(exist_ok=True)
+        (reports_dir / f"{report.step}.json").write_text(report.to_json(indent=2))
+        if any(s["status"] == "failed" for s in status.values()):
+            self._write_json("failures.json", self._read_json("failures.json") | {str(report.step): status})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._append_line({"step": int(step), "epoch": None, "event": None, "time": _now(), "metrics": _finite(metrics)})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._write_json("config.json", self._read_json("config.json") | dict(params))
+
+    def log_figure(self, name: str, figure: Figure, step: int) -> None:
+        path = self.run_dir / "figures" / str(int(step)) / f"{safe_name(name)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+
+    def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
+        path = self.run_dir / "tables" / str(int(step)) / f"{safe_name(name)}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dataframe.to_csv(path, index=not isinstance(dataframe.index, pd.RangeIndex))
+
+    def log_text(self, name: str, text: str) -> None:
+        path = self.run_dir / "texts" / (safe_name(name) if Path(name).suffix else f"{safe_name(name)}.md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+    def log_artifact(self, path: str | Path) -> None:
+        src = Path(path)
+        dest = self.run_dir / "artifacts" / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.resolve() != dest.resolve():
+            (shutil.copytree(src, dest, dirs_exist_ok=True) if src.is_dir() else shutil.copy2(src, dest))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._write_json("tags.json", self._read_json("tags.json") | {str(k): str(v) for k, v in tags.items()})
+
+    def flush(self) -> None:
+        history = read_history(self.run_dir)
+        history.to_csv(self.run_dir / "history.csv", index=False)
+        if self.render_html:
+            from neuronmap.reporters._html import render_run_html
+
+            render_run_html(self.run_dir)
+
+    def close(self, status: RunStatus = "FINISHED") -> None:
+        self._run_info.update(status=status, ended=_now())
+        self._write_json("run.json", self._run_info)
+        self.flush()
+
+    @property
+    def report_path(self) -> Path:
+        return self.run_dir / "report.html"
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame:
+    """The long-format History of a run folder, rebuilt from ``metrics.jsonl``.
+
+    Keys that are not NeuronMap keys (a user's own metrics) get empty analysis and layer.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    rows: list[list[Any]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            for key, value in record["metrics"].items():
+                try:
+                    analysis, layer, metric = split_key(key)
+                except ValueError:
+                    analysis, layer, metric = "", "", key
+                rows.append([record["step"], record.get("epoch"), record.get("event"), analysis, layer, metric,
+                             math.nan if value is None else float(value), key])
+    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    frame["value"] = frame["value"].astype(float)
+    return frame
+

@@ -1,0 +1,187 @@
+"""Results of scheduled runs: :class:`Report` (one run) and :class:`History` (all runs).
+
+Metric keys are stable, slash-separated and tracker-safe:
+``neuronmap/<analysis>/<layer>/<metric>``, with ``_ci_low``, ``_ci_high``, ``_p`` and
+``_p_adj`` siblings where a statistic has them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neuronmap.analyses.base import AnalysisResult
+
+__all__ = ["HISTORY_COLUMNS", "PREFIX", "History", "Report", "metric_key", "split_key"]
+
+PREFIX = "neuronmap"
+HISTORY_COLUMNS = ["step", "epoch", "event", "analysis", "layer", "metric", "value", "key"]
+
+
+def metric_key(analysis: str, layer: str, metric: str) -> str:
+    """The stable tracker key ``neuronmap/<analysis>/<layer>/<metric>``."""
+    return f"{PREFIX}/{analysis}/{layer}/{metric}"
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """``(analysis, layer, metric)`` of a stable key (the layer part may contain ``/``)."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] != PREFIX:
+        raise ValueError(f"Not a NeuronMap metric key: {key!r} (expected 'neuronmap/<analysis>/<layer>/<metric>').")
+    return parts[1], "/".join(parts[2:-1]), parts[-1]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one scheduled run produced."""
+
+    #: Global step, epoch and the event that triggered the run.
+    step: int
+    epoch: int | None
+    event: str | None
+    #: ISO-8601 UTC time the run started.
+    timestamp: str
+    #: Results per analysis name.
+    results: Mapping[str, AnalysisResult] = field(default_factory=dict)
+    #: SHA-256 of the probe set.
+    probe_fingerprint: str = ""
+    #: Seconds spent per stage (``capture``, then one entry per analysis).
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Flat ``neuronmap/<analysis>/<layer>/<metric>`` -> value over every analysis."""
+        out: dict[str, float] = {}
+        for name, result in self.results.items():
+            for rel, value in result.metrics.items():
+                out[f"{PREFIX}/{name}/{rel}"] = float(value)
+        return out
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Analyses that failed, with their error text."""
+        return {n: r.error or "" for n, r in self.results.items() if r.status == "failed"}
+
+    def to_frame(self) -> pd.DataFrame:
+        """This run's metrics in the long format of :class:`History`."""
+        rows = []
+        for key, value in self.metrics.items():
+            analysis, layer, metric = split_key(key)
+            rows.append([self.step, self.epoch, self.event, analysis, layer, metric, value, key])
+        return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "event": self.event,
+            "timestamp": self.timestamp,
+            "probe_fingerprint": self.probe_fingerprint,
+            "timings": dict(self.timings),
+            "metrics": {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()},
+            "analyses": {
+                n: {"status": r.status, "error": r.error, "notes": list(r.notes), "duration_s": r.duration_s,
+                    "tables": sorted(r.tables), "figures": sorted(r.figures)}
+                for n, r in self.results.items()
+            },
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """JSON of :meth:`to_dict` (non-finite values as ``null``)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{html.escape(r.status)}</td>"
+            f"<td>{len(r.metrics)}</td><td>{html.escape(r.error or '; '.join(r.notes)[:200])}</td></tr>"
+            for n, r in self.results.items()
+        )
+        return (
+            f"<div><b>NeuronMap report</b> step {self.step}, epoch {self.epoch}, event {html.escape(str(self.event))}"
+            "<table><tr><th>analysis</th><th>status</th><th>metrics</th><th>notes</th></tr>"
+            f"{rows}</table></div>"
+        )
+
+
+class History:
+    """Every run's metrics as one long-format table.
+
+    Columns: ``step, epoch, event, analysis, layer, metric, value, key``. Gates, model cards and
+    drift analyses read it.
+
+    Example:
+        >>> h = History()
+        >>> len(h.frame)
+        0
+    """
+
+    def __init__(self, frame: pd.DataFrame | None = None) -> None:
+        self._frames: list[pd.DataFrame] = [] if frame is None or frame.empty else [frame[HISTORY_COLUMNS]]
+        self._cache: pd.DataFrame | None = None
+
+    def append(self, report: Report) -> None:
+        self._frames.append(report.to_frame())
+        self._cache = None
+
+    def extend(self, frames: Iterable[pd.DataFrame]) -> None:
+        self._frames.extend(f[HISTORY_COLUMNS] for f in frames)
+        self._cache = None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The whole history (a copy-free concatenation, cached)."""
+        if self._cache is None:
+            frames = [f for f in self._frames if not f.empty]
+            self._cache = (
+                pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY_COLUMNS)
+            )
+        return self._cache
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({int(s) for s in self.frame["step"]})
+
+    def series(self, key: str) -> pd.Series:
+        """Values of one metric key indexed by step."""
+        f = self.frame
+        sel = f[f["key"] == key]
+        return pd.Series(sel["value"].to_numpy(dtype=float), index=sel["step"].to_numpy(), name=key)
+
+    def latest(self) -> dict[str, float]:
+        """Each key's value at its last step."""
+        f = self.frame
+        if f.empty:
+            return {}
+        last = f.drop_duplicates("key", keep="last")
+        return dict(zip(last["key"], last["value"].astype(float), strict=True))
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.frame.to_csv(path, index=False)
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> History:
+        frame = pd.read_csv(path, dtype={"event": "string", "layer": "string", "metric": "string"})
+        return cls(frame)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """JSON-able rows (for callback ``state_dict``)."""
+        f = self.frame.astype(object).where(self.frame.notna(), None)
+        return f.to_dict(orient="records")
+
+    @classmethod
+    def from_records(cls, records: list[Mapping[str, Any]]) -> History:
+        frame = pd.DataFrame(list(records), columns=HISTORY_COLUMNS)
+        frame["value"] = frame["value"].astype(float)
+        return cls(frame)
