@@ -1,0 +1,38 @@
+# NeuronMap: the two set-up commands are `make demo` and `make test`; both bootstrap .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch is pinned to the CPU wheel through constraints.txt; pyproject.toml keeps torch>=2.2.
+PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[demo]"
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/neuronmap demo
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.dev-installed
+	$(PY) benchmarks/run_all.py
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check neuronmap tests
+	$(PY) -m mypy neuronmap
+
+clean:
+	rm -rf $(VENV) neuronmap-runs .pytest_cache

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from neuronmap.capture import glob_to_regex, module_names, resolve_layers
+from neuronmap.errors import InvalidParameterError, LayerNotFoundError
+from neuronmap.testing import tiny_bert, tiny_mlp
+
+
+@pytest.fixture(scope="module")
+def bert() -> nn.Module:
+    return tiny_bert(layers=2)
+
+
+def test_star_stays_within_one_component(bert) -> None:
+    assert resolve_layers(bert, "encoder.layer.*") == ["encoder.layer.0", "encoder.layer.1"]
+
+
+def test_double_star_crosses_components(bert) -> None:
+    dense = resolve_layers(bert, "encoder.**.dense")
+    assert "encoder.layer.0.attention.output.dense" in dense
+    assert "encoder.layer.1.intermediate.dense" in dense
+    assert all(name.endswith(".dense") and name.startswith("encoder.") for name in dense)
+    assert len(dense) == 6  # attention.output, intermediate, output in each of 2 layers
+
+
+def test_glob_regex_semantics() -> None:
+    rx = glob_to_regex("a.**.c")
+    assert rx.fullmatch("a.c") and rx.fullmatch("a.b.c") and rx.fullmatch("a.b.b.c")
+    assert not rx.fullmatch("a.bc")
+    assert glob_to_regex("a.*").fullmatch("a.b") and not glob_to_regex("a.*").fullmatch("a.b.c")
+
+
+def test_regex_type_and_exact_selectors_keep_model_order(bert) -> None:
+    assert resolve_layers(bert, "re:encoder\\.layer\\.\\d+") == ["encoder.layer.0", "encoder.layer.1"]
+    assert resolve_layers(bert, "type:BertLayer") == ["encoder.layer.0", "encoder.layer.1"]
+    assert resolve_layers(bert, ["encoder.layer.1", "encoder.layer.0", "encoder.layer.1"]) == [
+        "encoder.layer.0",
+        "encoder.layer.1",
+    ]
+
+
+def test_unknown_layer_suggests_nearest_names_and_counts(bert) -> None:
+    with pytest.raises(LayerNotFoundError, match=r"Layer 'encoder.layr.1' not found in BertModel; did you mean 'encoder.layer.1'") as info:
+        resolve_layers(bert, "encoder.layr.1")
+    assert "modules live under 'encoder'" in str(info.value)
+    assert isinstance(info.value, KeyError)
+
+
+def test_selector_matching_nothing_lists_top_level_modules(bert) -> None:
+    with pytest.raises(LayerNotFoundError, match=r"Selector 'decoder.\*' matched no module of BertModel \(\d+ modules\). Top-level modules: embeddings, encoder, pooler"):
+        resolve_layers(bert, "decoder.*")
+
+
+def test_bad_regex_and_empty_selectors() -> None:
+    with pytest.raises(InvalidParameterError, match="Invalid regular expression in 're:\\(\\('"):
+        resolve_layers(tiny_mlp(), "re:((")
+    with pytest.raises(InvalidParameterError, match="layers must name at least one module"):
+        resolve_layers(tiny_mlp(), [])
+
+
+def test_module_names_exclude_root() -> None:
+    assert module_names(tiny_mlp())[:2] == ["net", "net.0"]
