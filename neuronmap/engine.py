@@ -20,6 +20,17 @@ from torch import nn
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, model_device, run_probe
 from neuronmap.capture.reduce import Reduction, check_reduction
+from neuronmap.distributed import (
+    DistributedMode,
+    current_world,
+    eager_forward,
+    gather_rows,
+    hook_layers,
+    is_sharded,
+    ranks_agree,
+    shard_probe,
+    unwrap_model,
+)
 from neuronmap.errors import AnalysisError, AnalysisFailedWarning, InvalidParameterError, ReporterError, ReporterWarning
 from neuronmap.probe import ProbeSet
 from neuronmap.reporters.base import Reporter, RunStatus
@@ -27,6 +38,9 @@ from neuronmap.results import History, Report
 from neuronmap.schedule import Schedule, ScheduleState
 
 __all__ = ["NeuronMap"]
+
+#: Key under which the model output travels with the layers through the distributed gather.
+_OUTPUTS_KEY = "\x00outputs"
 
 
 class NeuronMap:
@@ -50,6 +64,11 @@ class NeuronMap:
         max_bytes: Memory budget for ``reduce="none"``.
         random_state: Seed for every random procedure of the analyses.
         name: A name for this monitor (run tags, model cards).
+        distributed: ``"auto"`` (default): under ``torch.distributed`` every rank must call
+            :meth:`run` at the same point; the probe set is sharded across ranks, activations
+            are gathered, and analyses and reporting happen once, on rank zero (see
+            :mod:`neuronmap.distributed`). ``"off"``: run the whole probe set in this process
+            alone (for code that calls the monitor on one rank only).
 
     Example:
         >>> import neuronmap as nm
@@ -78,6 +97,7 @@ class NeuronMap:
         max_bytes: int = 2**30,
         random_state: int = 0,
         name: str = "neuronmap",
+        distributed: DistributedMode = "auto",
     ) -> None:
         if not isinstance(probe, ProbeSet):
             raise InvalidParameterError(f"probe must be a neuronmap.ProbeSet; got {type(probe).__name__}.")
@@ -109,6 +129,8 @@ class NeuronMap:
         self.max_bytes = max_bytes
         self.random_state = random_state
         self.name = name
+        current_world(distributed)  # validates the mode
+        self.distributed: DistributedMode = distributed
         self.history = History()
         self._listeners: list[Callable[[Report, nn.Module], None]] = []
         self._params_logged = False
@@ -180,23 +202,40 @@ class NeuronMap:
 
     # ------------------------------------------------------------------ the run
     def capture_activations(self, model: nn.Module) -> Activations:
-        """Capture the monitored layers (and the model output if an analysis needs it)."""
+        """Capture the monitored layers (and the model output if an analysis needs it).
+
+        Wrappers are looked through (:func:`neuronmap.distributed.unwrap_model`), so layer names
+        are those of the bare model. Under ``torch.distributed`` every rank must call this: each
+        runs its shard of the probe set and every rank receives the full activations, in the
+        probe set's order.
+
+        Raises:
+            LayerNotFoundError, ForwardError, MemoryBudgetError: As :func:`capture_activations`;
+                under ``torch.distributed``, on every rank when any rank failed.
+        """
+        target = unwrap_model(model)
+        names = hook_layers(target, self.layers)
+        world = current_world(self.distributed)
+        probe = self.probe if world is None else shard_probe(self.probe, world)
         cap = ActivationCapture(
-            model,
-            self.layers,
+            target,
+            list(names.values()),
             reduce=self.reduce,
             capture=self.capture,  # type: ignore[arg-type]
             output_index=self.output_index,
             capture_model_output=any(a.needs_outputs for a in self.analyses),
         )
-        run_probe(model, self.probe, cap, batch_size=self.batch_size, device=self.device, max_bytes=self.max_bytes)
-        arrays = {k: _numpy(v) for k, v in cap.collect().items()}
+        with ranks_agree(world), eager_forward(target, list(names.values())):
+            run_probe(target, probe, cap, batch_size=self.batch_size, device=self.device, max_bytes=self.max_bytes)
+        captured = cap.collect()
+        arrays = {clean: _numpy(captured[real]) for clean, real in names.items() if real in captured}
         outputs = cap.collect_outputs()
-        return Activations(
-            {n: arrays[n] for n in cap.layer_names if n in arrays},
-            reduce=self.reduce,
-            outputs=None if outputs is None else _numpy(outputs),
-        )
+        if outputs is not None:
+            arrays[_OUTPUTS_KEY] = _numpy(outputs)
+        if world is not None:
+            arrays = gather_rows(arrays, len(self.probe), world)
+        logits = arrays.pop(_OUTPUTS_KEY, None)
+        return Activations(arrays, reduce=self.reduce, outputs=logits)
 
     def run(self, model: nn.Module, *, step: int, epoch: int | None = None, event: str | None = None) -> Report:
         """Capture, analyse and report now, whatever the schedule says.
@@ -213,21 +252,33 @@ class NeuronMap:
         Raises:
             LayerNotFoundError, ForwardError, MemoryBudgetError: capture failed (these are errors
                 in the set-up, not in an analysis, so they always raise).
+
+        Under ``torch.distributed`` every rank must call this at the same point. Rank zero
+        returns the full report; the other ranks return a report without results (they run the
+        analyses too, without reporting, when the model is FSDP-sharded, since an analysis'
+        extra forward passes need every rank).
         """
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         activations = self.capture_activations(model)
         timings["capture"] = time.perf_counter() - t0
+        target = unwrap_model(model)
+        world = current_world(self.distributed)
+        reporting = world is None or world.is_zero
+        if not reporting and not is_sharded(target):
+            self.schedule.record(step=int(step), epoch=epoch)
+            return Report(step=int(step), epoch=epoch, event=event, timestamp=started,
+                          probe_fingerprint=self.probe.fingerprint(), timings=timings)
         ctx = AnalysisContext(
-            model=model,
+            model=target,
             probe=self.probe,
             activations=activations,
             step=int(step),
             epoch=epoch,
             event=event,
             history=self.history,
-            device=torch.device(self.device) if self.device is not None else model_device(model),
+            device=torch.device(self.device) if self.device is not None else model_device(target),
             batch_size=self.batch_size,
             random_state=self.random_state,
         )
@@ -246,9 +297,10 @@ class NeuronMap:
         )
         self.schedule.record(step=int(step), epoch=epoch)
         self.history.append(report)
-        self._publish(report)
-        for listener in self._listeners:
-            listener(report, model)
+        if reporting:
+            self._publish(report)
+            for listener in self._listeners:
+                listener(report, model)
         return report
 
     def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
