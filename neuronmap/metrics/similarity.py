@@ -279,7 +279,7 @@ def cka_matrix(
         _cka.as_float64_matrix(a, f"layer {name!r}")
         for a, name in zip(arrays, layout.names, strict=True)
     ]
-    n = _cka.check_same_n(xs, layout.names)
+    n = _cka.check_same_n(xs, [f"layer {name!r}" for name in layout.names])
     _cka.check_min_n(n, debiased=debiased)
     xs = [_cka.center(x) for x in xs]
     products = _cka.hsic_products(xs, layout.pairs, debiased=debiased, form=form)
@@ -379,7 +379,7 @@ class CKAAccumulator:
             _cka.as_float64_matrix(a, f"layer {name!r}")
             for a, name in zip(arrays, layout.names, strict=True)
         ]
-        _cka.check_same_n(xs, layout.names)
+        _cka.check_same_n(xs, [f"layer {name!r}" for name in layout.names])
         dims = [x.shape[1] for x in xs]
         if self._layout is None:
             self._layout, self._dims = layout, dims
