@@ -1,0 +1,136 @@
+"""What the Lightning and Hugging Face callbacks share: building the monitor, choosing reporters.
+
+Both callbacks accept a ready :class:`~neuronmap.NeuronMap` or its keyword arguments, and both
+send results to the trackers the training run already has, so NeuronMap's metrics sit beside
+the user's own; without any, they fall back to a local run folder next to the trainer's output.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from neuronmap.distributed import is_rank_zero
+from neuronmap.engine import NeuronMap
+from neuronmap.errors import InvalidParameterError, MissingDependencyError, ReporterWarning
+from neuronmap.reporters.base import Reporter
+from neuronmap.reporters.local import LocalReporter
+
+__all__ = ["Tracker", "build_monitor", "tracker_reporters", "uses_default_reporters"]
+
+Tracker = Literal["mlflow", "wandb", "tensorboard"]
+TRACKERS: tuple[str, ...] = ("mlflow", "wandb", "tensorboard")
+#: Tracker name -> the reporter class that accepts that tracker's run, logger or writer.
+_REPORTER_CLASSES: dict[str, str] = {
+    "mlflow": "MLflowReporter",
+    "wandb": "WandbReporter",
+    "tensorboard": "TensorBoardReporter",
+}
+#: Folder, under the trainer's output folder, of the fallback local run.
+LOCAL_SUBDIR = "neuronmap-runs"
+
+
+def build_monitor(monitor: NeuronMap | None, kwargs: Mapping[str, Any], *, owner: str) -> NeuronMap:
+    """The monitor a callback drives: the one given, or one built from ``NeuronMap`` keywords.
+
+    Args:
+        monitor: A ready monitor, or ``None``.
+        kwargs: Keyword arguments of :class:`~neuronmap.NeuronMap` (``probe``, ``layers``, ...).
+        owner: The callback's class name, for messages.
+
+    Raises:
+        InvalidParameterError: Both or neither were given, or the keywords do not fit.
+    """
+    if monitor is not None:
+        if kwargs:
+            raise InvalidParameterError(
+                f"{owner} takes either a NeuronMap or NeuronMap's keyword arguments, not both; "
+                f"got a NeuronMap and {sorted(kwargs)}."
+            )
+        if not isinstance(monitor, NeuronMap):
+            raise InvalidParameterError(
+                f"{owner}'s first argument must be a neuronmap.NeuronMap; got {type(monitor).__name__}. "
+                "Pass probe=..., layers=... as keywords to build one."
+            )
+        return monitor
+    missing = [k for k in ("probe", "layers") if k not in kwargs]
+    if missing:
+        raise InvalidParameterError(
+            f"{owner} needs a NeuronMap or at least the keywords probe= and layers=; missing {missing}."
+        )
+    kw = dict(kwargs)
+    try:
+        return NeuronMap(kw.pop("probe"), **kw)
+    except TypeError as err:
+        raise InvalidParameterError(f"{owner} got a keyword NeuronMap does not take: {err}.") from err
+
+
+def uses_default_reporters(monitor: NeuronMap) -> bool:
+    """Whether the user left ``reporters`` unset, so the callback may choose them."""
+    # Private on purpose: only the callbacks of this package may tell "unset" from "[]".
+    return monitor._reporter_spec is None and monitor._reporters is None
+
+
+def tracker_reporters(trackers: Iterable[tuple[str, Any]]) -> list[Reporter]:
+    """One reporter per ``(tracker, handle)``: the handle is a logger, run, writer or log folder.
+
+    A tracker whose client is not installed is skipped with a :class:`ReporterWarning` (training
+    goes on); the same handle is never bound twice.
+    """
+    import neuronmap.reporters as reporters
+
+    out: list[Reporter] = []
+    seen: set[int] = set()
+    for tracker, handle in trackers:
+        if tracker not in _REPORTER_CLASSES:
+            raise InvalidParameterError(f"Unknown tracker {tracker!r}; allowed: {list(TRACKERS)}.")
+        if id(handle) in seen:
+            continue
+        seen.add(id(handle))
+        try:
+            out.append(getattr(reporters, _REPORTER_CLASSES[tracker])(handle))
+        except (MissingDependencyError, ImportError, AttributeError) as err:
+            if is_rank_zero():
+                warnings.warn(
+                    f"NeuronMap cannot report to {tracker} ({type(err).__name__}: {err}); its results go "
+                    "to the other reporters and the local run folder.",
+                    ReporterWarning,
+                    stacklevel=3,
+                )
+    return out
+
+
+def local_reporter(root: str | Path, *, run_dir: str | Path | None = None) -> LocalReporter:
+    """The fallback run folder under ``root/neuronmap-runs`` (or the exact ``run_dir`` of a resumed run)."""
+    if run_dir is not None and Path(run_dir).is_dir():
+        return LocalReporter(run_dir=run_dir)
+    return LocalReporter(Path(root) / LOCAL_SUBDIR)
+
+
+def choose_reporters(
+    monitor: NeuronMap,
+    trackers: Iterable[tuple[str, Any]],
+    *,
+    root: str | Path,
+    resume_dir: str | Path | None = None,
+) -> None:
+    """Give ``monitor`` the trackers' reporters, or a local run folder when there are none.
+
+    Does nothing when the user chose reporters (``reporters=[...]``, ``[]`` included).
+    """
+    if not uses_default_reporters(monitor):
+        return
+    found = tracker_reporters(trackers)
+    monitor.reporters = found or [local_reporter(root, run_dir=resume_dir)]
+
+
+def local_run_dir(monitor: NeuronMap) -> str | None:
+    """The folder of the monitor's local reporter, if it has one (kept in callback state)."""
+    if monitor._reporters is None:
+        return None
+    for reporter in monitor._reporters:
+        if isinstance(reporter, LocalReporter):
+            return str(reporter.run_dir)
+    return None

@@ -1,0 +1,169 @@
+"""NeuronMap as a Lightning callback: one line added to ``Trainer(callbacks=[...])``.
+
+The callback subclasses ``lightning.pytorch.Callback`` when the ``lightning`` package is
+installed and ``pytorch_lightning.Callback`` otherwise. Lightning calls callback hooks by name,
+so the class also works in a ``Trainer`` of the other package when both are installed (the test
+suite runs it in both); only ``isinstance(cb, <other package>.Callback)`` is then ``False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from neuronmap._imports import LIGHTNING_AVAILABLE, PYTORCH_LIGHTNING_AVAILABLE
+from neuronmap.callbacks._common import build_monitor, choose_reporters, local_run_dir, uses_default_reporters
+from neuronmap.engine import NeuronMap
+from neuronmap.errors import MissingDependencyError
+
+if LIGHTNING_AVAILABLE:
+    from lightning.pytorch import Callback as _Callback
+elif PYTORCH_LIGHTNING_AVAILABLE:
+    from pytorch_lightning import Callback as _Callback  # type: ignore[assignment]
+else:  # pragma: no cover - exercised only without Lightning
+    raise MissingDependencyError(f"NeuronMapCallback needs Lightning. {LIGHTNING_AVAILABLE}")
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
+__all__ = ["NeuronMapCallback"]
+
+#: Lightning logger class name -> the tracker NeuronMap reports to through it.
+_LOGGER_TRACKERS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb", "TensorBoardLogger": "tensorboard"}
+
+
+def _tracker_of(logger: Any) -> str | None:
+    # By class name over the MRO, so loggers of both `lightning` and `pytorch_lightning` (and
+    # user subclasses) are recognised without importing either package's loggers.
+    for cls in type(logger).__mro__:
+        if cls.__name__ in _LOGGER_TRACKERS:
+            return _LOGGER_TRACKERS[cls.__name__]
+    return None
+
+
+def _trainer_trackers(trainer: Trainer) -> Iterator[tuple[str, Any]]:
+    for logger in trainer.loggers:
+        tracker = _tracker_of(logger)
+        if tracker is not None:
+            yield tracker, logger
+
+
+class NeuronMapCallback(_Callback):
+    """Run NeuronMap on its schedule inside a Lightning ``Trainer``.
+
+    Scheduled events: ``train_start``, ``step`` (after each optimizer step, for
+    ``Schedule(every_n_steps=...)``), ``validation_end`` (sanity-check validation skipped) and
+    ``train_end``. The default schedule runs at every validation end and at train end; a step
+    that already ran is not run again. Between scheduled runs the callback attaches no hook
+    and copies nothing. Steps and epochs are ``trainer.global_step`` and ``trainer.current_epoch``.
+
+    Reporters: when the monitor's ``reporters`` are left unset, the trainer's
+    ``MLFlowLogger``, ``WandbLogger`` and ``TensorBoardLogger`` get a matching reporter bound to
+    the same run, so NeuronMap's metrics sit beside the model's own; with none of those, results
+    go to a local run folder under ``trainer.default_root_dir/neuronmap-runs``.
+
+    Under DDP or FSDP every rank runs its shard of the probe set; analyses and logging happen
+    once, on rank zero (see :mod:`neuronmap.distributed`). The callback's state (schedule
+    progress, history, analysis state, local run folder) is saved in Lightning checkpoints, so a
+    run resumed with ``trainer.fit(..., ckpt_path=...)`` keeps its history.
+
+    Args:
+        monitor: A ready :class:`~neuronmap.NeuronMap`; or leave it out and pass its keyword
+            arguments (``probe=``, ``layers=``, ``analyses=``, ``schedule=``, ...).
+        use_loggers: Report to the trainer's loggers when reporters are unset (default ``True``).
+        **kwargs: :class:`~neuronmap.NeuronMap` keyword arguments, when ``monitor`` is not given.
+
+    Raises:
+        InvalidParameterError: Both or neither of ``monitor`` and the keywords were given.
+
+    Example:
+        >>> import lightning.pytorch as L
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_probe
+        >>> callback = NeuronMapCallback(probe=tiny_probe(), layers=["net.*"],
+        ...                              analyses=[nm.ActivationStats()])
+        >>> trainer = L.Trainer(max_epochs=1, callbacks=[callback])  # doctest: +SKIP
+    """
+
+    def __init__(self, monitor: NeuronMap | None = None, *, use_loggers: bool = True, **kwargs: Any) -> None:
+        super().__init__()
+        self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
+        self.use_loggers = use_loggers
+        self._bound = False
+        self._failed = False
+        self._resume_dir: str | None = None
+
+    def __repr__(self) -> str:
+        return f"NeuronMapCallback({self.monitor!r})"
+
+    @property
+    def state_key(self) -> str:
+        """Key of this callback's state in checkpoints (one per monitor name)."""
+        return self._generate_state_key(name=self.monitor.name)
+
+    # ------------------------------------------------------------------ plumbing
+    def _bind(self, trainer: Trainer) -> None:
+        """Choose reporters once, at the first run (after any checkpoint was restored)."""
+        if self._bound:
+            return
+        self._bound = True
+        if not trainer.is_global_zero:
+            if uses_default_reporters(self.monitor):
+                self.monitor.reporters = []
+            return
+        trackers = list(_trainer_trackers(trainer)) if self.use_loggers else []
+        choose_reporters(self.monitor, trackers, root=Path(trainer.default_root_dir), resume_dir=self._resume_dir)
+
+    def _maybe_run(self, trainer: Trainer, pl_module: LightningModule, event: str) -> None:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        if not self.monitor.should_run(step=step, epoch=epoch, event=event):
+            return
+        self._bind(trainer)
+        # The strategy's model is the DDP/FSDP/DeepSpeed wrapper; the engine looks through
+        # DDP and keeps FSDP, whose forward gathers the sharded parameters.
+        model = trainer.strategy.model
+        self.monitor.run(model if isinstance(model, nn.Module) else pl_module, step=step, epoch=epoch, event=event)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Run if ``"train_start"`` is scheduled (a baseline before the first step)."""
+        self._maybe_run(trainer, pl_module, "train_start")
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Run if ``Schedule(every_n_steps=...)`` calls for this global step."""
+        if self.monitor.schedule.every_n_steps is not None:
+            self._maybe_run(trainer, pl_module, "step")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Run at the end of validation, except the sanity check before training."""
+        if not trainer.sanity_checking:
+            self._maybe_run(trainer, pl_module, "validation_end")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Run at train end (skipped when the last validation already ran at this step)."""
+        self._maybe_run(trainer, pl_module, "train_end")
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Close the reporters with status ``FAILED``."""
+        self._failed = True
+        self.monitor.close("FAILED")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Close the reporters (flushes them; tracker runs owned by a logger stay open)."""
+        if not self._failed:
+            self.monitor.close("FINISHED")
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Schedule progress, history and analysis state (JSON-able), and the local run folder."""
+        return {"monitor": self.monitor.state_dict(), "local_run_dir": local_run_dir(self.monitor)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; a local run folder is appended to, not replaced."""
+        self.monitor.load_state_dict(state_dict.get("monitor", {}))
+        self._resume_dir = state_dict.get("local_run_dir")
