@@ -11,14 +11,39 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from neuronmap.errors import InvalidParameterError
+from neuronmap.reporters._spool import SpooledReporter
 from neuronmap.reporters.base import BaseReporter, Reporter, publish_report
 from neuronmap.reporters.local import LocalReporter
 
-__all__ = ["BaseReporter", "LocalReporter", "Reporter", "available_reporters", "get_reporter", "publish_report"]
+__all__ = [
+    "BaseReporter",
+    "CompositeReporter",
+    "LocalReporter",
+    "MLflowReporter",
+    "Reporter",
+    "SpooledReporter",
+    "TensorBoardReporter",
+    "WandbReporter",
+    "available_reporters",
+    "get_reporter",
+    "publish_report",
+]
 
 #: Built-in reporters: registry name -> "module:Class".
 _BUILTIN: dict[str, str] = {
+    "composite": "neuronmap.reporters.composite:CompositeReporter",
     "local": "neuronmap.reporters.local:LocalReporter",
+    "mlflow": "neuronmap.reporters.mlflow:MLflowReporter",
+    "tensorboard": "neuronmap.reporters.tensorboard:TensorBoardReporter",
+    "wandb": "neuronmap.reporters.wandb:WandbReporter",
+}
+
+#: Classes imported on first access, so that ``import neuronmap.reporters`` imports no tracker.
+_LAZY: dict[str, str] = {
+    "MLflowReporter": "neuronmap.reporters.mlflow",
+    "WandbReporter": "neuronmap.reporters.wandb",
+    "TensorBoardReporter": "neuronmap.reporters.tensorboard",
+    "CompositeReporter": "neuronmap.reporters.composite",
 }
 
 
@@ -47,12 +72,10 @@ def get_reporter(name: str, **kwargs: Any) -> Reporter:
 
 
 def __getattr__(name: str) -> Any:
-    lazy = {
-        "MLflowReporter": "neuronmap.reporters.mlflow",
-        "WandbReporter": "neuronmap.reporters.wandb",
-        "TensorBoardReporter": "neuronmap.reporters.tensorboard",
-        "CompositeReporter": "neuronmap.reporters.composite",
-    }
-    if name in lazy:
-        return getattr(import_module(lazy[name]), name)
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'neuronmap.reporters' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

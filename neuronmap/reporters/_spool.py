@@ -1,0 +1,467 @@
+"""Outage tolerance for every reporter, in one place: guard, spool, back off, replay.
+
+:class:`SpooledReporter` wraps any :class:`~neuronmap.reporters.base.Reporter`. Every call is
+guarded. A call that fails with a *transient* error (the tracker is down, the network is
+out) is written to a spool folder inside the run folder and replayed, in the original
+order, by a later call once the back-off delay has passed, by ``flush`` or at ``close``.
+After each failure the next attempt waits twice as long (``retry_after`` up to
+``max_retry_after`` seconds), so a dead tracker does not slow training down, and one
+:class:`~neuronmap.errors.ReporterWarning` is issued per outage. A call the tracker
+*rejects* (a bad key, a payload it refuses) is not retried, since it would fail again and
+block every later payload; it is kept in ``rejected.jsonl`` and warned about. Nothing
+raises unless ``strict=True``.
+
+Spool layout (``<run_dir>/spool/<i>-<reporter>/``)::
+
+    spool.jsonl      one JSON line per call: seq, method, arguments
+    files/<seq>/     what JSON cannot hold: figures as PNG, tables as CSV, copied artifacts
+    done             seq of the last delivered line (a new process resumes after it)
+    rejected.jsonl   calls the tracker refused, with the error, kept for inspection
+
+Nothing is pickled: a spooled figure comes back as a figure showing its PNG, a table as
+the DataFrame read back from its CSV, and non-finite floats are written as
+``{"$float": "nan"}`` so every line is strict JSON. MLflow metrics (same key, step and
+timestamp) and artifacts (same path) are idempotent, so replaying a call whose first
+attempt half-arrived does not duplicate it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neuronmap.errors import InvalidParameterError, ReporterError, ReporterWarning
+from neuronmap.reporters.base import BaseReporter, Reporter, RunStatus, publish_report
+from neuronmap.reporters.local import DEFAULT_ROOT, LocalReporter, new_run_name, safe_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from neuronmap.results import Report
+
+__all__ = ["SpooledReporter", "guard_reporters", "is_retryable"]
+
+_log = logging.getLogger("neuronmap.reporters")
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed call is worth retrying (the rule for reporters without their own).
+
+    Errors that say the *payload* is wrong (``ValueError``, ``TypeError``, ``KeyError``,
+    ``AttributeError``, :class:`~neuronmap.errors.InvalidParameterError`) would fail on every
+    replay, so they are not retried; everything else (connection refused, timeouts, HTTP
+    5xx, a tracker that failed to start) is. ``OSError`` is checked first because some
+    network errors also derive from ``ValueError``.
+    """
+    if isinstance(error, OSError):
+        return True
+    return not isinstance(error, (ValueError, TypeError, KeyError, AttributeError, NotImplementedError))
+
+
+class SpooledReporter(BaseReporter):
+    """Wrap a reporter so that an outage never reaches training and nothing is lost.
+
+    Args:
+        reporter: The reporter to guard.
+        spool_dir: Folder for failed payloads (created only when something fails). Calls
+            left there by an earlier process are delivered first.
+        strict: Raise :class:`~neuronmap.errors.ReporterError` on a failure (the payload is
+            spooled first, so it is still delivered later).
+        retry_after: Seconds to wait after the first failure before trying again.
+        max_retry_after: Longest wait between attempts (the delay doubles up to it).
+
+    A reporter may define ``is_retryable(error) -> bool`` to classify its own errors;
+    otherwise :func:`is_retryable` decides.
+
+    Example:
+        >>> import tempfile
+        >>> from neuronmap.reporters import LocalReporter
+        >>> inner = LocalReporter(tempfile.mkdtemp(), run_name="demo")
+        >>> rep = SpooledReporter(inner, spool_dir=inner.run_dir / "spool" / "0-local")
+        >>> rep.log_metrics({"neuronmap/x/layer/m": 1.0}, step=0)
+        >>> rep.pending
+        0
+        >>> rep.close()
+    """
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        *,
+        spool_dir: str | Path,
+        strict: bool = False,
+        retry_after: float = 1.0,
+        max_retry_after: float = 60.0,
+    ) -> None:
+        if isinstance(reporter, SpooledReporter):
+            raise InvalidParameterError(f"{reporter!r} is already spooled; pass its .reporter instead.")
+        if not retry_after > 0 or not max_retry_after >= retry_after:
+            raise InvalidParameterError(
+                "retry_after must be > 0 and max_retry_after >= retry_after; "
+                f"got retry_after={retry_after!r}, max_retry_after={max_retry_after!r}."
+            )
+        self.reporter = reporter
+        self.name = str(getattr(reporter, "name", type(reporter).__name__))
+        self.spool_dir = Path(spool_dir)
+        self.strict = strict
+        self.retry_after = float(retry_after)
+        self.max_retry_after = float(max_retry_after)
+        self._lock = threading.RLock()
+        self._failures = 0
+        self._next_try = 0.0
+        self._in_outage = False
+        entries = self._entries()
+        self._pending = len(entries)
+        self._seq = max([_read_done(self.spool_dir), *(e["seq"] for e in entries)])
+
+    def __repr__(self) -> str:
+        return f"SpooledReporter({self.reporter!r}, pending={self._pending})"
+
+    @property
+    def pending(self) -> int:
+        """Spooled calls not yet delivered."""
+        return self._pending
+
+    @property
+    def in_outage(self) -> bool:
+        """Whether the last attempt failed (calls are being spooled)."""
+        return self._in_outage
+
+    # ------------------------------------------------------------------ core
+    def _entries(self) -> list[dict[str, Any]]:
+        path = self.spool_dir / "spool.jsonl"
+        if not path.exists():
+            return []
+        done = _read_done(self.spool_dir)
+        lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        return [e for e in lines if e["seq"] > done]
+
+    def _retryable(self, error: BaseException) -> bool:
+        rule: Callable[[BaseException], bool] = getattr(self.reporter, "is_retryable", is_retryable)
+        try:
+            return bool(rule(error))
+        except Exception:  # a broken rule must not turn an outage into data loss
+            return True
+
+    def _call(self, method: str, *args: Any) -> None:
+        with self._lock:
+            if self._in_outage or self._pending:
+                self._spool(method, args)
+                if time.monotonic() >= self._next_try:
+                    self._replay()
+                return
+            try:
+                getattr(self.reporter, method)(*args)
+            except Exception as err:
+                if self._retryable(err):
+                    self._spool(method, args)
+                    self._back_off(err, method)
+                else:
+                    self._reject(err, method, args)
+                if self.strict:
+                    raise ReporterError(f"Reporter {self.reporter!r} failed in {method}(): {err}") from err
+            else:
+                self._failures = 0
+
+    def _spool(self, method: str, args: Sequence[Any], *, file: str = "spool.jsonl", **extra: Any) -> None:
+        self._seq += 1
+        entry = {"seq": self._seq, "method": method, "time": time.time(), **extra,
+                 "args": _Codec(self.spool_dir, self._seq, folder=Path(file).stem).encode_args(args)}
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        with (self.spool_dir / file).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, allow_nan=False) + "\n")
+        if file == "spool.jsonl":
+            self._pending += 1
+
+    def _back_off(self, err: Exception, method: str) -> None:
+        """A transient failure: wait twice as long before the next try; warn once per outage."""
+        self._failures += 1
+        delay = min(self.retry_after * 2 ** (self._failures - 1), self.max_retry_after)
+        self._next_try = time.monotonic() + delay
+        if not self._in_outage:
+            self._in_outage = True
+            self._warn(
+                f"NeuronMap reporter {self.name!r} failed in {method}() ({type(err).__name__}: {err}); training "
+                f"goes on. Calls are spooled to {self.spool_dir} and replayed in order when it answers again "
+                f"(next try in {delay:g} s). Pass strict=True to raise instead."
+            )
+
+    def _reject(self, err: Exception, method: str, args: Sequence[Any]) -> None:
+        """The tracker refused the payload: keep it aside, since retrying would block the spool."""
+        self._spool(method, args, file="rejected.jsonl", error=f"{type(err).__name__}: {err}")
+        self._warn(
+            f"NeuronMap reporter {self.name!r} rejected {method}() ({type(err).__name__}: {err}). The call "
+            f"is not retried (it would fail again); it is kept in {self.spool_dir / 'rejected.jsonl'}."
+        )
+
+    def _warn(self, message: str) -> None:
+        # user code -> engine or callback -> public method -> _call -> _back_off/_reject -> here
+        warnings.warn(message, ReporterWarning, stacklevel=5)
+
+    def _replay(self) -> bool:
+        """Deliver spooled calls in order, stopping at a transient failure; True once drained."""
+        entries = self._entries()
+        for entry in entries:
+            method, args = entry["method"], _Codec(self.spool_dir, entry["seq"]).decode_args(entry["args"])
+            try:
+                getattr(self.reporter, method)(*args)
+            except Exception as err:
+                if self._retryable(err):
+                    self._back_off(err, method)
+                    return False
+                self._reject(err, method, args)
+            (self.spool_dir / "done").write_text(str(entry["seq"]))
+            self._pending -= 1
+        if entries:
+            _log.info("NeuronMap reporter %r answers again; replayed %d spooled call(s).", self.name, len(entries))
+            shutil.rmtree(self.spool_dir / "files", ignore_errors=True)
+            (self.spool_dir / "spool.jsonl").unlink(missing_ok=True)
+        self._pending = 0
+        self._failures = 0
+        self._in_outage = False
+        return True
+
+    # ------------------------------------------------------------------ Reporter API
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._call("log_metrics", dict(metrics), int(step))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._call("log_params", dict(params))
+
+    def log_figure(self, name: str, figure: Figure, step: int) -> None:
+        self._call("log_figure", name, figure, int(step))
+
+    def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
+        self._call("log_table", name, dataframe, int(step))
+
+    def log_text(self, name: str, text: str) -> None:
+        self._call("log_text", name, text)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self._call("log_artifact", Path(path))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._call("set_tags", {str(k): str(v) for k, v in tags.items()})
+
+    def log_report(self, report: Report) -> None:
+        """Reporters with their own ``log_report`` get the report whole; others piece by piece.
+
+        Piece by piece, a failed figure upload spools only that figure, so the metrics that
+        did arrive are not sent twice.
+        """
+        own = getattr(type(self.reporter), "log_report", None)
+        if own is not None and own is not BaseReporter.log_report:
+            self._call("log_report", report)
+        else:
+            publish_report(self, report)
+
+    def flush(self) -> None:
+        """Replay spooled calls if the back-off allows, then flush the reporter."""
+        with self._lock:
+            if self._pending and (time.monotonic() < self._next_try or not self._replay()):
+                return
+            try:
+                self.reporter.flush()
+            except Exception as err:
+                self._back_off(err, "flush")
+                if self.strict:
+                    raise ReporterError(f"Reporter {self.reporter!r} failed in flush(): {err}") from err
+
+    def close(self, status: RunStatus = "FINISHED") -> None:
+        """Replay everything (ignoring the back-off), then close the reporter with ``status``.
+
+        If the tracker is still down, ``close`` is spooled too and a warning says how many
+        calls wait in the spool folder; a later ``SpooledReporter`` on that folder delivers
+        them (``SpooledReporter(reporter, spool_dir=...).flush()``).
+        """
+        with self._lock:
+            if self._pending and not self._replay():
+                self._spool("close", (status,))
+                self._warn(
+                    f"NeuronMap reporter {self.name!r} is still unreachable at close; {self._pending} call(s) "
+                    f"stay in {self.spool_dir}. Deliver them later with "
+                    "SpooledReporter(reporter, spool_dir=...).flush()."
+                )
+                return
+            self._call("close", status)
+
+
+def _read_done(spool_dir: Path) -> int:
+    path = spool_dir / "done"
+    return int(path.read_text().strip() or 0) if path.exists() else 0
+
+
+class _Codec:
+    """JSON encoding of call arguments; files under ``<spool_dir>/files/<seq>/``."""
+
+    def __init__(self, spool_dir: Path, seq: int, *, folder: str = "spool") -> None:
+        self.root = spool_dir
+        # rejected calls keep their files apart: "files/" is emptied once the spool drains
+        self.folder = Path("files" if folder == "spool" else f"{folder}-files") / str(seq)
+        self._count = 0
+
+    def _new_file(self, suffix: str) -> tuple[Path, str]:
+        self._count += 1
+        rel = self.folder / f"{self._count}{suffix}"
+        (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        return self.root / rel, rel.as_posix()
+
+    def encode_args(self, args: Sequence[Any]) -> list[Any]:
+        return [self.encode(a) for a in args]
+
+    def decode_args(self, args: Sequence[Any]) -> list[Any]:
+        return [self.decode(a) for a in args]
+
+    def encode(self, value: Any) -> Any:
+        import pandas as pd
+
+        from neuronmap.results import Report
+
+        if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"$float": str(value)}
+        if isinstance(value, Mapping):
+            return {str(k): self.encode(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.encode(v) for v in value]
+        if isinstance(value, Path):
+            path, rel = self._new_file("")
+            path.mkdir()
+            dest = path / value.name
+            shutil.copytree(value, dest) if value.is_dir() else shutil.copy2(value, dest)
+            return {"$path": f"{rel}/{value.name}"}
+        if isinstance(value, pd.DataFrame):
+            path, rel = self._new_file(".csv")
+            keep_index = not isinstance(value.index, pd.RangeIndex)
+            value.to_csv(path, index=keep_index)
+            return {"$table": rel, "index": keep_index}
+        if isinstance(value, Report):
+            return {"$report": self._encode_report(value)}
+        if hasattr(value, "savefig"):
+            path, rel = self._new_file(".png")
+            # fixed geometry (no bbox cropping), so the PNG is exactly dpi * size pixels
+            value.savefig(path, format="png", dpi=value.dpi)
+            return {"$figure": rel, "dpi": float(value.dpi)}
+        if hasattr(value, "item"):  # numpy / torch scalars
+            return self.encode(value.item())
+        return str(value)
+
+    def decode(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "$float" in value:
+            return float(value["$float"])
+        if "$path" in value:
+            return self.root / value["$path"]
+        if "$table" in value:
+            import pandas as pd
+
+            return pd.read_csv(self.root / value["$table"], index_col=0 if value["index"] else None)
+        if "$figure" in value:
+            return _figure_from_png(self.root / value["$figure"], dpi=value["dpi"])
+        if "$report" in value:
+            return self._decode_report(value["$report"])
+        return {k: self.decode(v) for k, v in value.items()}
+
+    def _encode_report(self, report: Report) -> dict[str, Any]:
+        return {
+            "step": report.step, "epoch": report.epoch, "event": report.event, "timestamp": report.timestamp,
+            "probe_fingerprint": report.probe_fingerprint, "timings": self.encode(dict(report.timings)),
+            "results": {
+                name: {
+                    "metrics": self.encode(dict(r.metrics)), "status": r.status, "error": r.error,
+                    "notes": list(r.notes), "duration_s": r.duration_s,
+                    "tables": {k: self.encode(t) for k, t in r.tables.items()},
+                    "figures": {k: self.encode(f) for k, f in r.figures.items()},
+                }
+                for name, r in report.results.items()
+            },
+        }
+
+    def _decode_report(self, data: Mapping[str, Any]) -> Report:
+        from neuronmap.analyses.base import AnalysisResult
+        from neuronmap.results import Report
+
+        results = {
+            name: AnalysisResult(
+                name, metrics=self.decode(r["metrics"]), status=r["status"], error=r["error"],
+                notes=tuple(r["notes"]), duration_s=r["duration_s"],
+                tables={k: self.decode(t) for k, t in r["tables"].items()},
+                figures={k: self.decode(f) for k, f in r["figures"].items()},
+            )
+            for name, r in data["results"].items()
+        }
+        return Report(
+            step=data["step"], epoch=data["epoch"], event=data["event"], timestamp=data["timestamp"],
+            results=results, probe_fingerprint=data["probe_fingerprint"], timings=self.decode(data["timings"]),
+        )
+
+
+def _figure_from_png(path: Path, *, dpi: float) -> Figure:
+    """A figure of the PNG's exact pixel size that shows the PNG (no pyplot involved)."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    image = imread(path)
+    height, width = image.shape[:2]
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes.imshow(image, interpolation="none")
+    axes.set_axis_off()
+    return figure
+
+
+def default_spool_root(reporters: Sequence[Reporter]) -> Path:
+    """The first local run folder's ``spool/``, else ``neuronmap-runs/<new run>/spool`` (made lazily)."""
+    for reporter in reporters:
+        inner = getattr(reporter, "reporter", reporter)
+        if isinstance(inner, LocalReporter):
+            return inner.run_dir / "spool"
+    return Path(DEFAULT_ROOT) / new_run_name() / "spool"
+
+
+def guard_reporters(
+    reporters: Sequence[Reporter],
+    *,
+    spool_root: str | Path | None = None,
+    strict: bool = False,
+    retry_after: float = 1.0,
+    max_retry_after: float = 60.0,
+) -> list[Reporter]:
+    """Wrap each reporter in a :class:`SpooledReporter` with its own spool folder.
+
+    Args:
+        reporters: The reporters, in order.
+        spool_root: Parent of the spool folders (default: :func:`default_spool_root`).
+        strict, retry_after, max_retry_after: Passed to each :class:`SpooledReporter`.
+
+    Returns:
+        The guarded reporters. One that guards itself already (a :class:`SpooledReporter`,
+        or one with ``guards_itself = True`` such as ``CompositeReporter``) is kept as is.
+    """
+    root = Path(spool_root) if spool_root is not None else default_spool_root(reporters)
+    guarded: list[Reporter] = []
+    for i, reporter in enumerate(reporters):
+        if isinstance(reporter, SpooledReporter) or getattr(reporter, "guards_itself", False):
+            guarded.append(reporter)
+            continue
+        name = safe_name(str(getattr(reporter, "name", type(reporter).__name__))).replace("/", "_")
+        guarded.append(
+            SpooledReporter(
+                reporter, spool_dir=root / f"{i}-{name}", strict=strict,
+                retry_after=retry_after, max_retry_after=max_retry_after,
+            )
+        )
+    return guarded
