@@ -31,7 +31,12 @@ from neuronmap.distributed import (
     shard_probe,
     unwrap_model,
 )
-from neuronmap.errors import AnalysisError, AnalysisFailedWarning, InvalidParameterError, ReporterError, ReporterWarning
+from neuronmap.errors import (
+    AnalysisError,
+    AnalysisFailedWarning,
+    InvalidParameterError,
+    ReporterWarning,
+)
 from neuronmap.probe import ProbeSet
 from neuronmap.reporters.base import Reporter, RunStatus
 from neuronmap.results import History, Report
@@ -119,6 +124,7 @@ class NeuronMap:
         self.schedule = schedule or Schedule()
         self._reporter_spec = reporters
         self._reporters: list[Reporter] | None = None
+        self._spooled: list[Reporter] | None = None
         self.strict = strict
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidParameterError(f"batch_size must be a positive int; got {batch_size!r}.")
@@ -158,6 +164,15 @@ class NeuronMap:
     @reporters.setter
     def reporters(self, value: Sequence[Reporter]) -> None:
         self._reporters = list(value)
+        self._spooled = None
+
+    def _guarded_reporters(self) -> list[Reporter]:
+        """The reporters, each behind its own spool (outage tolerance lives in ``reporters._spool``)."""
+        if self._spooled is None:
+            from neuronmap.reporters._spool import guard_reporters
+
+            self._spooled = guard_reporters(self.reporters, strict=self.strict)
+        return self._spooled
 
     def add_listener(self, listener: Callable[[Report, nn.Module], None]) -> None:
         """Call ``listener(report, model)`` after every run (audit trail, gates)."""
@@ -333,40 +348,31 @@ class NeuronMap:
         )
 
     def _publish(self, report: Report) -> None:
-        for reporter in self.reporters:
+        # Each reporter is a SpooledReporter (or guards itself): a failing tracker spools its
+        # payload and warns once per outage; only strict=True lets a ReporterError through.
+        for reporter in self._guarded_reporters():
             if not self._params_logged:
-                self._guarded(reporter, "log_params", self.config())
+                reporter.log_params(self.config())
             log_report = getattr(reporter, "log_report", None)
             if log_report is not None:
-                self._guarded(reporter, "log_report", report)
+                log_report(report)
             else:
                 from neuronmap.reporters.base import publish_report
 
-                self._guarded_call(reporter, lambda r=reporter: publish_report(r, report))
-            self._guarded(reporter, "flush")
+                publish_report(reporter, report)
+            reporter.flush()
         self._params_logged = True
 
-    def _guarded(self, reporter: Reporter, method: str, *args: Any) -> None:
-        self._guarded_call(reporter, lambda: getattr(reporter, method)(*args))
-
-    def _guarded_call(self, reporter: Reporter, call: Callable[[], Any]) -> None:
-        try:
-            call()
-        except Exception as err:
-            if self.strict:
-                raise ReporterError(f"Reporter {reporter!r} failed: {err}") from err
-            warnings.warn(
-                f"NeuronMap reporter {reporter!r} failed ({type(err).__name__}: {err}); training goes on.",
-                ReporterWarning,
-                stacklevel=5,
-            )
-
     def close(self, status: RunStatus = "FINISHED") -> None:
-        """Close every reporter with ``status`` (``FAILED`` when training raised)."""
+        """Close every reporter with ``status`` (``FAILED`` when training raised).
+
+        Spooled payloads are replayed first; what a tracker still cannot take stays in the
+        run folder's ``spool/`` with a warning.
+        """
         if self._reporters is None:
             return
-        for reporter in self._reporters:
-            self._guarded(reporter, "close", status)
+        for reporter in self._guarded_reporters():
+            reporter.close(status)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
