@@ -325,7 +325,8 @@ def permutation_test(
 def _effsize(x: ArrayLike, y: ArrayLike, *, paired: bool, eftype: str) -> float:
     import pingouin  # 1-2 s to import; only needed here
 
-    a, b = _sample(x, "x"), _sample(y, "y")
+    min_size = 1 if eftype == "CLES" else 2  # a standard deviation needs two values
+    a, b = _sample(x, "x", min_size=min_size), _sample(y, "y", min_size=min_size)
     if paired and a.size != b.size:
         raise InvalidParameterError(
             f"paired=True needs x and y of equal length; got {a.size} and {b.size}."
@@ -468,10 +469,27 @@ def adjust_pvalues(
         )
     out = np.full_like(flat, np.nan)
     if tested.any():
-        out[tested] = multipletests(flat[tested], alpha=alpha, method=method)[1]
+        if method == "holm":
+            out[tested] = _holm(flat[tested])
+        else:
+            out[tested] = multipletests(flat[tested], alpha=alpha, method=method)[1]
     adjusted = out.reshape(arr.shape)
     if isinstance(pvalues, pd.DataFrame):
         return pd.DataFrame(adjusted, index=pvalues.index, columns=pvalues.columns)
     if isinstance(pvalues, pd.Series):
         return pd.Series(adjusted, index=pvalues.index, name=pvalues.name)
+    return adjusted
+
+
+def _holm(pvalues: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Holm (1979) step-down adjustment, identical to statsmodels' ``"holm"``.
+
+    statsmodels runs ``gc.collect()`` inside its Holm branch, which costs about 0.3 s per
+    call in a process holding a model; this is the same arithmetic without it.
+    """
+    order = np.argsort(pvalues)
+    m = pvalues.size
+    stepped = np.maximum.accumulate(pvalues[order] * np.arange(m, 0, -1))
+    adjusted = np.empty_like(pvalues)
+    adjusted[order] = np.minimum(stepped, 1.0)
     return adjusted
