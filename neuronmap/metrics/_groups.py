@@ -61,7 +61,7 @@ def _as_labels(y: Any, name: str, *, n: int | None = None, reference: str = "y_p
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
-            example = arr[np.argmax(bad)]
+            example = arr[np.argmax(bad)].item()
             raise InvalidParameterError(
                 f"{name} must hold class labels, but it holds continuous values (e.g. "
                 f"{example!r}); threshold scores into labels first, or pass them as y_score "
@@ -81,7 +81,7 @@ def _as_weights(sample_weight: Any, n: int, *, reference: str = "y_pred") -> np.
     if not np.all(np.isfinite(w)) or (w < 0).any():
         raise InvalidParameterError(
             "sample_weight must be finite and non-negative; got min "
-            f"{np.nanmin(w)!r} with {int((~np.isfinite(w)).sum())} non-finite values."
+            f"{float(np.nanmin(w))!r} with {int((~np.isfinite(w)).sum())} non-finite values."
         )
     return w
 
