@@ -1,0 +1,107 @@
+"""``neuronmap gate`` and ``neuronmap audit verify``: the CI and compliance subcommands.
+
+``gate`` exits 0 when every check passed, 1 when a check failed, 2 when a check could not be
+evaluated (metric missing, no CI, no baseline) or the config/run could not be read; the CLI's
+``main`` turns every :class:`~neuronmap.errors.NeuronMapError` into one line on stderr and exit 2.
+``audit verify`` exits 0 on an intact trail, 1 on tampering (each bad line named), 2 when there
+is no trail to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from neuronmap.errors import NeuronMapError
+
+__all__ = ["add_audit_parser", "add_gate_parser", "run_audit_verify", "run_gate"]
+
+_GATE_EPILOG = """gates.yaml:
+  gates:
+    - metric: neuronmap/probing/*/accuracy     # key or glob (* within a component, ** across)
+      min: 0.70
+      statistic: ci_low                        # value | ci_low | ci_high
+      when: last                               # last | all | any (over steps)
+    - metric: neuronmap/fairness/gender/demographic_parity_difference
+      max: 0.10
+      statistic: ci_high
+    - metric: neuronmap/probing/net.3/accuracy
+      baseline: {mode: absolute, margin: 0.02} # non-inferiority against --baseline RUN
+      required: false
+
+exit status: 0 all checks passed, 1 a check failed, 2 a check could not run or bad input.
+RUN: a run folder, or mlflow:<run_id> (tracking URI from --tracking-uri or MLFLOW_TRACKING_URI).
+$GITHUB_STEP_SUMMARY, when set, gets the Markdown table appended."""
+
+
+def add_gate_parser(sub: Any) -> None:
+    """Register ``gate``."""
+    p = sub.add_parser(
+        "gate", help="check a run's metrics against thresholds (exit code, JUnit XML) for CI",
+        description="Evaluate the checks of a gates.yaml file on a run's metrics.",
+        epilog=_GATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or mlflow:<run_id>")
+    p.add_argument("--config", required=True, metavar="gates.yaml", help="the checks")
+    p.add_argument("--baseline", default=None, metavar="RUN", help="run to compare with (baseline rules)")
+    p.add_argument("--junit", default=None, metavar="FILE", help="write JUnit XML here")
+    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the JSON report here")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write the Markdown table here")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI for mlflow: runs")
+    p.add_argument("--no-audit", action="store_true", help="do not append the evaluation to audit.jsonl")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.set_defaults(handler=run_gate)
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """Evaluate, write the requested reports, print a summary; return the gate's exit code."""
+    from neuronmap.gates import evaluate
+
+    report = evaluate(args.run, args.config, args.baseline, tracking_uri=args.tracking_uri, audit=not args.no_audit)
+    report.write(junit=args.junit, json=args.json_out, markdown=args.markdown)
+    for result in report.checks:
+        if not args.quiet or result.status != "passed":
+            print(f"[{result.status.upper():7}] {result.name}: {result.message}")
+    counts = ", ".join(f"{len(report.by_status(s))} {s}" for s in ("passed", "failed", "error", "skipped"))
+    print(f"neuronmap gate: {counts} -> exit {report.exit_code}")
+    return report.exit_code
+
+
+def add_audit_parser(sub: Any) -> None:
+    """Register ``audit`` with its ``verify`` action."""
+    p = sub.add_parser("audit", help="verify a run's tamper-evident audit trail",
+                       description="Work with the hash-chained audit trail (audit.jsonl) of a run folder.")
+    actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
+    v = actions.add_parser(
+        "verify", help="check every hash, link and signature; name each bad line (exit 1 on tampering)",
+        description="Detect edited, deleted, inserted or reordered lines of audit.jsonl. With "
+                    "NEURONMAP_AUDIT_KEY set, HMAC signatures are checked too.",
+    )
+    v.add_argument("run", metavar="RUN", help="run folder or path to audit.jsonl")
+    v.add_argument("--head", default=None, metavar="HASH",
+                   help="the last entry's hash recorded elsewhere (detects removed trailing lines)")
+    v.add_argument("--json", dest="json_out", action="store_true", help="print the result as JSON")
+    v.set_defaults(handler=run_audit_verify)
+    p.set_defaults(handler=lambda _args: (p.print_help(), 2)[1])
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    """Print the verification; 0 intact, 1 tampered."""
+    from neuronmap.audit import verify
+
+    try:
+        result = verify(args.run, head=args.head)
+    except FileNotFoundError as err:
+        raise NeuronMapError(str(err)) from err
+    if args.json_out:
+        print(json.dumps({"path": str(result.path), "ok": result.ok, "entries": result.entries, "head": result.head,
+                          "signed": result.signed, "notes": list(result.notes),
+                          "problems": [{"line": p.line, "kind": p.kind, "message": p.message}
+                                       for p in result.problems]}, indent=2))
+    else:
+        print(result)
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return 0 if result.ok else 1

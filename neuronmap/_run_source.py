@@ -1,0 +1,121 @@
+"""Read a finished run's metrics from a local run folder or an MLflow run.
+
+Gates, model cards and the audit CLI accept a *run* in one of two spellings:
+
+* a local run folder written by :class:`~neuronmap.reporters.LocalReporter`
+  (``metrics.jsonl`` inside it), or
+* ``mlflow:<run_id>``, read through ``MlflowClient(tracking_uri).get_metric_history`` with the
+  tracking URI given explicitly or taken from ``MLFLOW_TRACKING_URI``.
+
+Both give the same long-format History table (``step, epoch, event, analysis, layer, metric,
+value, key``), so everything downstream is tracker-agnostic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from neuronmap.errors import NeuronMapError
+from neuronmap.reporters.local import read_history
+from neuronmap.results import HISTORY_COLUMNS, split_key
+
+__all__ = ["LoadedRun", "RunReadError", "load_run"]
+
+MLFLOW_PREFIX = "mlflow:"
+
+
+class RunReadError(NeuronMapError, OSError):
+    """A run folder or tracker run could not be read (missing, unreadable or malformed)."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """The metrics of one run, whatever stored them."""
+
+    #: How the user named the run (a folder path or ``mlflow:<run_id>``).
+    source: str
+    #: Long-format History (columns of :data:`neuronmap.results.HISTORY_COLUMNS`).
+    frame: pd.DataFrame
+    #: The local run folder, or ``None`` for a tracker run.
+    run_dir: Path | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """Every metric key the run holds, sorted."""
+        return sorted(set(self.frame["key"]))
+
+
+def load_run(source: str | os.PathLike[str], *, tracking_uri: str | None = None) -> LoadedRun:
+    """Read the metrics of a run folder or of ``mlflow:<run_id>``.
+
+    Args:
+        source: A run folder path, or ``mlflow:<run_id>``.
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``); ignored for folders.
+
+    Returns:
+        The run's long-format History.
+
+    Raises:
+        RunReadError: The folder does not exist, holds no ``metrics.jsonl``, a line of it is not
+            valid JSON, or the MLflow run cannot be fetched.
+
+    Example:
+        >>> load_run("no/such/folder")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        RunReadError: Run folder 'no/such/folder' does not exist.
+    """
+    text = os.fspath(source)
+    if text.startswith(MLFLOW_PREFIX):
+        return _load_mlflow(text, text[len(MLFLOW_PREFIX) :], tracking_uri=tracking_uri)
+    run_dir = Path(text)
+    if not run_dir.is_dir():
+        raise RunReadError(f"Run folder {text!r} does not exist; pass a LocalReporter run folder or mlflow:<run_id>.")
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunReadError(
+            f"{text!r} is not a NeuronMap run folder: it has no metrics.jsonl "
+            f"(found: {sorted(p.name for p in run_dir.iterdir())[:10]})."
+        )
+    try:
+        frame = read_history(run_dir)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
+        raise RunReadError(f"Cannot read {run_dir / 'metrics.jsonl'}: {type(err).__name__}: {err}") from err
+    return LoadedRun(text, frame, run_dir)
+
+
+def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None) -> LoadedRun:
+    from neuronmap._imports import MLFLOW_AVAILABLE
+
+    MLFLOW_AVAILABLE.require("Reading an MLflow run")
+    from mlflow.tracking import MlflowClient
+
+    if not run_id:
+        raise RunReadError(f"{source!r} names no run; expected mlflow:<run_id>.")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+        rows: list[list[object]] = []
+        for key in sorted(run.data.metrics):
+            for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+                rows.append(_row(key, int(m.step), float(m.value)))
+    except Exception as err:  # MLflow raises its own MlflowException and OSError subclasses
+        raise RunReadError(
+            f"Cannot read MLflow run {run_id!r} from tracking URI {uri or '(MLflow default ./mlruns)'!r}: {err}"
+        ) from err
+    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    frame["value"] = frame["value"].astype(float)
+    return LoadedRun(source, frame, None)
+
+
+def _row(key: str, step: int, value: float) -> list[object]:
+    try:
+        analysis, layer, metric = split_key(key)
+    except ValueError:
+        analysis, layer, metric = "", "", key
+    return [step, None, None, analysis, layer, metric, value if math.isfinite(value) else math.nan, key]

@@ -1,0 +1,250 @@
+"""Model-card data: the sections of Mitchell et al. (2019), filled from a run and from people.
+
+"Model Cards for Model Reporting" (Mitchell et al., FAT* 2019, section 4) lists nine sections:
+model details, intended use, factors, metrics, evaluation data, training data, quantitative
+analyses, ethical considerations, caveats and recommendations. NeuronMap fills what a run
+knows (every metric with its CI and corrected p-value, fairness and representation-bias
+results, the probe set's fingerprint, the environment, dated test logs, figures) and reads the
+rest (intended use, training data, ethics ...) from a YAML file that people write. Run data are
+read generically, so any analysis that logs stable keys shows up without changes here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import yaml
+
+from neuronmap.cards._sources import metric_rows, read_run_folder
+from neuronmap.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from neuronmap.engine import NeuronMap
+
+__all__ = ["ANNEX_IV_REQUIRED", "REQUIRED_FIELDS", "SECTIONS", "ModelCard", "load_card_data"]
+
+#: The sections of Mitchell et al. 2019, in the paper's order.
+SECTIONS = ("model_details", "intended_use", "factors", "metrics", "evaluation_data", "training_data",
+            "quantitative_analyses", "ethical_considerations", "caveats_and_recommendations")
+#: Top-level keys a card YAML file may hold.
+USER_KEYS = (*SECTIONS, "annex_iv", "extra")
+#: Fields only people can fill; ``--strict`` fails while any is empty.
+REQUIRED_FIELDS = (
+    "model_details.name", "model_details.version", "model_details.developers", "model_details.license",
+    "intended_use.primary_uses", "intended_use.primary_users", "intended_use.out_of_scope_uses",
+    "training_data.description", "ethical_considerations.risks", "caveats_and_recommendations.recommendations",
+)
+#: Extra fields the EU AI Act Annex IV template needs (items 1, 2, 3, 5, 7, 9).
+ANNEX_IV_REQUIRED = (
+    "annex_iv.provider", "annex_iv.intended_purpose", "annex_iv.development_methods",
+    "annex_iv.human_oversight", "annex_iv.risk_management", "annex_iv.standards_applied",
+    "annex_iv.post_market_monitoring", "annex_iv.test_sign_off",
+)
+_FAIRNESS_ANALYSES = ("fairness", "representation_bias", "counterfactual_bias")
+
+
+def load_card_data(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Read people-supplied card data from YAML (``yaml.safe_load`` only) or a mapping.
+
+    Raises:
+        InvalidParameterError: The file is missing, is not YAML, is not a mapping, or has a
+            top-level key that is not a card section (the message lists the allowed ones).
+    """
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidParameterError(f"Card data file {str(path)!r} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            raise InvalidParameterError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}.") from err
+    if not isinstance(data, Mapping):
+        raise InvalidParameterError(f"Card data must be a mapping of sections; got {type(data).__name__}.")
+    unknown = sorted(str(k) for k in data if k not in USER_KEYS)
+    if unknown:
+        raise InvalidParameterError(f"Unknown card section(s) {unknown}; allowed: {', '.join(USER_KEYS)}.")
+    return copy.deepcopy(dict(data))
+
+
+def _merge(auto: Mapping[str, Any], user: Any) -> dict[str, Any]:
+    """``user`` over ``auto``, recursively for mappings; a non-mapping user value goes under ``text``."""
+    out = copy.deepcopy(dict(auto))
+    if user is None:
+        return out
+    if not isinstance(user, Mapping):
+        out["text"] = user
+        return out
+    for key, value in user.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def _filled(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip()) and value.strip().upper() not in ("TODO", "TBD", "N/A")
+    if isinstance(value, (Mapping, Sequence)):
+        return len(value) > 0
+    return True
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a model card template can show, as plain data.
+
+    Build it with :meth:`from_run` or :meth:`from_monitor`, add what people know with
+    :meth:`with_data`, render with :func:`neuronmap.cards.render_card`.
+
+    Example:
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_mlp, tiny_probe
+        >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[])
+        >>> _ = monitor.run(tiny_mlp(), step=0)
+        >>> card = ModelCard.from_monitor(monitor, data={"model_details": {"name": "tiny"}})
+        >>> card.model_details["name"], card.evaluation_data["n"]
+        ('tiny', 64)
+    """
+
+    model_details: dict[str, Any] = field(default_factory=dict)
+    intended_use: dict[str, Any] = field(default_factory=dict)
+    factors: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation_data: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    #: ``results`` (all latest metrics), ``by_analysis``, ``fairness`` rows and ``tables``.
+    quantitative_analyses: dict[str, Any] = field(default_factory=dict)
+    ethical_considerations: dict[str, Any] = field(default_factory=dict)
+    caveats_and_recommendations: dict[str, Any] = field(default_factory=dict)
+    #: Versions, git commit, user and host (from the audit trail's first run, else now).
+    environment: dict[str, Any] = field(default_factory=dict)
+    #: Figures: ``name``, ``step``, ``path`` (relative to the run folder), ``data_uri`` (base64 PNG).
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    #: Dated records of every evaluation (engine runs and gate evaluations).
+    test_log: list[dict[str, Any]] = field(default_factory=list)
+    #: Run folder, status and times.
+    run: dict[str, Any] = field(default_factory=dict)
+    #: Audit-trail verification summary (``present``, ``ok``, ``entries``, ``head``, ``problems``).
+    audit: dict[str, Any] = field(default_factory=dict)
+    #: People-supplied EU AI Act Annex IV items.
+    annex_iv: dict[str, Any] = field(default_factory=dict)
+    #: Anything else from the card YAML, for custom templates.
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: The people-supplied data as read (hashed into the audit trail).
+    user_data: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], *, data: Any = None) -> ModelCard:
+        """Fill a card from a LocalReporter run folder, then merge ``data`` (a YAML path or mapping)."""
+        folder = read_run_folder(Path(run_dir))
+        config = folder["config"]
+        probe = dict(config.get("probe") or {})
+        auto = _auto_sections(folder["history"], name=str(config.get("name") or Path(run_dir).name),
+                              probe=probe, groups=[], run=folder["run"])
+        auto["caveats_and_recommendations"]["analysis_failures"] = folder["failures"]
+        card = cls(**auto, environment=folder["environment"], figures=folder["figures"],
+                   test_log=folder["test_log"], audit=folder["audit"], run=folder["run"])
+        card = dataclasses.replace(card, quantitative_analyses={**card.quantitative_analyses,
+                                                                "tables": folder["tables"]})
+        return card.with_data(data)
+
+    @classmethod
+    def from_monitor(cls, monitor: NeuronMap, *, model: nn.Module | None = None, data: Any = None) -> ModelCard:
+        """Fill a card from a live monitor (its History, config and probe set, and its run folder if any)."""
+        from neuronmap.reporters.local import LocalReporter
+
+        # The private list, not the ``reporters`` property: reading must not create a default folder.
+        local = [r for r in (monitor._reporters or []) if isinstance(r, LocalReporter)]
+        if local and (local[0].run_dir / "metrics.jsonl").exists():
+            base = cls.from_run(local[0].run_dir)
+        else:
+            from neuronmap.audit import environment_info
+
+            base = cls(environment={**environment_info(), "recorded": "at card rendering"})
+        probe = monitor.probe
+        auto = _auto_sections(
+            monitor.history.frame, name=monitor.name,
+            probe={"name": probe.name, "n": len(probe), "fingerprint": probe.fingerprint(),
+                   "description": probe.description},
+            groups=list(probe.group_columns), run=base.run,
+        )
+        if model is not None:
+            auto["model_details"]["architecture"] = type(model).__name__
+            auto["model_details"]["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        auto["quantitative_analyses"]["tables"] = base.quantitative_analyses.get("tables", [])
+        auto["caveats_and_recommendations"] = base.caveats_and_recommendations or auto["caveats_and_recommendations"]
+        return dataclasses.replace(base, **auto).with_data(data)
+
+    def with_data(self, data: Any) -> ModelCard:
+        """A copy with people-supplied data (YAML path or mapping) merged over the automatic sections."""
+        user = load_card_data(data)
+        if not user:
+            return self
+        merged = {key: _merge(getattr(self, key), user.get(key)) for key in USER_KEYS if key in user}
+        return dataclasses.replace(self, **merged, user_data=_merge(self.user_data, user))
+
+    # ------------------------------------------------------------------ queries
+    def get(self, dotted: str) -> Any:
+        """A field by dotted path (``model_details.name``), ``None`` when absent."""
+        node: Any = self.to_dict()
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def missing_fields(self, required: Sequence[str] = REQUIRED_FIELDS) -> list[str]:
+        """Required fields that are empty or still ``TODO``/``TBD``."""
+        return [f for f in required if not _filled(self.get(f))]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (what templates receive as ``card``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _auto_sections(history: pd.DataFrame, *, name: str, probe: Mapping[str, Any], groups: list[str],
+                   run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = metric_rows(history)
+    by_analysis: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_analysis.setdefault(row["analysis"] or "user", []).append(row)
+    fairness = [r for r in rows if r["analysis"] in _FAIRNESS_ANALYSES]
+    attributes = sorted({r["layer"] for r in fairness if r["analysis"] == "fairness"})
+    siblings = sorted({s for r in rows for s in ("ci", "p", "p_adj") if r.get(f"has_{s}")})
+    approaches = {
+        "ci": "bootstrap confidence intervals (keys ending in _ci_low / _ci_high)",
+        "p": "significance tests (keys ending in _p)",
+        "p_adj": "p-values corrected for multiple comparisons across layers/attributes (keys ending in _p_adj)",
+    }
+    steps = sorted({int(s) for s in history["step"]}) if len(history) else []
+    return {
+        "model_details": {"name": name, "date": str(run.get("ended") or run.get("started") or "")[:10] or None},
+        "intended_use": {},
+        "factors": {"relevant_factors": sorted(set(groups) | set(attributes)), "fairness_attributes": attributes},
+        "metrics": {
+            "performance_measures": sorted({f"{r['analysis']}/{r['metric']}" for r in rows}),
+            "variation_approaches": [approaches[s] for s in siblings],
+        },
+        "evaluation_data": {**dict(probe), "groups": groups or None, "steps": steps},
+        "training_data": {},
+        "quantitative_analyses": {"results": rows, "by_analysis": by_analysis, "fairness": fairness,
+                                  "analyses": sorted(by_analysis)},
+        "ethical_considerations": {},
+        "caveats_and_recommendations": {"analysis_failures": []},
+    }
