@@ -39,30 +39,61 @@ _BLOCK_BYTES = 96 * 2**20
 _MIN_BLOCK = 256
 
 
-def as_float64_matrix(x: Any, name: str) -> NDArray[np.float64]:
-    """Convert an activation array (numpy or torch, any device) to an ``[n, d]`` float64 array.
+def as_matrix(x: Any, name: str) -> NDArray[np.floating[Any]]:
+    """Convert activations (numpy or torch, any device) to an ``[n, d]`` floating numpy array.
 
-    A 1-D input is one feature per example; inputs with more than two dimensions are
-    flattened to ``[n, prod(rest)]`` (e.g. token x hidden or channel x height x width).
+    Floating inputs keep their precision (float32 stays float32, so that the float64
+    conversion can be fused with centring); others become float64. A 1-D input is one
+    feature per example; inputs with more than two dimensions are flattened to
+    ``[n, prod(rest)]`` (e.g. token x hidden or channel x height x width).
     """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().double().numpy()
-    arr = np.asarray(x, dtype=np.float64)
+        tensor = x.detach()
+        if str(tensor.dtype) != "torch.float64":
+            # half/bfloat16 -> float32 is exact; numpy has no bfloat16
+            tensor = tensor.float() if tensor.is_floating_point() else tensor.double()
+        x = tensor.cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
     if arr.ndim == 0:
         raise InvalidParameterError(
             f"{name} must be an array of shape [n_examples, n_features]; got a scalar."
         )
     if arr.ndim == 1:
-        arr = arr[:, None]
-    elif arr.ndim > 2:
-        arr = arr.reshape(arr.shape[0], -1)
-    if not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        return arr[:, None]
+    return arr.reshape(arr.shape[0], -1) if arr.ndim > 2 else arr
+
+
+def _raise_if_not_finite(arr: NDArray[np.floating[Any]], name: str) -> None:
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
         raise InvalidParameterError(
             f"{name} must contain only finite values; got {bad} NaN or infinite entries "
             f"in an array of shape {arr.shape}."
         )
+
+
+def as_float64_matrix(x: Any, name: str) -> NDArray[np.float64]:
+    """:func:`as_matrix`, as float64, checked for NaN and infinity."""
+    arr = np.asarray(as_matrix(x, name), dtype=np.float64)
+    _raise_if_not_finite(arr, name)
     return arr
+
+
+def centered(x: Any, name: str) -> NDArray[np.float64]:
+    """Column-centred float64 copy of ``x``, checked for NaN and infinity; never modifies ``x``.
+
+    Conversion and centring happen in one pass over the data (``np.subtract`` with a
+    float64 output), and the finiteness check rides on the column means (a NaN or
+    infinity makes its column mean non-finite), so a float32 layer is read twice
+    instead of five times.
+    """
+    arr = as_matrix(x, name)
+    mean = arr.mean(axis=0, dtype=np.float64, keepdims=True)
+    if not np.isfinite(mean).all():
+        _raise_if_not_finite(arr, name)
+    return np.subtract(arr, mean, dtype=np.float64)
 
 
 def check_form(form: str) -> None:
@@ -90,22 +121,17 @@ def check_min_n(n: int, *, debiased: bool) -> None:
         raise InvalidParameterError(f"{kind} needs at least {needed} examples; got n={n}.")
 
 
-def center(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Return a centred copy (column means removed); the input is never modified."""
-    return x - x.mean(axis=0, keepdims=True)
+def prefer_gram(n: int, dims: Sequence[int], pairs: Sequence[tuple[int, int]]) -> bool:
+    """Whether the sample-space form executes fewer flops than the feature-space form.
 
-
-def prefer_gram(n: int, dims: Sequence[int], pairs: int) -> bool:
-    """Whether the sample-space form needs fewer flops than the feature-space form.
-
-    Feature space costs ``n * sum(d_i d_j)`` over the needed pairs (about
-    ``n * pairs * mean(d)^2``); sample space costs ``n^2 * sum(d_i)`` for the Gram blocks
-    (half of each, by symmetry) plus ``n^2 * L^2`` for their inner products.
+    Feature space: one ``[d_i, n] @ [n, d_j]`` GEMM per needed pair (``2 n d_i d_j``
+    flops, half that as SYRK when ``i == j``). Sample space: each layer's Gram matrix in
+    symmetric blocks (about ``n^2 d_i``) plus the blocks' inner products (about
+    ``n^2 L (L + 1) / 2``).
     """
-    mean_d = float(np.mean(dims))
-    feature_cost = n * pairs * mean_d * mean_d
-    gram_cost = n * n * (float(np.sum(dims)) + len(dims) ** 2)
-    return gram_cost < feature_cost
+    feature = sum(n * dims[i] * dims[j] * (1.0 if i == j else 2.0) for i, j in pairs)
+    gram = float(n) * n * (sum(dims) + len(dims) * (len(dims) + 1) / 2.0)
+    return gram < feature
 
 
 def products_features(
@@ -174,7 +200,7 @@ def hsic_products(
     n = xs[0].shape[0]
     all_pairs = sorted(set(pairs) | {(k, k) for k in range(len(xs))})
     use_gram = form == "gram" or (
-        form == "auto" and prefer_gram(n, [x.shape[1] for x in xs], len(all_pairs))
+        form == "auto" and prefer_gram(n, [x.shape[1] for x in xs], all_pairs)
     )
     products = products_gram(xs) if use_gram else products_features(xs, all_pairs)
     if debiased:

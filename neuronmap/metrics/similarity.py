@@ -91,12 +91,10 @@ def linear_cka(X: Any, Y: Any, *, debiased: bool = False, form: Form = "auto") -
         1.0
     """
     _cka.check_form(form)
-    x, y = _cka.as_float64_matrix(X, "X"), _cka.as_float64_matrix(Y, "Y")
+    x, y = _cka.centered(X, "X"), _cka.centered(Y, "Y")
     n = _cka.check_same_n([x, y], ["X", "Y"])
     _cka.check_min_n(n, debiased=debiased)
-    products = _cka.hsic_products(
-        [_cka.center(x), _cka.center(y)], [(0, 1)], debiased=debiased, form=form
-    )
+    products = _cka.hsic_products([x, y], [(0, 1)], debiased=debiased, form=form)
     return float(_cka.cka_from_products(products, [0], [1], ["X", "Y"])[0, 0])
 
 
@@ -158,7 +156,7 @@ def kernel_cka(
 
 def _kernel_matrix(x: NDArray[np.float64], kernel: str, sigma: float | None) -> NDArray[np.float64]:
     if kernel == "linear":
-        xc = _cka.center(x)
+        xc = x - x.mean(axis=0)
         return xc @ xc.T
     sq = pdist(x, metric="sqeuclidean")
     if sigma is None:
@@ -275,13 +273,9 @@ def cka_matrix(
     """
     _cka.check_form(form)
     layout, arrays = _layout(acts_a, acts_b)
-    xs = [
-        _cka.as_float64_matrix(a, f"layer {name!r}")
-        for a, name in zip(arrays, layout.names, strict=True)
-    ]
+    xs = [_cka.centered(a, f"layer {name!r}") for a, name in zip(arrays, layout.names, strict=True)]
     n = _cka.check_same_n(xs, [f"layer {name!r}" for name in layout.names])
     _cka.check_min_n(n, debiased=debiased)
-    xs = [_cka.center(x) for x in xs]
     products = _cka.hsic_products(xs, layout.pairs, debiased=debiased, form=form)
     values = _cka.cka_from_products(products, layout.rows, layout.cols, layout.names)
     if layout.kind == "within":
@@ -357,7 +351,7 @@ class CKAAccumulator:
         if self.estimator == "minibatch":
             _cka.check_min_n(nb, debiased=True)
             hsic = _cka.hsic_products(
-                [_cka.center(x) for x in xs], layout.pairs, debiased=True, form="auto"
+                [x - x.mean(axis=0) for x in xs], layout.pairs, debiased=True, form="auto"
             ) / (nb * (nb - 3.0))
             self._hsic_sum = hsic if self._hsic_sum is None else self._hsic_sum + hsic
         else:
