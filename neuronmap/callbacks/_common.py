@@ -15,10 +15,20 @@ from typing import Any, Literal
 from neuronmap.distributed import is_rank_zero
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import InvalidParameterError, MissingDependencyError, ReporterWarning
-from neuronmap.reporters.base import Reporter
+from neuronmap.reporters.base import Reporter, RunStatus
 from neuronmap.reporters.local import LocalReporter
 
-__all__ = ["Tracker", "build_monitor", "tracker_reporters", "uses_default_reporters"]
+__all__ = [
+    "LOCAL_SUBDIR",
+    "Tracker",
+    "build_monitor",
+    "choose_reporters",
+    "close_monitor",
+    "local_reporter",
+    "local_run_dir",
+    "tracker_reporters",
+    "uses_default_reporters",
+]
 
 Tracker = Literal["mlflow", "wandb", "tensorboard"]
 TRACKERS: tuple[str, ...] = ("mlflow", "wandb", "tensorboard")
@@ -103,10 +113,22 @@ def tracker_reporters(trackers: Iterable[tuple[str, Any]]) -> list[Reporter]:
 
 
 def local_reporter(root: str | Path, *, run_dir: str | Path | None = None) -> LocalReporter:
-    """The fallback run folder under ``root/neuronmap-runs`` (or the exact ``run_dir`` of a resumed run)."""
+    """The fallback run folder under ``root/neuronmap-runs`` (or the exact ``run_dir`` of a resumed run).
+
+    Its ``report.html`` is rendered once, by :func:`close_monitor`: re-rendering every metric
+    plot at each scheduled run would pause training for seconds.
+    """
     if run_dir is not None and Path(run_dir).is_dir():
-        return LocalReporter(run_dir=run_dir)
-    return LocalReporter(Path(root) / LOCAL_SUBDIR)
+        return LocalReporter(run_dir=run_dir, render_html=False)
+    return LocalReporter(Path(root) / LOCAL_SUBDIR, render_html=False)
+
+
+def close_monitor(monitor: NeuronMap, status: RunStatus = "FINISHED") -> None:
+    """Close the monitor's reporters, rendering the local run's ``report.html`` on the way."""
+    for reporter in monitor._reporters or ():
+        if isinstance(reporter, LocalReporter):
+            reporter.render_html = True
+    monitor.close(status)
 
 
 def choose_reporters(

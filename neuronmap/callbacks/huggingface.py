@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from neuronmap._imports import TRANSFORMERS_AVAILABLE
-from neuronmap.callbacks._common import build_monitor, choose_reporters, local_run_dir, uses_default_reporters
+from neuronmap.callbacks._common import (
+    build_monitor,
+    choose_reporters,
+    close_monitor,
+    local_run_dir,
+    uses_default_reporters,
+)
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import MissingDependencyError, ReporterWarning
 
@@ -165,7 +171,7 @@ class NeuronMapTrainerCallback(TrainerCallback):
         """Run after an evaluation, inside training or from a bare ``trainer.evaluate()``."""
         ran = self._maybe_run(args, state, kwargs.get("model"), "validation_end")
         if ran and not self._training:
-            self.monitor.close("FINISHED")  # a standalone evaluation is a whole run
+            close_monitor(self.monitor)  # a standalone evaluation is a whole run
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Run at train end (skipped when the last evaluation already ran at this step); close."""
@@ -173,7 +179,7 @@ class NeuronMapTrainerCallback(TrainerCallback):
             self._maybe_run(args, state, kwargs.get("model"), "train_end")
         finally:
             self._training = False
-            self.monitor.close("FINISHED")
+            close_monitor(self.monitor)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Write the callback's state into the checkpoint folder just saved."""

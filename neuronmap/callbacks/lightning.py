@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from neuronmap._imports import LIGHTNING_AVAILABLE, PYTORCH_LIGHTNING_AVAILABLE
-from neuronmap.callbacks._common import build_monitor, choose_reporters, local_run_dir, uses_default_reporters
+from neuronmap.callbacks._common import (
+    build_monitor,
+    choose_reporters,
+    close_monitor,
+    local_run_dir,
+    uses_default_reporters,
+)
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import MissingDependencyError
 
@@ -151,12 +157,12 @@ class NeuronMapCallback(_Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Close the reporters with status ``FAILED``."""
         self._failed = True
-        self.monitor.close("FAILED")
+        close_monitor(self.monitor, "FAILED")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Close the reporters (flushes them; tracker runs owned by a logger stay open)."""
         if not self._failed:
-            self.monitor.close("FINISHED")
+            close_monitor(self.monitor)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:

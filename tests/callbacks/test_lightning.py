@@ -1,0 +1,143 @@
+"""NeuronMapCallback in real Lightning Trainers with a tiny model, a few steps each."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import lightning.pytorch as L
+from _lit import lit_mlp, loader, trainer_kwargs
+
+import neuronmap as nm
+from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
+from neuronmap.callbacks import NeuronMapCallback
+from neuronmap.errors import AnalysisFailedWarning, InvalidParameterError
+from neuronmap.reporters import LocalReporter
+from neuronmap.testing import tiny_probe
+
+pytestmark = pytest.mark.integration
+
+
+class _Raises(Analysis):
+    name = "raises"
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        raise RuntimeError("deliberate analysis failure")
+
+
+def _callback(**kwargs: object) -> tuple[NeuronMapCallback, list[tuple[str | None, int, int | None]]]:
+    kwargs.setdefault("analyses", [nm.ActivationStats()])
+    callback = NeuronMapCallback(probe=tiny_probe(), layers=["net.*"], **kwargs)  # type: ignore[arg-type]
+    runs: list[tuple[str | None, int, int | None]] = []
+    callback.monitor.add_listener(lambda report, model: runs.append((report.event, report.step, report.epoch)))
+    return callback, runs
+
+
+def _fit(callback: NeuronMapCallback, root: Path, **overrides: object) -> L.LightningModule:
+    model = lit_mlp()
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(root, **overrides))
+    trainer.fit(model, loader(), loader(16))
+    return model
+
+
+def test_runs_follow_the_schedule_and_no_hook_survives_between_runs(tmp_path: Path) -> None:
+    schedule = nm.Schedule(every_n_steps=3, on=("train_start", "validation_end", "train_end"))
+    callback, runs = _callback(schedule=schedule, reporters=[])
+    model = _fit(callback, tmp_path)
+    # 4 optimizer steps per epoch, 2 epochs; the sanity-check validation is skipped, and the
+    # train end at step 8 is not run again after the validation at step 8.
+    assert runs == [
+        ("train_start", 0, 0),
+        ("step", 3, 0),
+        ("validation_end", 4, 0),
+        ("step", 6, 1),
+        ("validation_end", 8, 1),
+    ]
+    assert model.hooks_seen_in_training == [0] * 8
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    assert callback.monitor.history.steps == [0, 3, 4, 6, 8]
+
+
+def test_without_loggers_results_go_to_a_local_run_under_default_root_dir(tmp_path: Path) -> None:
+    callback, _ = _callback()
+    _fit(callback, tmp_path)
+    (reporter,) = callback.monitor.reporters
+    assert isinstance(reporter, LocalReporter)
+    assert reporter.run_dir.parent == tmp_path / "neuronmap-runs"
+    lines = [json.loads(line) for line in (reporter.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["step"], line["event"]) for line in lines] == [(4, "validation_end"), (8, "validation_end")]
+    assert json.loads((reporter.run_dir / "run.json").read_text())["status"] == "FINISHED"
+    assert (reporter.run_dir / "report.html").is_file()  # rendered once, at close
+
+
+def test_resume_from_checkpoint_keeps_history_schedule_and_run_folder(tmp_path: Path) -> None:
+    full, full_runs = _callback()
+    L.Trainer(callbacks=[full], **trainer_kwargs(tmp_path / "full")).fit(lit_mlp(), loader(), loader(16))
+
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first, _ = _callback()
+    kwargs = trainer_kwargs(tmp_path / "resumed", max_epochs=1, enable_checkpointing=True)
+    L.Trainer(callbacks=[first, ckpt], **kwargs).fit(lit_mlp(), loader(), loader(16))
+
+    second, second_runs = _callback()
+    kwargs = trainer_kwargs(tmp_path / "resumed", max_epochs=2, enable_checkpointing=True)
+    trainer = L.Trainer(callbacks=[second, L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")], **kwargs)
+    trainer.fit(lit_mlp(), loader(), loader(16), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+    assert second_runs == [("validation_end", 8, 1)]  # step 4 is not run again
+    assert second.monitor.history.steps == [4, 8] == full.monitor.history.steps
+    assert second.monitor.schedule.state.runs == 2
+    resumed = second.monitor.history.frame.sort_values(["step", "key"])["value"].to_numpy()
+    uninterrupted = full.monitor.history.frame.sort_values(["step", "key"])["value"].to_numpy()
+    assert resumed == pytest.approx(uninterrupted, abs=1e-6, nan_ok=True)
+    # The local run folder of the first part is appended to, not replaced.
+    (reporter,) = second.monitor.reporters
+    assert isinstance(reporter, LocalReporter)
+    assert reporter.run_dir == first.monitor.reporters[0].run_dir  # type: ignore[attr-defined]
+    steps = [json.loads(line)["step"] for line in (reporter.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8]
+
+
+def test_a_failing_analysis_is_recorded_and_training_goes_on(tmp_path: Path) -> None:
+    callback, runs = _callback(analyses=[_Raises(), nm.ActivationStats()], reporters=[])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path))
+        trainer.fit(lit_mlp(), loader(), loader(16))
+    assert trainer.current_epoch == 2 and trainer.global_step == 8
+    assert [r[1] for r in runs] == [4, 8]
+    failures = [w for w in caught if issubclass(w.category, AnalysisFailedWarning)]
+    assert len(failures) == 2 and "deliberate analysis failure" in str(failures[0].message)
+    frame = callback.monitor.history.frame
+    assert set(frame["analysis"]) == {"activation_stats"}
+
+
+def test_works_in_a_pytorch_lightning_trainer_too(tmp_path: Path) -> None:
+    pl = pytest.importorskip("pytorch_lightning")
+    callback, runs = _callback(reporters=[])
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path))
+    trainer.fit(lit_mlp("pytorch_lightning"), loader(), loader(16))
+    assert runs == [("validation_end", 4, 0), ("validation_end", 8, 1)]
+
+
+def test_validate_alone_runs_once(tmp_path: Path) -> None:
+    callback, runs = _callback(reporters=[])
+    L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path)).validate(lit_mlp(), loader(16), verbose=False)
+    assert runs == [("validation_end", 0, 0)]
+
+
+def test_arguments_are_checked_with_helpful_messages() -> None:
+    monitor = nm.NeuronMap(tiny_probe(), layers="net.*", reporters=[])
+    with pytest.raises(InvalidParameterError, match=r"either a NeuronMap or NeuronMap's keyword arguments, not both"):
+        NeuronMapCallback(monitor, layers="net.*")
+    with pytest.raises(InvalidParameterError, match=r"needs a NeuronMap or at least the keywords probe= and layers=; missing \['layers'\]"):
+        NeuronMapCallback(probe=tiny_probe())
+    with pytest.raises(InvalidParameterError, match=r"first argument must be a neuronmap.NeuronMap; got str"):
+        NeuronMapCallback("net.*")  # type: ignore[arg-type]
+    named = NeuronMapCallback(nm.NeuronMap(tiny_probe(), layers="net.*", name="other"))
+    assert NeuronMapCallback(monitor).state_key != named.state_key
