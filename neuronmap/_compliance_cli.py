@@ -59,7 +59,13 @@ def run_gate(args: argparse.Namespace) -> int:
     """Evaluate, write the requested reports, print a summary; return the gate's exit code."""
     from neuronmap.gates import evaluate
 
-    report = evaluate(args.run, args.config, args.baseline, tracking_uri=args.tracking_uri, audit=not args.no_audit)
+    try:
+        report = evaluate(args.run, args.config, args.baseline, tracking_uri=args.tracking_uri,
+                          audit=not args.no_audit)
+    except NeuronMapError as err:
+        if args.junit:  # CI still gets a report that shows why nothing was checked
+            _write_error_junit(args.junit, err)
+        raise
     report.write(junit=args.junit, json=args.json_out, markdown=args.markdown)
     for result in report.checks:
         if not args.quiet or result.status != "passed":
@@ -67,6 +73,20 @@ def run_gate(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{len(report.by_status(s))} {s}" for s in ("passed", "failed", "error", "skipped"))
     print(f"neuronmap gate: {counts} -> exit {report.exit_code}")
     return report.exit_code
+
+
+def _write_error_junit(path: str, err: Exception) -> None:
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    suites = ET.Element("testsuites", name="neuronmap", tests="1", failures="0", errors="1")
+    suite = ET.SubElement(suites, "testsuite", name="neuronmap-gates", tests="1", failures="0", errors="1",
+                          skipped="0", time="0")
+    case = ET.SubElement(suite, "testcase", classname="neuronmap.gates", name="gate configuration and run", time="0")
+    ET.SubElement(case, "error", message=str(err), type=type(err).__name__).text = str(err)
+    ET.indent(suites)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n", encoding="utf-8")
 
 
 def add_audit_parser(sub: Any) -> None:

@@ -45,8 +45,8 @@ from neuronmap.results import History
 if TYPE_CHECKING:
     from neuronmap.audit import AuditTrail
 
-__all__ = ["BaselineRule", "CheckResult", "GateCheck", "GateConfig", "GateConfigError", "GateReport", "KeyResult",
-           "RunReadError", "Status", "evaluate", "load_gate_config"]
+__all__ = ["BaselineRule", "CheckResult", "GateCheck", "GateConfig", "GateConfigError", "GateMonitor", "GateReport",
+           "KeyResult", "RunReadError", "Status", "evaluate", "load_gate_config", "match_keys"]
 
 Status = Literal["passed", "failed", "error", "skipped"]
 _SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
@@ -355,6 +355,71 @@ def _threshold(check: GateCheck) -> str:
             sign = ">= -" if rule.higher_is_better else "<= +"
             parts.append(f"delta {sign}{rule.margin:g}{unit} (non-inferiority)")
     return " and ".join(parts)
+
+
+class GateMonitor:
+    """Evaluate gates after every engine run (what the callbacks' ``gates=`` argument builds).
+
+    Each check's outcome is logged to the monitor's reporters as
+    ``neuronmap/gates/<check>/passed`` (1.0 or 0.0, for checks that ran) at the run's step. A
+    failing gate never raises inside training; with ``stop_on_failure`` it sets
+    :attr:`should_stop`, which the callbacks turn into ``trainer.should_stop`` /
+    ``control.should_training_stop``.
+
+    Args:
+        config: The gate checks (path, text, list/mapping or :class:`GateConfig`).
+        baseline: A baseline run for checks with a ``baseline:`` rule.
+        stop_on_failure: Set :attr:`should_stop` when a check fails.
+        audit: An audit trail to record each evaluation in (default: none).
+
+    Example:
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_mlp, tiny_probe
+        >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[])
+        >>> gates = GateMonitor([{"metric": "neuronmap/activation_stats/*/nonfinite_fraction", "max": 0.0}],
+        ...                     stop_on_failure=True).attach(monitor)
+        >>> _ = monitor.run(tiny_mlp(), step=0)
+        >>> gates.last_report.exit_code, gates.should_stop
+        (0, False)
+    """
+
+    def __init__(self, config: GateConfig | str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any], *,
+                 baseline: RunLike | None = None, stop_on_failure: bool = False,
+                 audit: AuditTrail | None = None) -> None:
+        self.config = load_gate_config(config)
+        self.baseline = _as_run(baseline, None) if baseline is not None else None
+        self.stop_on_failure = stop_on_failure
+        self.audit = audit
+        self.last_report: GateReport | None = None
+        self.should_stop = False
+        self._monitor: Any = None
+
+    def attach(self, monitor: Any) -> GateMonitor:
+        """Evaluate after every run of ``monitor`` (a :class:`~neuronmap.NeuronMap`); returns ``self``."""
+        self._monitor = monitor
+        monitor.add_listener(self)
+        return self
+
+    def __call__(self, report: Any, model: Any) -> None:
+        history = self._monitor.history if self._monitor is not None else History(report.to_frame())
+        result = evaluate(history, self.config, self.baseline, audit=self.audit if self.audit is not None else False)
+        self.last_report = result
+        if result.exit_code == 1 and self.stop_on_failure:
+            self.should_stop = True
+        if self._monitor is None:
+            return
+        metrics = {f"neuronmap/gates/{re.sub(r'[^A-Za-z0-9._-]+', '_', c.name)}/passed": float(c.status == "passed")
+                   for c in result.checks if c.ran}
+        for reporter in self._monitor.reporters:
+            try:
+                reporter.log_metrics(metrics, report.step)
+            except Exception as err:  # a tracker outage must not stop training
+                import warnings
+
+                from neuronmap.errors import ReporterWarning
+
+                warnings.warn(f"Reporter {reporter!r} could not log gate results ({err}).", ReporterWarning,
+                              stacklevel=2)
 
 
 def add_parser(sub: Any) -> None:
