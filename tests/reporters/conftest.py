@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -146,3 +146,17 @@ def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     return tmp_path / "runs"
+
+
+@pytest.fixture
+def make_mlflow_server(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[[], MLflowServer]]:
+    """A factory of private servers (for tests that kill them); each is stopped at teardown."""
+    servers: list[MLflowServer] = []
+
+    def make() -> MLflowServer:
+        servers.append(MLflowServer(tmp_path / f"server-{len(servers)}", template=mlflow_store_template))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()

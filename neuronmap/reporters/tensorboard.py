@@ -1,0 +1,184 @@
+"""TensorBoard reporter: scalars, figures (``add_figure``), tables and model cards as markdown text.
+
+TensorBoard has no tables or artifacts: tables become markdown text (its text plugin
+renders them), params and tags a JSON code block, and files from ``log_artifact`` are
+copied next to the event files under ``neuronmap-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neuronmap._imports import TENSORBOARD_AVAILABLE
+from neuronmap.errors import InvalidParameterError
+from neuronmap.reporters.base import BaseReporter, RunStatus
+from neuronmap.reporters.local import DEFAULT_ROOT, new_run_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["TensorBoardReporter"]
+
+_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class TensorBoardReporter(BaseReporter):
+    """Write to a ``SummaryWriter``: a given one, a Lightning ``TensorBoardLogger``'s, or a new one.
+
+    Args:
+        writer: A ``SummaryWriter`` (``torch.utils.tensorboard`` or ``tensorboardX``), a
+            Lightning ``TensorBoardLogger`` (its ``.experiment`` is the writer), or the log
+            folder of a new writer (default ``neuronmap-runs/<new run>/tensorboard``).
+        max_table_rows: Rows of a table shown as text (the rest is summarised).
+
+    A borrowed writer is flushed, never closed, by :meth:`close`.
+
+    Example:
+        >>> import tempfile
+        >>> from neuronmap.reporters import TensorBoardReporter
+        >>> rep = TensorBoardReporter(tempfile.mkdtemp())
+        >>> rep.log_metrics({"neuronmap/probing/encoder.layer.5/accuracy": 0.91}, step=100)
+        >>> rep.close()
+    """
+
+    name = "tensorboard"
+
+    def __init__(
+        self,
+        writer: SummaryWriter | str | Path | Any | None = None,
+        *,
+        max_table_rows: int = 200,
+    ) -> None:
+        TENSORBOARD_AVAILABLE.require("TensorBoardReporter")
+        is_path = isinstance(writer, (str, Path))
+        is_logger = hasattr(writer, "experiment")
+        if not (writer is None or is_path or is_logger or callable(getattr(writer, "add_scalar", None))):
+            raise InvalidParameterError(
+                "writer must be a SummaryWriter, a Lightning TensorBoardLogger or a log folder; "
+                f"got {type(writer).__name__}."
+            )
+        if not isinstance(max_table_rows, int) or max_table_rows < 1:
+            raise InvalidParameterError(f"max_table_rows must be a positive int; got {max_table_rows!r}.")
+        self._writer = None if is_path or is_logger else writer
+        self._logger = writer if is_logger else None
+        self._owns_writer = False
+        self.log_dir = Path(writer) if is_path else None
+        self.max_table_rows = max_table_rows
+
+    def __repr__(self) -> str:
+        return f"TensorBoardReporter({str(self.log_dir) if self.log_dir else 'borrowed writer'!r})"
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The ``SummaryWriter`` (created on first use)."""
+        if self._writer is None:
+            if self._logger is not None:
+                self._writer = self._logger.experiment
+            else:
+                from torch.utils.tensorboard import SummaryWriter
+
+                if self.log_dir is None:
+                    self.log_dir = Path(DEFAULT_ROOT) / new_run_name() / "tensorboard"
+                self._writer = SummaryWriter(str(self.log_dir))
+                self._owns_writer = True
+        return self._writer
+
+    # ------------------------------------------------------------------ Reporter API
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One scalar per key (NaN is kept; TensorBoard draws a gap)."""
+        writer = self.writer
+        for key, value in metrics.items():
+            writer.add_scalar(str(key), float(value), int(step))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """The configuration as a JSON code block under ``neuronmap/config``."""
+        body = json.dumps(dict(params), indent=2, default=str, sort_keys=True)
+        self.writer.add_text("neuronmap/config", _code_block(body))
+
+    def log_figure(self, name: str, figure: Figure, step: int) -> None:
+        """``add_figure`` under ``neuronmap/figures/<name>`` (the caller's figure is left open)."""
+        self.writer.add_figure(f"neuronmap/figures/{name}", figure, int(step), close=False)
+
+    def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
+        """A markdown table under ``neuronmap/tables/<name>``."""
+        self.writer.add_text(f"neuronmap/tables/{name}", markdown_table(dataframe, max_rows=self.max_table_rows),
+                             int(step))
+
+    def log_text(self, name: str, text: str) -> None:
+        """Markdown under ``neuronmap/texts/<name>`` (TensorBoard's text tab renders it)."""
+        self.writer.add_text(f"neuronmap/texts/{name}", text)
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Copy a file or folder to ``<log_dir>/neuronmap-artifacts/``."""
+        src = Path(path)
+        if not src.exists():
+            raise InvalidParameterError(f"log_artifact got a path that does not exist: {str(src)!r}.")
+        dest = Path(self.writer.get_logdir()) / "neuronmap-artifacts" / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags as a JSON code block under ``neuronmap/tags``."""
+        body = json.dumps({str(k): str(v) for k, v in tags.items()}, indent=2, sort_keys=True)
+        self.writer.add_text("neuronmap/tags", _code_block(body))
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self, status: RunStatus = "FINISHED") -> None:
+        """Record ``status`` as text, flush, and close a writer this reporter created."""
+        if status not in _STATUSES:
+            raise InvalidParameterError(f"status must be one of {list(_STATUSES)}; got {status!r}.")
+        if self._writer is None and self._logger is None:
+            return  # never written to: nothing to close, and no empty log folder
+        writer = self.writer
+        writer.add_text("neuronmap/status", status)
+        writer.flush()
+        if self._owns_writer:
+            writer.close()
+
+
+def markdown_table(dataframe: pd.DataFrame, *, max_rows: int = 200) -> str:
+    """A GitHub-flavoured markdown table (floats to 4 significant digits, ``|`` escaped).
+
+    Written here rather than with ``DataFrame.to_markdown`` so that ``tabulate`` is not a
+    dependency.
+
+    Example:
+        >>> import pandas as pd
+        >>> print(markdown_table(pd.DataFrame({"layer": ["a"], "cka": [0.123456]})))
+        | layer | cka |
+        |---|---|
+        | a | 0.1235 |
+    """
+    import pandas as pd
+
+    frame = dataframe if isinstance(dataframe.index, pd.RangeIndex) else dataframe.reset_index()
+    rows = [[str(c) for c in frame.columns]]
+    rows += [[_cell(v) for v in row] for row in frame.head(max_rows).itertuples(index=False, name=None)]
+    lines = ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    lines.insert(1, "|" + "---|" * len(rows[0]))
+    if len(frame) > max_rows:
+        lines.append(f"\n_{len(frame) - max_rows} more rows not shown._")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _code_block(body: str) -> str:
+    # four-space indentation: TensorBoard's markdown renders it as code without fences
+    return "\n".join("    " + line for line in body.splitlines())
