@@ -45,8 +45,11 @@ def _single_process_metrics(out: Path, step: int) -> dict[str, float]:
         return monitor.run(model, step=step).metrics
 
 
-def test_ddp_two_ranks_log_once_on_rank_zero_with_single_process_values(tmp_path: Path) -> None:
-    rank0, rank1 = _launch(tmp_path, "local")
+def test_ddp_two_ranks_log_once_to_one_mlflow_run_with_single_process_values(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    rank0, rank1 = _launch(tmp_path, "mlflow")
 
     # The callback's runs, in order, on rank 0; a failing analysis did not stop training.
     assert [(r["event"], r["step"], r["epoch"]) for r in rank0["runs"]] == EXPECTED_RUNS
@@ -55,15 +58,22 @@ def test_ddp_two_ranks_log_once_on_rank_zero_with_single_process_values(tmp_path
     # Rank 1 ran every capture (its schedule advanced in step) but analysed and reported nothing.
     assert rank1["runs"] == [] and rank1["history_steps"] == [] and rank1["reporters"] == []
     assert rank0["schedule_runs"] == rank1["schedule_runs"] == len(EXPECTED_RUNS)
+    assert rank0["reporters"] == ["MLflowReporter"]
 
-    # One tracker run; each scheduled step logged exactly once.
-    (run_dir,) = (tmp_path / "root" / "neuronmap-runs").iterdir()
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [(line["event"], line["step"]) for line in lines] == [(e, s) for e, s, _ in EXPECTED_RUNS]
+    # One tracker run, Lightning's and NeuronMap's metrics together; each metric once per scheduled step.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert "val_loss" in run.data.metrics
+    keys = sorted(k for k in run.data.metrics if k.startswith("neuronmap/"))
+    steps = [s for _, s, _ in EXPECTED_RUNS]
+    logged = {key: client.get_metric_history(run.info.run_id, key) for key in keys}
+    assert all(sorted(m.step for m in history) == steps for history in logged.values())
+    assert not (tmp_path / "root" / "neuronmap-runs").exists()
 
-    for line in lines:
-        expected = _single_process_metrics(tmp_path, line["step"])
-        assert set(line["metrics"]) == set(expected)
-        assert line["metrics"]["neuronmap/order_checksum/model/rows"] == N_PROBE
+    for step in steps:
+        expected = _single_process_metrics(tmp_path, step)
+        assert sorted(expected) == keys
+        assert expected["neuronmap/order_checksum/model/rows"] == N_PROBE
         for key, value in expected.items():
-            assert line["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (line["step"], key)
+            (got,) = [m.value for m in logged[key] if m.step == step]
+            assert got == pytest.approx(value, rel=1e-6, abs=1e-6), (step, key)

@@ -141,3 +141,25 @@ def test_arguments_are_checked_with_helpful_messages() -> None:
         NeuronMapCallback("net.*")  # type: ignore[arg-type]
     named = NeuronMapCallback(nm.NeuronMap(tiny_probe(), layers="net.*", name="other"))
     assert NeuronMapCallback(monitor).state_key != named.state_key
+
+
+def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="lit", tracking_uri=uri)
+    callback, runs = _callback()
+    L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=logger)).fit(lit_mlp(), loader(), loader(16))
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("lit").experiment_id])
+    assert run.info.run_id == logger.run_id
+    assert "val_loss" in run.data.metrics  # Lightning's own
+    key = "neuronmap/activation_stats/net.1/dead_fraction"
+    history = client.get_metric_history(run.info.run_id, key)
+    assert [m.step for m in history] == [4, 8]
+    expected = callback.monitor.history.series(key)
+    assert [m.value for m in history] == pytest.approx(expected.loc[[4, 8]].to_list(), abs=1e-12)
+    assert not (tmp_path / "neuronmap-runs").exists()  # a tracker was found: no local fallback
