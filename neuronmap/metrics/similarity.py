@@ -194,6 +194,10 @@ def _named(acts: Any, side: str) -> tuple[list[Any], list[Any], bool]:
     )
 
 
+def _is_collection(acts: Any) -> bool:
+    return isinstance(acts, (Mapping, Sequence)) and not isinstance(acts, str)
+
+
 def _layout(acts_a: Any, acts_b: Any) -> tuple[_Layout, list[Any]]:
     labels_a, arrays_a, map_a = _named(acts_a, "acts_a")
     if not arrays_a:
@@ -360,15 +364,11 @@ class CKAAccumulator:
         self._batches += 1
 
     def _prepare(self, acts_a: Any, acts_b: Any) -> tuple[_Layout, list[NDArray[np.float64]]]:
-        if (
-            isinstance(acts_a, (Mapping, Sequence))
-            or acts_b is None
-            or isinstance(acts_b, (Mapping, Sequence))
-        ):
-            layout, arrays = _layout(acts_a, acts_b)
-        else:
+        if acts_b is not None and not _is_collection(acts_a) and not _is_collection(acts_b):
             layout = _Layout(["X", "Y"], [0], [1], [(0, 1)], None, None, "pair")
             arrays = [acts_a, acts_b]
+        else:
+            layout, arrays = _layout(acts_a, acts_b)
         xs = [
             _cka.as_float64_matrix(a, f"layer {name!r}")
             for a, name in zip(arrays, layout.names, strict=True)
@@ -414,10 +414,9 @@ class CKAAccumulator:
             InvalidParameterError: Fewer than 2 examples in total (exact estimator).
         """
         layout = self._layout
-        if layout is None:
+        if layout is None or self._batches == 0:
             raise NeuronMapError("CKAAccumulator.compute() needs at least one update() first.")
-        if self.estimator == "minibatch":
-            assert self._hsic_sum is not None  # set by the first update; not user input
+        if self._hsic_sum is not None:  # the minibatch estimator
             products = self._hsic_sum / self._batches
         else:
             _cka.check_min_n(self._n, debiased=False)
