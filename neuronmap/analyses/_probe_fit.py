@@ -1,0 +1,156 @@
+"""Fold preparation, permutations and the closed-form ridge null used by :mod:`.probing`.
+
+Private: the public entry point is :class:`neuronmap.analyses.probing.Probing`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import NDArray
+
+__all__ = [
+    "FoldData",
+    "macro_f1",
+    "prepare_folds",
+    "ridge_correct_counts",
+    "stratified_folds",
+    "within_fold_permutations",
+]
+
+Folds = list[tuple[NDArray[np.intp], NDArray[np.intp]]]
+# Entries of the one-hot target block multiplied at once (bounds memory near 16 MB).
+_CHUNK_ENTRIES = 2_000_000
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """One cross-validation fold with its label-independent preprocessing already applied."""
+
+    train: NDArray[np.intp]
+    """Indices of the training examples."""
+    test: NDArray[np.intp]
+    """Indices of the held-out examples."""
+    z_train: NDArray[np.float64]
+    """Standardised (and PCA-projected) training activations."""
+    z_test: NDArray[np.float64]
+    """The held-out activations under the training fold's transform."""
+
+
+def stratified_folds(y: NDArray[np.int64], cv: int, *, random_state: int) -> Folds:
+    """Shuffled stratified k-fold splits (:class:`sklearn.model_selection.StratifiedKFold`)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
+    return [(tr, te) for tr, te in splitter.split(np.zeros((len(y), 1)), y)]
+
+
+def prepare_folds(x: NDArray[np.float64], folds: Folds, *, max_components: int, random_state: int) -> list[FoldData]:
+    """Standardise each fold on its training part and project wide layers onto leading PCs.
+
+    Both steps ignore the labels, so they are computed once per fold and shared by the probe,
+    the control task and every permutation (refitting them per permutation gives the same
+    numbers).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    out = []
+    for train, test in folds:
+        scaler = StandardScaler().fit(x[train])
+        z_train, z_test = scaler.transform(x[train]), scaler.transform(x[test])
+        if z_train.shape[1] > max_components:
+            pca = PCA(n_components=min(max_components, len(train)), random_state=random_state).fit(z_train)
+            z_train, z_test = pca.transform(z_train), pca.transform(z_test)
+        out.append(FoldData(train, test, np.ascontiguousarray(z_train), np.ascontiguousarray(z_test)))
+    return out
+
+
+def within_fold_permutations(folds: Folds, n: int, count: int, rng: np.random.Generator) -> NDArray[np.intp]:
+    """``count`` random relabellings that permute indices only inside each test fold.
+
+    Row ``p`` maps example ``i`` to the example whose label it receives; every fold keeps its
+    class composition, so stratification holds under the null (Winkler et al. 2014).
+    """
+    perms = np.tile(np.arange(n, dtype=np.intp), (count, 1))
+    for _, test in folds:
+        perms[:, test] = rng.permuted(np.tile(test, (count, 1)), axis=1)
+    return perms
+
+
+def _ridge_hat(z_train: NDArray[np.float64], z_test: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
+    """``(Z_te - mu) (Zc^T Zc + alpha I)^-1 Zc^T``: held-out ridge scores per unit training target.
+
+    Solved in the primal (``d x d``) or dual (``n x n``) form, whichever is smaller; both are
+    equal by the push-through identity.
+    """
+    mean = z_train.mean(axis=0)
+    zc, zt = z_train - mean, z_test - mean
+    n, d = zc.shape
+    if d <= n:
+        gram = zc.T @ zc
+        gram[np.diag_indices(d)] += alpha
+        return np.asarray(zt @ scipy.linalg.solve(gram, zc.T, assume_a="pos"))
+    kernel = zc @ zc.T
+    kernel[np.diag_indices(n)] += alpha
+    return np.asarray(scipy.linalg.solve(kernel, zc @ zt.T, assume_a="pos").T)
+
+
+def ridge_correct_counts(
+    folds: list[FoldData], y: NDArray[np.int64], perms: NDArray[np.intp], *, alpha: float = 1.0
+) -> NDArray[np.int64]:
+    """Correct out-of-fold predictions of a ridge probe, for every relabelling in ``perms``.
+
+    The probe is :class:`sklearn.linear_model.RidgeClassifier` (``alpha``, intercept): targets
+    are ``+-1`` one-hot columns, ``W = (Zc^T Zc + alpha I)^-1 Zc^T (T - t_bar)`` and the held-out
+    scores ``(Z_te - mu) W + t_bar`` (with two classes this is sklearn's single-column rule).
+    ``Zc^T 1 = 0`` removes ``t_bar`` from the product, so the scores of all relabellings are one
+    GEMM of the fold's hat matrix with the stacked targets.
+
+    Args:
+        folds: Prepared folds.
+        y: Integer labels ``0 .. K-1``.
+        perms: ``[P, n]`` relabellings (``y[perms[p]]`` is labelling ``p``).
+        alpha: Ridge penalty.
+
+    Returns:
+        ``[P]`` numbers of correctly predicted held-out examples.
+    """
+    n_classes = int(y.max()) + 1
+    correct = np.zeros(len(perms), dtype=np.int64)
+    for fold in folds:
+        hat = _ridge_hat(fold.z_train, fold.z_test, alpha)
+        chunk = max(1, _CHUNK_ENTRIES // (len(fold.train) * n_classes))
+        for start in range(0, len(perms), chunk):
+            block = perms[start : start + chunk]
+            y_train, y_test = y[block[:, fold.train]], y[block[:, fold.test]]
+            targets = 2.0 * (y_train.T[:, :, None] == np.arange(n_classes)) - 1.0  # [n_tr, P, K]
+            t_bar = targets.mean(axis=0)  # [P, K]
+            scores = (hat @ targets.reshape(len(fold.train), -1)).reshape(len(fold.test), len(block), n_classes)
+            pred = np.argmax(scores + t_bar, axis=2)  # [n_te, P]
+            correct[start : start + len(block)] += np.count_nonzero(y_test == pred.T, axis=1)
+    return correct
+
+
+def macro_f1(y_true: Any, y_pred: Any, axis: int = -1) -> NDArray[np.float64]:
+    """Macro-averaged F1 along ``axis``, vectorised for the bootstrap.
+
+    ``F1_k = 2 TP_k / (2 TP_k + FP_k + FN_k)`` averaged over the classes present in ``y_true`` or
+    ``y_pred`` (a class absent from both is not counted; one predicted but absent scores 0), which
+    is :func:`sklearn.metrics.f1_score` with ``average="macro"`` (Sokolova & Lapalme 2009).
+    """
+    t, p = np.moveaxis(np.asarray(y_true), axis, -1), np.moveaxis(np.asarray(y_pred), axis, -1)
+    classes = np.union1d(np.unique(t), np.unique(p))
+    total = np.zeros(t.shape[:-1])
+    counted = np.zeros(t.shape[:-1])
+    for k in classes:
+        is_t, is_p = t == k, p == k
+        tp = np.count_nonzero(is_t & is_p, axis=-1)
+        denom = np.count_nonzero(is_t, axis=-1) + np.count_nonzero(is_p, axis=-1)
+        present = denom > 0
+        total += np.where(present, 2.0 * tp / np.maximum(denom, 1), 0.0)
+        counted += present
+    return np.asarray(total / np.maximum(counted, 1))

@@ -1,0 +1,269 @@
+"""Information: mutual information between each layer and the labels, and activation entropy.
+
+Per layer, the activations are projected onto their top ``n_components`` principal components
+(each standardised) and three quantities are estimated, in nats:
+
+* **mi_knn**: ``I(Z; Y)`` between the joint component vector ``Z`` and the labels, with the
+  k-nearest-neighbour estimator for a continuous and a discrete variable (Ross 2014, eq. 2;
+  max-norm as in Kraskov et al. 2004). With one component it equals scikit-learn's
+  :func:`~sklearn.feature_selection.mutual_info_classif`, which estimates each feature
+  separately (its per-component values are in the ``components`` table). A permutation p-value
+  (labels shuffled, distances reused) tests independence and is corrected across layers.
+* **mi_binned**: the plug-in estimate on the top ``n_binned`` components cut into
+  equal-frequency bins, with the Miller-Madow bias correction of each entropy,
+  ``H_MM = H_plugin + (m - 1) / (2N)`` for ``m`` occupied bins and ``N`` examples (Miller 1955;
+  Paninski 2003, eq. 3.6), so ``I_MM = I_plugin - (m_ZY - m_Z - m_Y + 1) / (2N)``.
+  ``mi_binned_plugin`` is the uncorrected value (biased upwards by about that amount).
+* **entropy**: the Miller-Madow entropy of each unit's activations in ``n_bins`` equal-width
+  bins over its range, averaged over units (0 for a constant unit; at most ``log n_bins``), the
+  per-unit binning of Shwartz-Ziv & Tishby (2017) without its joint histogram, which is
+  undersampled in any realistic width (Saxe et al. 2018).
+
+References:
+    Ross (2014). Mutual Information between Discrete and Continuous Data Sets. PLoS ONE 9(2).
+    Kraskov, Stoegbauer & Grassberger (2004). Estimating mutual information. Phys. Rev. E 69.
+    Miller (1955). Note on the bias of information estimates. In Information Theory in
+    Psychology, Free Press.
+    Paninski (2003). Estimation of Entropy and Mutual Information. Neural Computation 15(6).
+    Shwartz-Ziv & Tishby (2017). Opening the Black Box of Deep Neural Networks via Information.
+    arXiv:1703.00810.
+    Saxe et al. (2018). On the Information Bottleneck Theory of Deep Learning. ICLR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike, NDArray
+from scipy.spatial.distance import cdist
+from scipy.special import digamma
+
+from neuronmap.analyses.base import (
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    MetricSet,
+    register_analysis,
+)
+from neuronmap.errors import InvalidParameterError
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+
+__all__ = ["Information"]
+
+
+@register_analysis
+class Information(Analysis):
+    """Mutual information between each layer's top principal components and a label column.
+
+    Args:
+        target: Column holding the discrete labels.
+        n_components: Principal components of each layer used for ``mi_knn``.
+        n_neighbors: ``k`` of the nearest-neighbour estimator (Ross 2014 uses 3).
+        n_binned: Leading components binned jointly for ``mi_binned``.
+        n_bins: Bins per component (equal frequency) and per unit for ``entropy`` (equal width).
+        n_permutations: Label permutations for the ``mi_knn`` p-value (0 disables it).
+        max_examples: Larger probe sets are subsampled (seeded); the estimator holds an
+            ``n x n`` distance matrix and each permutation costs ``O(n^2)``.
+        p_adjust: Correction across layers (:data:`neuronmap.stats.PVALUE_METHODS`).
+        layers: Optional selectors restricting the analysis to some captured layers.
+
+    Raises:
+        InvalidParameterError: A parameter outside its allowed range.
+
+    Example:
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_mlp, tiny_probe
+        >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.0"], analyses=[Information(n_permutations=19)],
+        ...                        reporters=[])
+        >>> monitor.run(tiny_mlp(), step=0).metrics["neuronmap/information/net.0/mi_knn"] > 0
+        True
+    """
+
+    name = "information"
+
+    def __init__(
+        self,
+        target: str = "label",
+        *,
+        n_components: int = 10,
+        n_neighbors: int = 3,
+        n_binned: int = 1,
+        n_bins: int = 8,
+        n_permutations: int = 200,
+        max_examples: int = 500,
+        p_adjust: str = "holm",
+        layers: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(layers=layers)
+        for label, value, minimum in (("n_components", n_components, 1), ("n_neighbors", n_neighbors, 1),
+                                      ("n_binned", n_binned, 1), ("n_bins", n_bins, 2),
+                                      ("n_permutations", n_permutations, 0), ("max_examples", max_examples, 10)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InvalidParameterError(f"{label} must be an integer >= {minimum}; got {value!r}.")
+        if p_adjust not in PVALUE_METHODS:
+            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
+        self.target = target
+        self.n_components = n_components
+        self.n_neighbors = n_neighbors
+        self.n_binned = n_binned
+        self.n_bins = n_bins
+        self.n_permutations = n_permutations
+        self.max_examples = max_examples
+        self.p_adjust = p_adjust
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        from sklearn.feature_selection import mutual_info_classif
+
+        raw = ctx.probe.column(self.target)
+        keep = np.flatnonzero(~pd.isna(raw))
+        rng = np.random.default_rng([ctx.random_state, 3])
+        notes = []
+        if len(keep) > self.max_examples:
+            keep = np.sort(rng.choice(keep, self.max_examples, replace=False))
+            notes.append(f"A seeded random subset of {self.max_examples} examples was used.")
+        y = pd.factorize(pd.Series(raw[keep]), sort=True)[0].astype(np.int64)
+        counts = np.bincount(y)
+        if counts.size < 2:
+            return AnalysisResult(self.name, status="skipped",
+                                  notes=(f"Column {self.target!r} has a single class; mutual information is 0.",))
+        label_entropy = _entropy_plugin(counts)
+        rows, components = [], []
+        for layer, acts in self.layer_items(ctx):
+            x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
+            if not np.isfinite(x).all():
+                notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")
+                continue
+            z, explained = _top_components(x, self.n_components, ctx.random_state)
+            distances = cdist(z, z, metric="chebyshev")
+            mi = _mi_knn(distances, y, self.n_neighbors)
+            p = np.nan
+            if self.n_permutations:
+                null = np.array([_mi_knn(distances, rng.permutation(y), self.n_neighbors)
+                                 for _ in range(self.n_permutations)])
+                p = float((1 + np.count_nonzero(null >= mi - 1e-12)) / (1 + self.n_permutations))
+            binned = _quantile_codes(z[:, : self.n_binned], self.n_bins)
+            rows.append({"layer": layer, "components": z.shape[1], "mi_knn": mi, "p": p,
+                         "mi_binned": _mi_miller_madow(binned, y),
+                         "mi_binned_plugin": _mi_miller_madow(binned, y, correction=False),
+                         "entropy": _unit_entropy(x, self.n_bins), "label_entropy": label_entropy})
+            per_component = mutual_info_classif(z, y, n_neighbors=self.n_neighbors, random_state=ctx.random_state)
+            components += [{"layer": layer, "component": k, "explained_variance_ratio": float(e), "mi_sklearn": float(v)}
+                           for k, (e, v) in enumerate(zip(explained, per_component, strict=True))]
+        table = pd.DataFrame(rows, columns=["layer", "components", "mi_knn", "p", "mi_binned", "mi_binned_plugin",
+                                            "entropy", "label_entropy"])
+        table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust)
+        if self.n_permutations and len(table) / (self.n_permutations + 1) > 0.05:
+            notes.append(f"With n_permutations={self.n_permutations} and {len(table)} layers no corrected "
+                         "p-value can fall below 0.05; raise n_permutations.")
+        metrics = MetricSet()
+        for r in table.to_dict(orient="records"):
+            tested = np.isfinite(r["p"])
+            metrics.add(r["layer"], "mi_knn", r["mi_knn"], p=r["p"] if tested else None,
+                        p_adj=r["p_adj"] if tested else None)
+            for key in ("mi_binned", "mi_binned_plugin", "entropy"):
+                metrics.add(r["layer"], key, r[key])
+        return AnalysisResult(self.name, metrics=metrics, figures={"information": _figure(table, label_entropy)},
+                              tables={"information": table, "components": pd.DataFrame(components)},
+                              notes=tuple(notes))
+
+
+def _top_components(x: NDArray[np.float64], k: int, seed: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Standardised scores on the top ``k`` principal components (fewer if the data span fewer)."""
+    from sklearn.decomposition import PCA
+
+    k = min(k, x.shape[1], x.shape[0] - 1)
+    pca = PCA(n_components=k, random_state=seed).fit(x)
+    scores = pca.transform(x)
+    # directions with (numerically) no variance would become pure rounding noise once scaled
+    keep = pca.explained_variance_ratio_ > 1e-10
+    if not keep.any():  # a constant layer: one zero column carries no information
+        return np.zeros((x.shape[0], 1)), np.zeros(1)
+    return scores[:, keep] / scores[:, keep].std(axis=0), pca.explained_variance_ratio_[keep]
+
+
+def _mi_knn(distances: NDArray[np.float64], y: NDArray[np.int64], k: int) -> float:
+    """Ross (2014) estimator from a max-norm distance matrix, as scikit-learn computes it.
+
+    ``I = psi(N) + <psi(k)> - <psi(N_y)> - <psi(m)>``: ``d_i`` is the distance to the k-th
+    nearest example of the same class, ``m_i`` the number of examples (itself included) closer
+    than ``d_i``; examples alone in their class are left out. Clipped at 0 like scikit-learn.
+    """
+    n = len(y)
+    radius = np.zeros(n)
+    k_used = np.zeros(n)
+    class_size = np.bincount(y)[y]
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        if len(members) < 2:
+            continue
+        within = distances[np.ix_(members, members)].copy()
+        np.fill_diagonal(within, np.inf)
+        kk = min(k, len(members) - 1)
+        radius[members] = np.nextafter(np.partition(within, kk - 1, axis=1)[:, kk - 1], 0)
+        k_used[members] = kk
+    used = class_size > 1
+    m = np.count_nonzero(distances[used] <= radius[used, None], axis=1)
+    mi = digamma(used.sum()) + digamma(k_used[used]).mean() - digamma(class_size[used]).mean() - digamma(m).mean()
+    return float(max(0.0, mi))
+
+
+def _entropy_plugin(counts: ArrayLike) -> float:
+    """Plug-in (maximum-likelihood) entropy ``-sum p log p`` in nats of a histogram."""
+    c = np.asarray(counts, dtype=np.float64)
+    c = c[c > 0]
+    p = c / c.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _entropy_miller_madow(counts: ArrayLike) -> float:
+    """Miller-Madow entropy ``H_plugin + (m - 1) / (2N)``, ``m`` occupied bins (Miller 1955)."""
+    c = np.asarray(counts, dtype=np.float64)
+    return _entropy_plugin(c) + (np.count_nonzero(c) - 1) / (2.0 * c.sum())
+
+
+def _mi_miller_madow(codes: NDArray[np.int64], y: NDArray[np.int64], *, correction: bool = True) -> float:
+    """``I = H(Z) + H(Y) - H(Z, Y)`` from discrete codes, each entropy Miller-Madow corrected."""
+    entropy = _entropy_miller_madow if correction else _entropy_plugin
+    joint = codes * (int(y.max()) + 1) + y
+    return entropy(np.bincount(codes)) + entropy(np.bincount(y)) - entropy(np.bincount(joint))
+
+
+def _quantile_codes(z: NDArray[np.float64], n_bins: int) -> NDArray[np.int64]:
+    """One code per example for the joint equal-frequency bin of its rows in ``z``."""
+    columns = []
+    for column in z.T:
+        edges = np.unique(np.quantile(column, np.linspace(0, 1, n_bins + 1)[1:-1]))
+        columns.append(np.searchsorted(edges, column, side="right"))
+    return np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _unit_entropy(x: NDArray[np.float64], n_bins: int) -> float:
+    """Mean Miller-Madow entropy of each unit in ``n_bins`` equal-width bins over its range."""
+    low, span = x.min(axis=0), np.ptp(x, axis=0)
+    safe = np.where(span > 0, span, 1.0)
+    n, d = x.shape
+    codes = np.clip(((x - low) / safe * n_bins).astype(np.int64), 0, n_bins - 1)
+    counts = np.bincount((codes + np.arange(d) * n_bins).ravel(), minlength=d * n_bins).reshape(d, n_bins)
+    p = counts / n
+    plugin = -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=1)
+    return float(np.mean(plugin + (np.count_nonzero(counts, axis=1) - 1) / (2.0 * n)))
+
+
+def _figure(table: pd.DataFrame, label_entropy: float) -> Figure:
+    fig = Figure(figsize=(8, 3))
+    left, right = fig.subplots(1, 2)
+    x = np.arange(len(table))
+    left.plot(x, table["mi_knn"], marker="o", label="k-NN (Ross 2014)")
+    left.plot(x, table["mi_binned"], marker="s", ls="--", label="binned, Miller-Madow")
+    left.axhline(label_entropy, color="#555", ls=":", lw=1, label="H(Y), the upper bound")
+    left.set_ylabel("I(layer; Y) [nats]")
+    left.legend(fontsize=7)
+    right.bar(x, table["entropy"], color="#9db4d0")
+    right.set_ylabel("mean unit entropy [nats]")
+    for ax in (left, right):
+        ax.set_xticks(x, table["layer"], rotation=60, ha="right", fontsize=7)
+    fig.suptitle("Information by layer", fontsize=9)
+    fig.tight_layout()
+    return fig
+

@@ -1,0 +1,380 @@
+"""Probing: how well a linear read-out of each layer predicts a probe-set column.
+
+For every monitored layer a classifier (the *probe*) is trained on the layer's activations to
+predict a column of the probe set (the labels, or any group/metadata column) and scored by
+stratified k-fold cross-validation (Alain & Bengio 2017). Every number carries its uncertainty:
+
+* **accuracy** and **macro-F1** of the out-of-fold predictions, with BCa bootstrap intervals
+  over examples (Efron 1987);
+* a **permutation p-value** of the null hypothesis "the layer carries no information about the
+  target" (Ojala & Garriga 2010, test 1), corrected across layers (Holm 1979 by default);
+* **selectivity** against a control task (Hewitt & Liang 2019): the accuracy of the same probe
+  on labels that only a memorising probe can predict, and the difference, with a paired
+  bootstrap interval and McNemar's test.
+
+The permutation test uses the cross-validated accuracy of a closed-form ridge probe
+(:class:`sklearn.linear_model.RidgeClassifier`) on the same folds as its statistic. Any
+statistic gives a valid test of the null hypothesis; this one lets every permutation reuse the
+fold's ridge "hat" matrix, so 1000 permutations cost one matrix product per fold instead of
+5000 refits. Labels are permuted *within* test folds, a subgroup of all permutations that
+keeps every fold's class composition (exchangeability blocks, Winkler et al. 2014), so the
+stratified folds stay valid and the null is exact.
+
+References:
+    Alain & Bengio (2017). Understanding intermediate layers using linear classifier probes.
+    ICLR workshop.
+    Hewitt & Liang (2019). Designing and Interpreting Probes with Control Tasks. EMNLP, Sec. 2.
+    Ojala & Garriga (2010). Permutation Tests for Studying Classifier Performance. JMLR 11.
+    Winkler, Ridgway, Webster, Smith & Nichols (2014). Permutation inference for the general
+    linear model. NeuroImage 92.
+    Phipson & Smyth (2010). Permutation p-values should never be zero. SAGMB 9(1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from numpy.typing import NDArray
+
+from neuronmap.analyses._probe_fit import (
+    FoldData,
+    macro_f1,
+    prepare_folds,
+    ridge_correct_counts,
+    stratified_folds,
+    within_fold_permutations,
+)
+from neuronmap.analyses.base import (
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    MetricSet,
+    register_analysis,
+)
+from neuronmap.errors import InvalidParameterError
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, bootstrap_ci, mcnemar
+
+__all__ = ["Probing"]
+
+
+@dataclass
+class _LayerScore:
+    """Everything computed for one layer (a row of the table)."""
+
+    layer: str
+    features: int
+    pred: NDArray[np.int64] | None = None
+    control_pred: NDArray[np.int64] | None = None
+    ridge_accuracy: float = float("nan")
+    p: float = float("nan")
+    note: str = ""
+
+
+@register_analysis
+class Probing(Analysis):
+    """Cross-validated linear probes per layer, with CIs, permutation p-values and control tasks.
+
+    Args:
+        target: Probe-set column to predict (``"label"``, a group or a metadata column).
+        estimator: A scikit-learn classifier, cloned and fitted on the raw activations of each
+            fold. ``None`` (default) uses standardisation, PCA to ``max_components`` when the
+            layer is wider, and :class:`~sklearn.linear_model.LogisticRegression` (L-BFGS, C = 1).
+            PCA is exact when the training fold has at most ``max_components`` examples (the L2
+            penalty is rotation invariant and the data span at most ``n - 1`` directions);
+            otherwise it keeps the leading components (``benchmarks/probing.py`` measures the
+            accuracy against plain scikit-learn).
+        cv: Number of stratified folds.
+        control_task: Also fit the probe on a control task (Hewitt & Liang 2019).
+        control_column: Column whose values are the *types* of the control task: examples of
+            one type share one random label drawn from the target's empirical distribution (the
+            word types of Hewitt & Liang). ``None``: each example is its own type, i.e. the
+            labels are shuffled; with no repeated types no probe can beat chance on held-out
+            folds, so selectivity becomes accuracy above a random-label baseline.
+        n_permutations: Label permutations for the p-value (0 disables it). With ``L`` layers the
+            smallest Holm-adjusted p-value is ``L / (n_permutations + 1)``.
+        n_bootstrap: Bootstrap resamples for the confidence intervals.
+        confidence: Coverage of the intervals.
+        max_components: Width above which the default probe first projects onto this many
+            principal components.
+        max_iter: L-BFGS iterations of the default probe (converges in far fewer on
+            standardised data; a note reports when it did not).
+        p_adjust: Multiple-comparison method across layers (any of
+            :data:`neuronmap.stats.PVALUE_METHODS`).
+        alpha: Significance level for the ``significant`` column and resolution notes.
+        layers: Optional selectors restricting the analysis to some captured layers.
+
+    Raises:
+        InvalidParameterError: A parameter outside its allowed range.
+
+    Metrics (per layer): ``accuracy`` (with ``_ci_low``/``_ci_high``/``_p``/``_p_adj``),
+    ``macro_f1`` (with CI), ``control_accuracy``, ``selectivity`` (with CI, McNemar ``_p`` and
+    ``_p_adj``).
+
+    Example:
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_mlp, tiny_probe
+        >>> monitor = nm.NeuronMap(tiny_probe(n=60), layers=["net.0"],
+        ...                        analyses=[Probing(n_permutations=99)], reporters=[])
+        >>> report = monitor.run(tiny_mlp(), step=0)
+        >>> report.metrics["neuronmap/probing/net.0/accuracy"] > 0.8
+        True
+    """
+
+    name = "probing"
+
+    def __init__(
+        self,
+        target: str = "label",
+        *,
+        estimator: Any = None,
+        cv: int = 5,
+        control_task: bool = True,
+        control_column: str | None = None,
+        n_permutations: int = 1000,
+        n_bootstrap: int = 1000,
+        confidence: float = 0.95,
+        max_components: int = 128,
+        max_iter: int = 300,
+        p_adjust: str = "holm",
+        alpha: float = 0.05,
+        layers: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(layers=layers)
+        _check_int("cv", cv, minimum=2)
+        _check_int("n_permutations", n_permutations, minimum=0)
+        _check_int("n_bootstrap", n_bootstrap, minimum=1)
+        _check_int("max_components", max_components, minimum=1)
+        _check_int("max_iter", max_iter, minimum=1)
+        if not 0.0 < confidence < 1.0:
+            raise InvalidParameterError(f"confidence must be in (0, 1); got {confidence!r}.")
+        if not 0.0 < alpha < 1.0:
+            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
+        if p_adjust not in PVALUE_METHODS:
+            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
+        if estimator is not None and not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
+            raise InvalidParameterError(
+                f"estimator must be a scikit-learn classifier with fit/predict, or None; got {estimator!r}."
+            )
+        self.target = target
+        self.estimator = estimator
+        self.cv = cv
+        self.control_task = control_task
+        self.control_column = control_column
+        self.n_permutations = n_permutations
+        self.n_bootstrap = n_bootstrap
+        self.confidence = confidence
+        self.max_components = max_components
+        self.max_iter = max_iter
+        self.p_adjust = p_adjust
+        self.alpha = alpha
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "estimator": None if self.estimator is None else repr(self.estimator)}
+
+    # ------------------------------------------------------------------ run
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        raw = ctx.probe.column(self.target)
+        keep = ~pd.isna(raw)
+        codes, classes = pd.factorize(pd.Series(raw[keep]), sort=True)
+        y = codes.astype(np.int64)
+        reason = _unusable_target(self.target, y, list(classes), self.cv)
+        if reason:
+            return AnalysisResult(self.name, status="skipped", notes=(reason,))
+        notes: list[str] = []
+        if not keep.all():
+            notes.append(f"{int((~keep).sum())} examples with a missing {self.target!r} were left out.")
+        rng = np.random.default_rng([ctx.random_state, 1])
+        folds = stratified_folds(y, self.cv, random_state=ctx.random_state)
+        control = self._control_labels(ctx, keep, y, rng, notes)
+        perms = within_fold_permutations(folds, len(y), self.n_permutations, rng)
+        scores = []
+        for layer, acts in self.layer_items(ctx):
+            x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
+            scores.append(self._score_layer(layer, x, y, control, folds, perms, ctx.random_state))
+        notes += [f"{s.layer}: {s.note}" for s in scores if s.note]
+        if self.n_permutations and len(scores) / (self.n_permutations + 1) > self.alpha:
+            notes.append(
+                f"With n_permutations={self.n_permutations} and {len(scores)} layers no corrected "
+                f"p-value can fall below alpha={self.alpha}; raise n_permutations."
+            )
+        table = self._table(scores, y, control, ctx.random_state)
+        metrics = _metrics(table)
+        chance = float(np.bincount(y).max() / len(y))
+        figure = _figure(table, chance=chance, confidence=self.confidence,
+                         title=f"Probing {self.target!r} ({self.cv}-fold CV)")
+        return AnalysisResult(
+            self.name, metrics=metrics, tables={"probing": table}, figures={"accuracy": figure}, notes=tuple(notes)
+        )
+
+    def _control_labels(
+        self,
+        ctx: AnalysisContext,
+        keep: NDArray[np.bool_],
+        y: NDArray[np.int64],
+        rng: np.random.Generator,
+        notes: list[str],
+    ) -> NDArray[np.int64] | None:
+        """Hewitt & Liang (2019, Sec. 2) control labels: one random label per type."""
+        if not self.control_task:
+            return None
+        if self.control_column is None:
+            control = rng.permutation(y)
+        else:
+            _, types = np.unique(ctx.probe.column(self.control_column)[keep].astype(str), return_inverse=True)
+            per_type = rng.choice(y, size=int(types.max()) + 1, replace=True)
+            control = per_type[types]
+        if np.unique(control).size < 2:
+            notes.append("The control task drew a single label for every type; control metrics are NaN.")
+            return None
+        return np.asarray(control, dtype=np.int64)
+
+    def _score_layer(
+        self,
+        layer: str,
+        x: NDArray[np.float64],
+        y: NDArray[np.int64],
+        control: NDArray[np.int64] | None,
+        folds: list[tuple[NDArray[np.intp], NDArray[np.intp]]],
+        perms: NDArray[np.intp],
+        random_state: int,
+    ) -> _LayerScore:
+        score = _LayerScore(layer, features=x.shape[1])
+        if not np.isfinite(x).all():
+            score.note = "activations contain NaN or Inf; layer skipped."
+            return score
+        data = prepare_folds(x, folds, max_components=self.max_components, random_state=random_state)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            score.pred = self._cross_val_predict(x, y, data)
+            if control is not None:
+                score.control_pred = self._cross_val_predict(x, control, data)
+        if any("converge" in str(w.message).lower() for w in caught):
+            score.note = f"the probe did not converge in max_iter={self.max_iter} iterations on some fold."
+        if self.n_permutations:
+            counts = ridge_correct_counts(data, y, np.vstack([np.arange(len(y)), perms]))
+            score.ridge_accuracy = counts[0] / len(y)
+            # Phipson & Smyth (2010): the observed labelling counts as one permutation
+            score.p = float((1 + np.count_nonzero(counts[1:] >= counts[0])) / (1 + len(perms)))
+        return score
+
+    def _cross_val_predict(self, x: NDArray[np.float64], y: NDArray[np.int64], data: list[FoldData]) -> NDArray[np.int64]:
+        from sklearn.base import clone
+        from sklearn.linear_model import LogisticRegression
+
+        pred = np.empty(len(y), dtype=np.int64)
+        for fold in data:
+            if self.estimator is None:
+                model = LogisticRegression(max_iter=self.max_iter)
+                train, test = fold.z_train, fold.z_test
+            else:
+                model = clone(self.estimator)
+                train, test = x[fold.train], x[fold.test]
+            model.fit(train, y[fold.train])
+            pred[fold.test] = np.asarray(model.predict(test), dtype=np.int64)
+        return pred
+
+    # ------------------------------------------------------------------ statistics and output
+    def _table(
+        self, scores: Sequence[_LayerScore], y: NDArray[np.int64], control: NDArray[np.int64] | None, seed: int
+    ) -> pd.DataFrame:
+        ci_kw: dict[str, Any] = {"n_resamples": self.n_bootstrap, "confidence": self.confidence, "random_state": seed}
+        rows = []
+        for s in scores:
+            row: dict[str, Any] = {"layer": s.layer, "features": s.features, "n": len(y)}
+            if s.pred is not None:
+                correct = (s.pred == y).astype(np.float64)
+                acc = bootstrap_ci(np.mean, correct, **ci_kw)
+                f1 = bootstrap_ci(macro_f1, y, s.pred, paired=True, **ci_kw)
+                row |= {"accuracy": acc.estimate, "accuracy_ci_low": acc.low, "accuracy_ci_high": acc.high,
+                        "macro_f1": f1.estimate, "macro_f1_ci_low": f1.low, "macro_f1_ci_high": f1.high}
+            row |= {"ridge_accuracy": s.ridge_accuracy, "p": s.p}
+            if s.pred is not None and s.control_pred is not None and control is not None:
+                correct = (s.pred == y).astype(np.float64)
+                control_correct = (s.control_pred == control).astype(np.float64)
+                sel = bootstrap_ci(_mean_difference, correct, control_correct, paired=True, **ci_kw)
+                row |= {"control_accuracy": float(control_correct.mean()), "selectivity": sel.estimate,
+                        "selectivity_ci_low": sel.low, "selectivity_ci_high": sel.high,
+                        "selectivity_p": mcnemar(correct.astype(bool), control_correct.astype(bool)).pvalue}
+            row["note"] = s.note
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        for column in ("accuracy", "p", "control_accuracy", "selectivity", "selectivity_p"):
+            if column not in table:
+                table[column] = np.nan
+        table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust, alpha=self.alpha)
+        table["significant"] = table["p_adj"] < self.alpha
+        table["selectivity_p_adj"] = adjust_pvalues(
+            table["selectivity_p"].to_numpy(dtype=float), method=self.p_adjust, alpha=self.alpha
+        )
+        return table
+
+
+def _mean_difference(a: NDArray[np.float64], b: NDArray[np.float64], axis: int = -1) -> NDArray[np.float64]:
+    return np.asarray(a.mean(axis=axis) - b.mean(axis=axis))
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidParameterError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+
+
+def _unusable_target(target: str, y: NDArray[np.int64], classes: list[Any], cv: int) -> str:
+    """Why ``y`` cannot be probed with ``cv`` stratified folds ('' when it can)."""
+    if len(classes) < 2:
+        return f"Target {target!r} has {len(classes)} class(es) {classes}; probing needs at least 2."
+    counts = np.bincount(y, minlength=len(classes))
+    rare = {str(c): int(k) for c, k in zip(classes, counts, strict=True) if k < cv}
+    if rare:
+        return (
+            f"Target {target!r} has classes with fewer examples than the {cv} folds: {rare}. "
+            f"Lower cv (at most {int(counts.min())}) or add examples of those classes."
+        )
+    return ""
+
+
+def _metrics(table: pd.DataFrame) -> MetricSet:
+    metrics = MetricSet()
+    for row in table.to_dict(orient="records"):
+        if not np.isfinite(row["accuracy"]):
+            continue
+        layer = row["layer"]
+        p, p_adj = (row["p"], row["p_adj"]) if np.isfinite(row["p"]) else (None, None)
+        metrics.add(layer, "accuracy", row["accuracy"], ci=(row["accuracy_ci_low"], row["accuracy_ci_high"]),
+                    p=p, p_adj=p_adj)
+        metrics.add(layer, "macro_f1", row["macro_f1"], ci=(row["macro_f1_ci_low"], row["macro_f1_ci_high"]))
+        if np.isfinite(row["selectivity"]):
+            metrics.add(layer, "control_accuracy", row["control_accuracy"])
+            metrics.add(layer, "selectivity", row["selectivity"],
+                        ci=(row["selectivity_ci_low"], row["selectivity_ci_high"]),
+                        p=row["selectivity_p"], p_adj=row["selectivity_p_adj"])
+    return metrics
+
+
+def _figure(table: pd.DataFrame, *, chance: float, confidence: float, title: str) -> Figure:
+    fig = Figure(figsize=(max(4.0, 0.5 * len(table) + 2.5), 3.2))
+    ax = fig.subplots()
+    x = np.arange(len(table))
+    ax.plot(x, table["accuracy"], marker="o", color="#1f5fa8", label="probe accuracy")
+    if "accuracy_ci_low" in table:
+        ax.fill_between(x, table["accuracy_ci_low"], table["accuracy_ci_high"], color="#1f5fa8", alpha=0.2,
+                        label=f"{confidence:.0%} bootstrap CI")
+    if table["control_accuracy"].notna().any():
+        ax.plot(x, table["control_accuracy"], marker="s", ls="--", color="#b3261e", label="control task")
+    ax.axhline(chance, color="#555", ls=":", lw=1, label=f"majority class ({chance:.2f})")
+    significant = table["significant"].to_numpy(dtype=bool)
+    if significant.any():
+        ax.scatter(x[significant], table["accuracy"][significant], marker="*", s=90, color="#e8a317",
+                   zorder=3, label="significant (corrected)")
+    ax.set_xticks(x, table["layer"], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
