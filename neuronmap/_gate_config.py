@@ -125,8 +125,9 @@ def _index_lines(node: yaml.Node, path: _Path, out: dict[_Path, int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            _index_lines(value_node, (*path, key_node.value), out)
-            out[(*path, key_node.value)] = key_node.start_mark.line + 1
+            key_path = (*path, key_node.value)
+            _index_lines(value_node, key_path, out)
+            out[key_path] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _index_lines(item, (*path, i), out)
@@ -152,9 +153,9 @@ def load_gate_config(config: GateConfig | str | os.PathLike[str] | Mapping[str, 
     """
     if isinstance(config, GateConfig):
         return config
-    if isinstance(config, (Mapping, list, tuple)):
+    if not isinstance(config, (str, os.PathLike)):
         return _build(config, _Locator("<python>", {}))
-    text, source = str(os.fspath(config)), "<text>"
+    text, source = os.fspath(config), "<text>"
     if "\n" not in text:
         path = Path(text)
         if not path.is_file():
@@ -179,6 +180,7 @@ def load_gate_config(config: GateConfig | str | os.PathLike[str] | Mapping[str, 
 
 def _build(data: Any, loc: _Locator) -> GateConfig:
     defaults: Mapping[str, Any] = {}
+    base: _Path
     if isinstance(data, Mapping):
         _check_keys(data, ("gates", "defaults"), (), loc)
         defaults = data.get("defaults") or {}
@@ -188,8 +190,9 @@ def _build(data: Any, loc: _Locator) -> GateConfig:
         _choice(defaults, "statistic", "value", get_args(Statistic), ("defaults",), loc)
         _choice(defaults, "when", "last", get_args(When), ("defaults",), loc)
         items, base = data.get("gates"), ("gates",)
-    else:
-        items, base = data, ()
+    else:  # a bare list of checks
+        base = ()
+        items = data
     if not isinstance(items, (list, tuple)) or not items:
         raise loc.error(base, "expected a non-empty list of checks (a top-level list, or 'gates:' holding one); "
                               f"got {type(items).__name__ if items is not None else 'nothing'}.")

@@ -32,11 +32,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pandas as pd
 
-from neuronmap._gate_config import BaselineRule, GateCheck, GateConfig, GateConfigError, load_gate_config
+from neuronmap._gate_config import (
+    BaselineRule,
+    GateCheck,
+    GateConfig,
+    GateConfigError,
+    load_gate_config,
+)
 from neuronmap._gate_output import report_to_dict, to_junit_xml, to_markdown
 from neuronmap._run_source import LoadedRun, RunReadError, load_run
 from neuronmap.errors import InvalidParameterError
@@ -50,7 +56,7 @@ __all__ = ["BaselineRule", "CheckResult", "GateCheck", "GateConfig", "GateConfig
 
 Status = Literal["passed", "failed", "error", "skipped"]
 _SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
-RunLike = History | pd.DataFrame | LoadedRun | str | os.PathLike[str]
+RunLike: TypeAlias = "History | pd.DataFrame | LoadedRun | str | os.PathLike[str]"
 
 
 @dataclass(frozen=True)
@@ -266,14 +272,15 @@ def _evaluate_check(check: GateCheck, run: LoadedRun, base: LoadedRun | None) ->
         return CheckResult(check, status, f"metric {check.metric!r} not found in {run.source}; {hint}.")
     if check.baseline is not None and base is None:
         status = "error" if check.required else "skipped"
-        return CheckResult(check, status, f"check has a baseline rule but no baseline run was given "
+        return CheckResult(check, status, "check has a baseline rule but no baseline run was given "
                                           "(pass --baseline RUN or baseline=...).")
     results = tuple(_evaluate_key(check, key, run, base) for key in keys)
+    wanted: Status
     for wanted in ("error", "failed"):
         bad = [r for r in results if r.status == wanted]
         if bad:
             shown = "; ".join(r.message for r in bad[:5]) + (f"; ... {len(bad) - 5} more" if len(bad) > 5 else "")
-            return CheckResult(check, wanted, shown, results)  # type: ignore[arg-type]
+            return CheckResult(check, wanted, shown, results)
     shown = "; ".join(r.message for r in results[:5]) + (f"; ... {len(results) - 5} more" if len(results) > 5 else "")
     return CheckResult(check, "passed", shown, results)
 

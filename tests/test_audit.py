@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import struct
 import subprocess
@@ -57,7 +58,7 @@ def test_chain_links_every_entry(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in _lines(path)]
     assert [e["seq"] for e in entries] == [0, 1, 2, 3]
     assert entries[0]["prev_hash"] == GENESIS
-    for before, after in zip(entries, entries[1:], strict=False):
+    for before, after in itertools.pairwise(entries):
         assert after["prev_hash"] == before["hash"]
     for entry in entries:
         body = {k: v for k, v in entry.items() if k != "hash"}

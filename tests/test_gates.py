@@ -15,7 +15,14 @@ from compliance_runs import append_metrics, copy_run, make_run
 
 import neuronmap as nm
 from neuronmap.audit import verify
-from neuronmap.gates import GateConfigError, GateMonitor, RunReadError, evaluate, load_gate_config, match_keys
+from neuronmap.gates import (
+    GateConfigError,
+    GateMonitor,
+    RunReadError,
+    evaluate,
+    load_gate_config,
+    match_keys,
+)
 from neuronmap.reporters import LocalReporter
 from neuronmap.reporters.local import read_history
 from neuronmap.results import HISTORY_COLUMNS, History, split_key
@@ -198,7 +205,7 @@ def test_failure_and_error_exit_codes() -> None:
 def test_unreadable_runs(tmp_path: Path) -> None:
     with pytest.raises(RunReadError, match="does not exist"):
         evaluate(tmp_path / "nope", [{"metric": "a", "min": 0}])
-    with pytest.raises(RunReadError, match="no metrics.jsonl"):
+    with pytest.raises(RunReadError, match=r"no metrics\.jsonl"):
         evaluate(tmp_path, [{"metric": "a", "min": 0}])
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "metrics": {"a": 1}}\n{broken\n')
     with pytest.raises(RunReadError, match="Cannot read"):

@@ -15,7 +15,13 @@ Example:
 
 from __future__ import annotations
 
-from neuronmap.cards.data import ANNEX_IV_REQUIRED, REQUIRED_FIELDS, SECTIONS, ModelCard, load_card_data
+from neuronmap.cards.data import (
+    ANNEX_IV_REQUIRED,
+    REQUIRED_FIELDS,
+    SECTIONS,
+    ModelCard,
+    load_card_data,
+)
 from neuronmap.cards.render import (
     CardFormat,
     CardIncompleteError,

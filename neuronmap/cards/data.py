@@ -178,7 +178,7 @@ class ModelCard:
 
             base = cls(environment={**environment_info(), "recorded": "at card rendering"})
         probe = monitor.probe
-        auto = _auto_sections(
+        auto: dict[str, Any] = _auto_sections(
             monitor.history.frame, name=monitor.name,
             probe={"name": probe.name, "n": len(probe), "fingerprint": probe.fingerprint(),
                    "description": probe.description},
@@ -196,7 +196,7 @@ class ModelCard:
         user = load_card_data(data)
         if not user:
             return self
-        merged = {key: _merge(getattr(self, key), user.get(key)) for key in USER_KEYS if key in user}
+        merged: dict[str, Any] = {key: _merge(getattr(self, key), user.get(key)) for key in USER_KEYS if key in user}
         return dataclasses.replace(self, **merged, user_data=_merge(self.user_data, user))
 
     # ------------------------------------------------------------------ queries

@@ -220,6 +220,8 @@ def render_card(
         jinja2.exceptions.SecurityError: The template reached for an unsafe attribute.
         InvalidParameterError: Unknown template name or format.
     """
+    if fmt not in get_args(CardFormat):
+        raise InvalidParameterError(f"Card format must be one of {get_args(CardFormat)}; got {fmt!r}.")
     required = _required_for(template)
     missing = card.missing_fields(required)
     if strict and missing:
