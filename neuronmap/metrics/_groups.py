@@ -33,6 +33,8 @@ from neuronmap.errors import InvalidParameterError
 __all__: list[str] = []
 
 _STANDARD_BINARY = (frozenset({0, 1}), frozenset({-1, 1}))
+# Above this many distinct rows per group, counting resampled indices beats the multinomial.
+_MULTINOMIAL_MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -240,19 +242,44 @@ def _stratified_bootstrap_sums(
     """Group sums of ``n_resamples`` bootstrap samples drawn within each group, ``[B, G, K]``.
 
     Each group keeps its size in every resample (stratified bootstrap), so no group ever
-    vanishes from a replicate. Draws are chunked to keep ``B x unique rows`` under
+    vanishes from a replicate. A group with few distinct rows (labels only) draws their
+    multiplicities from the multinomial directly; one with many (scores, weights) draws row
+    indices and counts them, which is the same distribution at a fraction of the cost of
+    ``U`` binomial draws per resample. Draws are chunked to keep ``B x n_g`` under
     ``max_cells`` integers.
     """
     out = np.zeros((n_resamples, n_groups, stats.shape[1]))
     for g in range(n_groups):
         rows = stats[codes == g]
-        if len(rows) == 0:
+        n_g = len(rows)
+        if n_g == 0:
             continue
-        unique, multiplicity = np.unique(rows, axis=0, return_counts=True)
-        probs = multiplicity / multiplicity.sum()
-        step = max(1, max_cells // len(unique))
+        unique, inverse = _distinct_rows(rows)
+        n_unique = len(unique)
+        multiplicity = np.bincount(inverse, minlength=n_unique)
+        step = max(1, max_cells // n_g)
         for start in range(0, n_resamples, step):
-            stop = min(n_resamples, start + step)
-            draws = rng.multinomial(len(rows), probs, size=stop - start)
-            out[start:stop, g] = draws @ unique
+            m = min(n_resamples, start + step) - start
+            if n_unique <= _MULTINOMIAL_MAX_ROWS:
+                draws = rng.multinomial(n_g, multiplicity / n_g, size=m)
+            else:
+                picked = inverse[rng.integers(0, n_g, size=(m, n_g))]
+                flat = (np.arange(m)[:, None] * n_unique + picked).reshape(-1)
+                draws = np.bincount(flat, minlength=m * n_unique).reshape(m, n_unique)
+            out[start : start + m, g] = draws.astype(float) @ unique
     return out
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows and, per row, the index of its distinct row.
+
+    A random projection makes this a 1-D sort instead of ``np.unique(axis=0)``'s slow
+    row-wise sort; the result is verified exactly and falls back on a collision.
+    """
+    key = rows @ np.random.default_rng(0).standard_normal(rows.shape[1])
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    unique = rows[first]
+    if np.array_equal(unique[inverse], rows):
+        return unique, inverse.reshape(-1)
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return unique, inverse.reshape(-1)

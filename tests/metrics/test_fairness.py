@@ -244,6 +244,26 @@ def test_report_intervals_match_binomial_standard_error() -> None:
         assert half == pytest.approx(1.96 * np.sqrt(rate * (1 - rate) / (n // 2)), rel=0.1)
 
 
+def test_weighted_intervals_match_delta_method_standard_error() -> None:
+    # With weights every row is distinct, which exercises the index-resampling path; the
+    # weighted mean r = sum(w y) / sum(w) has var ~ sum(w^2 (y - r)^2) / sum(w)^2.
+    rng = np.random.default_rng(21)
+    n = 3000
+    g = np.repeat(["a", "b"], n // 2)
+    p = (rng.random(n) < 0.4).astype(int)
+    w = rng.exponential(1.0, n)
+    report = nf.fairness_report(
+        None, p, sensitive_features=g, sample_weight=w, n_resamples=3000, random_state=2
+    )
+    for name in ("a", "b"):
+        m = g == name
+        r = np.sum(w[m] * p[m]) / np.sum(w[m])
+        se = np.sqrt(np.sum(w[m] ** 2 * (p[m] - r) ** 2)) / np.sum(w[m])
+        ci = report.by_group_ci.loc[name, "selection_rate"]
+        assert report.by_group.loc[name, "selection_rate"] == pytest.approx(r)
+        assert (ci["high"] - ci["low"]) / 2 == pytest.approx(1.96 * se, rel=0.1)
+
+
 def test_intervals_cover_truth_at_nominal_rate() -> None:
     rng = np.random.default_rng(123)
     rates, n, reps = np.array([0.3, 0.45, 0.6]), 250, 300
