@@ -231,10 +231,17 @@ def _as_run(run: RunLike, tracking_uri: str | None) -> LoadedRun:
 
 @lru_cache(maxsize=256)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """``**`` spans slash-separated components, ``*`` and ``?`` stay within one."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    table = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(table.get(p, re.escape(p)) for p in parts) + r"\Z")
+    """``**`` spans slash-separated components; ``*``, ``?`` and ``[...]`` stay within one."""
+    out = []
+    for part in re.split(r"(\*\*|\*|\?|\[!?[^\]/]+\])", pattern):
+        if part in ("**", "*", "?"):
+            out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}[part])
+        elif part.startswith("[") and part.endswith("]") and len(part) > 2:
+            body = part[1:-1]
+            out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else "[" + re.escape(body) + "]")
+        else:
+            out.append(re.escape(part))
+    return re.compile("".join(out) + r"\Z")
 
 
 def match_keys(pattern: str, keys: Sequence[str]) -> list[str]:
@@ -244,7 +251,7 @@ def match_keys(pattern: str, keys: Sequence[str]) -> list[str]:
         >>> match_keys("neuronmap/p/*/acc", ["neuronmap/p/a/acc", "neuronmap/p/a/acc_ci_low", "neuronmap/p/a.b/acc"])
         ['neuronmap/p/a.b/acc', 'neuronmap/p/a/acc']
     """
-    if not any(ch in pattern for ch in "*?"):
+    if not any(ch in pattern for ch in "*?["):
         return [pattern] if pattern in keys else []
     regex = _glob_regex(pattern)
     wants_sibling = pattern.endswith(_SIBLINGS)

@@ -97,6 +97,9 @@ def test_glob_star_stays_in_one_component_and_siblings_are_excluded() -> None:
     assert match_keys("neuronmap/p/**/acc", keys) == ["neuronmap/p/a/b/acc", "neuronmap/p/enc.1/acc"]
     assert match_keys("neuronmap/*/*/acc_ci_low", keys) == ["neuronmap/p/enc.1/acc_ci_low"]
     assert match_keys("neuronmap/p/enc.1/acc", keys) == ["neuronmap/p/enc.1/acc"]
+    assert match_keys("neuronmap/p/enc.[13]/acc", keys) == ["neuronmap/p/enc.1/acc"]
+    assert match_keys("neuronmap/p/enc.[!1]/acc", keys) == []
+    assert match_keys("neuronmap/?/x/acc", keys) == ["neuronmap/q/x/acc"]
 
 
 # ---------------------------------------------------------------- thresholds
@@ -308,3 +311,16 @@ def test_later_steps_supersede_earlier_ones(tmp_path: Path) -> None:
     append_metrics(run, {DPD: 0.05}, step=1)
     assert evaluate(run, [{"metric": DPD, "max": 0.1}], audit=False).exit_code == 0
     assert evaluate(run, [{"metric": DPD, "max": 0.1, "when": "all"}], audit=False).exit_code == 1
+
+
+def test_example_ci_files_are_valid() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "ci_gate"
+    cfg = load_gate_config(root / "gates.yaml")
+    assert len(cfg.checks) == 6 and {c.required for c in cfg.checks} == {True, False}
+    github = yaml.safe_load((root / "github-actions.yml").read_text())
+    steps = " ".join(str(s.get("run", "")) for s in github["jobs"]["gate"]["steps"])
+    assert "neuronmap gate neuronmap-runs/ci" in steps and "--junit gate-junit.xml" in steps
+    gitlab = yaml.safe_load((root / "gitlab-ci.yml").read_text())
+    assert gitlab["model-gate"]["artifacts"]["reports"]["junit"] == "gate-junit.xml"
