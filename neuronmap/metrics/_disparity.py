@@ -92,27 +92,30 @@ def _rates(sums: np.ndarray, n_classes: int, n_bins: int) -> dict[str, np.ndarra
     return out
 
 
-def _reasons(sums: np.ndarray, classes: Sequence[Hashable], n_bins: int) -> dict[str, list[str]]:
-    """Why each undefined group metric is NaN, ``{metric: [reason per group]}``."""
+def _reasons(sums: np.ndarray, classes: Sequence[Hashable], n_bins: int) -> dict[str, np.ndarray]:
+    """Why each undefined group metric is NaN: ``{metric: [G, C] reasons}``, ``""`` if defined.
+
+    Selection rate, accuracy and calibration error only divide by the group size, which
+    is never zero, so they have no entry.
+    """
     lay = _layout(len(classes), n_bins)
     n = sums[:, lay["n"]][:, None]
     pred, true = sums[:, lay["pred"]], sums[:, lay["true"]]
-    why: dict[str, list[str]] = {}
-    for metric, den, text in [
-        ("true_positive_rate", true, "no examples with y_true == {c!r} (y_true has one class)"),
-        ("false_negative_rate", true, "no examples with y_true == {c!r} (y_true has one class)"),
-        (
-            "false_positive_rate",
-            n - true,
-            "no examples with y_true != {c!r} (y_true has one class)",
-        ),
-        ("true_negative_rate", n - true, "no examples with y_true != {c!r} (y_true has one class)"),
-        ("precision", pred, "no examples predicted as {c!r}"),
-    ]:
-        why[metric] = [
-            "; ".join(text.format(c=c) for c, d in zip(classes, row, strict=True) if d <= 1e-12)
-            for row in den
-        ]
+    one_class = "no examples with y_true {op} {c!r} (y_true has one class)"
+    specs = {
+        "true_positive_rate": (true, one_class.replace("{op}", "==")),
+        "false_negative_rate": (true, one_class.replace("{op}", "==")),
+        "false_positive_rate": (n - true, one_class.replace("{op}", "!=")),
+        "true_negative_rate": (n - true, one_class.replace("{op}", "!=")),
+        "precision": (pred, "no examples predicted as {c!r}"),
+    }
+    why: dict[str, np.ndarray] = {}
+    for metric, (den, text) in specs.items():
+        why[metric] = np.array(
+            [[text.format(c=c) if d <= 1e-12 else "" for c, d in zip(classes, row, strict=True)]
+             for row in den],
+            dtype=object,
+        )  # fmt: skip
     return why
 
 
@@ -176,7 +179,7 @@ class _Evaluation:
     def excluded(self) -> dict[Hashable, int]:
         """Groups below ``min_group_size`` and their sizes."""
         idx = np.flatnonzero(~self.included)
-        return {self.groups.index[i]: int(self.groups.sizes[i]) for i in idx}
+        return {self.groups.key(int(i)): int(self.groups.sizes[i]) for i in idx}
 
     def rates(
         self, sums: np.ndarray | None = None
@@ -306,11 +309,14 @@ def _collapse(
 def _warn_undefined(ev: _Evaluation, metrics: Sequence[str], stacklevel: int) -> None:
     by_group, _ = ev.rates()
     reasons = _reasons(ev.sums[ev.included], ev.classes, ev.n_bins)
-    names = ev.groups.index[ev.included]
+    kept = np.flatnonzero(ev.included)
     for metric in metrics:
         bad = ~np.isfinite(by_group[metric]).all(axis=-1)
         if bad.any():
-            detail = {names[i]: reasons[metric][i] for i in np.flatnonzero(bad)}
+            detail = {
+                ev.groups.key(kept[i]): "; ".join(r for r in reasons[metric][i] if r)
+                for i in np.flatnonzero(bad)
+            }
             warnings.warn(
                 f"{metric} is undefined for {int(bad.sum())} group(s), left out of the "
                 f"comparison: {detail!r}.",

@@ -48,6 +48,13 @@ class _Groups:
     sizes: np.ndarray
     """``[G]`` number of examples per group."""
 
+    def key(self, i: int) -> Hashable:
+        """Label of group ``i`` with numpy scalars made plain (readable in messages)."""
+        value = self.index[i]
+        if isinstance(value, tuple):
+            return tuple(v.item() if isinstance(v, np.generic) else v for v in value)
+        return value.item() if isinstance(value, np.generic) else value
+
 
 def _as_labels(y: Any, name: str, *, n: int | None = None, reference: str = "y_pred") -> np.ndarray:
     """Return ``y`` as a 1-D label array, rejecting continuous scores."""

@@ -320,12 +320,11 @@ def fairness_report(
     )
     reasons = _reasons(ev.sums[ev.included], ev.classes, ev.n_bins)
     undefined: dict[str, dict[Hashable, str]] = {}
-    for j, (name, metric, _) in enumerate(cols):
+    kept = np.flatnonzero(ev.included)
+    for j, (name, metric, position) in enumerate(cols):
         bad = np.flatnonzero(~np.isfinite(group_point[:, j]))
         if len(bad):
-            undefined[name] = {
-                index[i]: reasons.get(metric, ["undefined"] * len(index))[i] for i in bad
-            }
+            undefined[name] = {ev.groups.key(kept[i]): reasons[metric][i, position] for i in bad}
     return GroupReport(
         overall=pd.Series(overall_point, index=names, name="overall"),
         overall_ci=pd.DataFrame({"low": o_low, "high": o_high}, index=names),

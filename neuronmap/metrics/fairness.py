@@ -7,11 +7,11 @@ and, on binary labels, returns the value fairlearn 0.15 returns (tested). Additi
   (``method="to_overall"`` compares each group with the pooled value instead).
 * **Intersectional groups**: ``sensitive_features`` may be a DataFrame, a 2-D array or a
   dict of columns; groups are the observed combinations of their values.
-* **Multiclass** labels (more than two, or ``pos_label=None`` with labels outside {0, 1}
-  and {-1, 1} needing an explicit ``pos_label``): each class is scored one-vs-rest and the
-  per-class disparities are aggregated with ``average``: ``"worst"`` (default; the largest
-  difference / smallest ratio over classes), ``"macro"`` (their mean) or ``None`` (a
-  ``pandas.Series`` indexed by class).
+* **Multiclass** labels (more than two distinct labels and ``pos_label=None``): each class
+  is scored one-vs-rest and the per-class disparities are aggregated with ``average``:
+  ``"worst"`` (default; the largest difference / smallest ratio over classes), ``"macro"``
+  (their mean) or ``None`` (a ``pandas.Series`` indexed by class). A ``pos_label`` scores
+  that class alone; two labels other than {0, 1} or {-1, 1} need one.
 * **Small and degenerate groups**: groups with fewer than ``min_group_size`` examples are
   excluded (still pooled into the overall value) and named in a :class:`FairnessWarning`.
   A rate whose denominator is zero in a group (e.g. the true positive rate of a group whose
