@@ -135,7 +135,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_store_templat
 
 @pytest.fixture
 def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline W&B with every folder it writes (runs, cache, artifacts, config) in ``tmp_path``."""
+    """Offline W&B with every folder it writes (runs, cache, artifacts, config) in ``tmp_path``.
+
+    W&B reads these variables once per process, so tests also pass the returned folder as
+    ``dir=`` to each run.
+    """
     pytest.importorskip("wandb")
     for var, sub in (("WANDB_DIR", "runs"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
                      ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
