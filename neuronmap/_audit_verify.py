@@ -174,7 +174,8 @@ def _check_chain(entries: dict[int, dict[str, Any]], line_of: dict[str, int]) ->
             before = entries[expected]["seq"] if expected else -1
             if expected and seq == before + 1:
                 problems.append(AuditProblem(expected, "edited", f"entry seq {before} was re-hashed: line {i} still "
-                                                                 "points to its original hash"))
+                                                                 "points to its original hash (or line "
+                                                                 f"{i} itself was forged)"))
             else:
                 gap = f"seq {before + 1}" + (f" to {seq - 1}" if seq - 1 > before + 1 else "")
                 problems.append(AuditProblem(i, "deleted", f"the entry before this one is missing ({gap} deleted; "
