@@ -66,10 +66,10 @@ class TensorBoardReporter(BaseReporter):
             )
         if not isinstance(max_table_rows, int) or max_table_rows < 1:
             raise InvalidParameterError(f"max_table_rows must be a positive int; got {max_table_rows!r}.")
-        self._writer = None if is_path or is_logger else writer
-        self._logger = writer if is_logger else None
+        self._writer: Any | None = None if is_path or is_logger else writer
+        self._logger: Any | None = writer if is_logger else None
         self._owns_writer = False
-        self.log_dir = Path(writer) if is_path else None
+        self.log_dir = Path(writer) if isinstance(writer, (str, Path)) else None
         self.max_table_rows = max_table_rows
 
     def __repr__(self) -> str:
@@ -88,7 +88,8 @@ class TensorBoardReporter(BaseReporter):
                     self.log_dir = Path(DEFAULT_ROOT) / new_run_name() / "tensorboard"
                 self._writer = SummaryWriter(str(self.log_dir))
                 self._owns_writer = True
-        return self._writer
+        writer: SummaryWriter = self._writer
+        return writer
 
     # ------------------------------------------------------------------ Reporter API
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

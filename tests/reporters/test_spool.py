@@ -168,6 +168,35 @@ def test_figures_tables_and_artifacts_survive_the_spool(tmp_path: Path) -> None:
     assert card == ("card", "# Card\n\né ✓")
 
 
+class ReportOutage(Outage):
+    """Takes whole reports, like ``LocalReporter`` (which keeps epoch and event)."""
+
+    def log_report(self, report: Any) -> None:
+        self._take("log_report", report)
+
+
+def test_a_whole_report_survives_the_spool(tmp_path: Path) -> None:
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[])
+    report = monitor.run(tiny_mlp(), step=7, epoch=1, event="validation_end")
+    inner = ReportOutage()
+    inner.down = True
+    rep = _spooled(inner, tmp_path)
+    with pytest.warns(ReporterWarning, match=r"failed in log_report\(\)"):
+        rep.log_report(report)
+    inner.down = False
+    rep.close()
+    (method, back), _ = inner.calls
+    assert method == "log_report"
+    assert (back.step, back.epoch, back.event, back.timestamp) == (7, 1, "validation_end", report.timestamp)
+    assert back.metrics.keys() == report.metrics.keys()
+    np.testing.assert_array_equal(list(back.metrics.values()), list(report.metrics.values()))  # NaN == NaN here
+    for name, result in report.results.items():
+        assert sorted(back.results[name].figures) == sorted(result.figures)
+        assert back.results[name].notes == result.notes
+        for table, frame in result.tables.items():
+            pd.testing.assert_frame_equal(back.results[name].tables[table], frame, check_dtype=False)
+
+
 def test_rejected_payload_is_kept_aside_and_does_not_block(tmp_path: Path) -> None:
     inner = Outage()
     rep = _spooled(inner, tmp_path)
