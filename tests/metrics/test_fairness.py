@@ -47,21 +47,21 @@ def _sensitive(kind: str, d: dict[str, object]) -> object:
     }[kind]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("kind", ["list", "series", "frame", "array2d", "dict"])
 @pytest.mark.parametrize("method", ["between_groups", "to_overall"])
-@pytest.mark.parametrize("name", SHARED)
-def test_matches_fairlearn_on_random_inputs(name: str, method: str, kind: str, seed: int) -> None:
+def test_matches_fairlearn_on_random_inputs(method: str, kind: str) -> None:
+    seed = ["list", "series", "frame", "array2d", "dict"].index(kind)
     d = _data(seed)
     sf = _sensitive(kind, d)
-    weights = d["w"] if seed == 1 else None
-    expected = getattr(flm, name)(
-        d["y"], d["p"], sensitive_features=sf, method=method, sample_weight=weights
-    )
-    got = getattr(nf, name)(
-        d["y"], d["p"], sensitive_features=sf, method=method, sample_weight=weights
-    )
-    assert got == pytest.approx(expected, abs=1e-12)
+    weights = d["w"] if seed % 2 else None
+    for name in SHARED:
+        expected = getattr(flm, name)(
+            d["y"], d["p"], sensitive_features=sf, method=method, sample_weight=weights
+        )
+        got = getattr(nf, name)(
+            d["y"], d["p"], sensitive_features=sf, method=method, sample_weight=weights
+        )
+        assert got == pytest.approx(expected, abs=1e-12), name
 
 
 @pytest.mark.parametrize("agg", ["worst_case", "mean"])
