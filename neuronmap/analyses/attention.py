@@ -26,6 +26,7 @@ from neuronmap.analyses._attention_hooks import (
     find_attention_modules,
     model_forward,
 )
+from neuronmap.analyses._input_space import output_scores
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -33,7 +34,6 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.capture.hooks import extract_tensor
 from neuronmap.capture.layers import glob_to_regex
 from neuronmap.errors import InvalidParameterError, NeuronMapError, ProbeSetError
 from neuronmap.metrics.attention import (
@@ -357,7 +357,7 @@ def _grab(store: dict[str, torch.Tensor], module: AttentionModule) -> Any:
 
 
 def _logits(output: Any) -> torch.Tensor:
-    logits = extract_tensor(output, "logits" if isinstance(output, Mapping) else None)
+    logits = output_scores(output)
     if logits is None:
         raise NeuronMapError(
             f"The model output holds no tensor to measure head importance on; got {type(output).__name__}."
