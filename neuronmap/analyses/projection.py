@@ -87,16 +87,15 @@ class Projection(Analysis):
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        methods = [methods] if isinstance(methods, str) else list(methods)
-        unknown = [m for m in methods if m not in _METHODS]
-        if unknown or not methods:
+        chosen: list[str] = [methods] if isinstance(methods, str) else list(methods)
+        if not chosen or any(m not in _METHODS for m in chosen):
             raise InvalidParameterError(f"methods must be a non-empty subset of {_METHODS}; got {methods!r}.")
         for label, value, minimum in (("max_points", max_points, 10), ("n_neighbors", n_neighbors, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise InvalidParameterError(f"{label} must be an integer >= {minimum}; got {value!r}.")
         if not perplexity > 0:
             raise InvalidParameterError(f"perplexity must be positive; got {perplexity!r}.")
-        self.methods = methods
+        self.methods = chosen
         self.color_by = None if color_by is None else [color_by] if isinstance(color_by, str) else list(color_by)
         self.max_points = max_points
         self.perplexity = perplexity

@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from _planted import LAYERS, planted_model, planted_probe
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+import neuronmap as nm
+from neuronmap.analyses._probe_fit import (
+    macro_f1,
+    prepare_folds,
+    ridge_correct_counts,
+    stratified_folds,
+    within_fold_permutations,
+)
+from neuronmap.analyses.probing import Probing
+from neuronmap.errors import AnalysisFailedWarning, InvalidParameterError
+from neuronmap.reporters import LocalReporter
+
+
+def _run(analysis: Probing, probe: nm.ProbeSet, model: nn.Module, layers: list[str], tmp_path=None):
+    reporters = [LocalReporter(tmp_path, run_name="run")] if tmp_path is not None else []
+    monitor = nm.NeuronMap(probe, layers=layers, analyses=[analysis], reporters=reporters, strict=True)
+    return monitor.run(model, step=0), reporters
+
+
+def test_planted_signal_is_significant_in_its_layer_only_after_correction(tmp_path) -> None:
+    report, (reporter,) = _run(Probing(n_permutations=199), planted_probe(), planted_model(), LAYERS, tmp_path)
+    m = report.metrics
+    key = "neuronmap/probing/{}/accuracy{}".format
+    assert m[key("signal", "")] > 0.9
+    assert m[key("signal", "_ci_low")] <= m[key("signal", "")] <= m[key("signal", "_ci_high")]
+    # 1 / (199 + 1) is the smallest permutation p-value; Holm over three layers triples it
+    assert m[key("signal", "_p")] == pytest.approx(1 / 200)
+    assert m[key("signal", "_p_adj")] < 0.05
+    for layer in ("noise_a", "noise_b"):
+        assert m[key(layer, "_p_adj")] > 0.05
+        assert m[key(layer, "_ci_low")] < 0.65  # the majority class is about 0.6
+    table = report.results["probing"].tables["probing"]
+    assert table["significant"].tolist() == [True, False, False]
+    assert (reporter.run_dir / "figures" / "0" / "probing" / "accuracy.png").stat().st_size > 0
+    assert (reporter.run_dir / "tables" / "0" / "probing" / "probing.csv").exists()
+
+
+def test_default_probe_equals_sklearn_pipeline_on_the_same_folds() -> None:
+    probe, model = planted_probe(n=120), planted_model()
+    report, _ = _run(Probing(n_permutations=0, control_task=False), probe, model, ["signal"])
+    with torch.no_grad():
+        x = model.signal(probe.inputs["input"]).numpy().astype(np.float64)
+    y = probe.labels
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)  # the engine's default random_state
+    pred = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)), x, y, cv=cv)
+    assert report.metrics["neuronmap/probing/signal/accuracy"] == pytest.approx(np.mean(pred == y))
+    assert report.metrics["neuronmap/probing/signal/macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+
+
+def test_custom_estimator_is_cloned_per_fold_like_cross_val_predict() -> None:
+    probe, model = planted_probe(n=100), planted_model()
+    knn = KNeighborsClassifier(n_neighbors=5)
+    report, _ = _run(Probing(estimator=knn, n_permutations=0, control_task=False), probe, model, ["noise_a"])
+    with torch.no_grad():
+        x = model.noise_a(probe.inputs["input"]).numpy().astype(np.float64)
+    pred = cross_val_predict(knn, x, probe.labels, cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    assert report.metrics["neuronmap/probing/noise_a/accuracy"] == pytest.approx(np.mean(pred == probe.labels))
+    assert not hasattr(knn, "classes_")  # the user's instance was never fitted
+
+
+def test_ridge_null_statistic_equals_sklearn_ridge_classifier() -> None:
+    rng = np.random.default_rng(0)
+    for n, d, k in [(90, 6, 2), (120, 200, 3)]:  # primal and dual forms of the hat matrix
+        y = np.repeat(np.arange(k), n // k)
+        x = rng.normal(size=(n, d)) + 0.7 * y[:, None]
+        folds = stratified_folds(y, 5, random_state=0)
+        data = prepare_folds(x, folds, max_components=1000, random_state=0)
+        perms = np.vstack([np.arange(n), within_fold_permutations(folds, n, 3, rng)])
+        counts = ridge_correct_counts(data, y, perms)
+        for row, perm in zip(counts, perms, strict=True):
+            y_perm = y[perm]
+            expected = sum(
+                int(np.sum(make_pipeline(StandardScaler(), RidgeClassifier()).fit(x[tr], y_perm[tr]).predict(x[te])
+                           == y_perm[te]))
+                for tr, te in folds
+            )
+            assert row == expected
+
+
+def test_within_fold_permutations_keep_each_folds_labels() -> None:
+    y = np.array([0] * 30 + [1] * 20 + [2] * 10)
+    folds = stratified_folds(y, 5, random_state=0)
+    perms = within_fold_permutations(folds, len(y), 50, np.random.default_rng(0))
+    for perm in perms:
+        assert sorted(perm) == list(range(len(y)))
+        for _, test in folds:
+            assert set(perm[test]) == set(test)
+    assert len({tuple(p) for p in perms}) == 50
+
+
+def test_permutation_p_values_are_valid_under_the_null() -> None:
+    """P(p <= a) <= a when the activations are independent of the labels (Phipson & Smyth 2010)."""
+    rng = np.random.default_rng(1)
+    pvalues = []
+    for _ in range(100):
+        y = rng.permutation(np.repeat([0, 1], 20))
+        x = rng.normal(size=(40, 3))
+        folds = stratified_folds(y, 4, random_state=0)
+        perms = np.vstack([np.arange(40), within_fold_permutations(folds, 40, 39, rng)])
+        counts = ridge_correct_counts(prepare_folds(x, folds, max_components=10, random_state=0), y, perms)
+        pvalues.append((1 + np.count_nonzero(counts[1:] >= counts[0])) / 40)
+    pvalues = np.array(pvalues)
+    # binomial(100, 0.1) exceeds 18 with probability < 0.5 %; uniform p-values fill the upper half too
+    assert np.sum(pvalues <= 0.1) <= 18
+    assert 0.35 < np.mean(pvalues > 0.5) < 0.65
+
+
+def test_macro_f1_equals_sklearn_also_vectorised_and_with_absent_classes() -> None:
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 4, (5, 30)), rng.integers(0, 4, (5, 30))
+    y_pred[0] = np.where(y_pred[0] == 3, 2, y_pred[0])  # class 3 never predicted
+    y_true[1] = np.where(y_true[1] == 0, 1, y_true[1])  # class 0 never true
+    expected = [f1_score(t, p, average="macro", zero_division=0) for t, p in zip(y_true, y_pred, strict=True)]
+    np.testing.assert_allclose(macro_f1(y_true, y_pred), expected)
+    np.testing.assert_allclose(macro_f1(y_true.T, y_pred.T, axis=0), expected)
+
+
+def test_pca_projection_is_exact_when_the_fold_is_narrower_than_max_components() -> None:
+    """L2-penalised logistic regression lives in the span of the centred training rows."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    x = rng.normal(size=(80, 300)) + 0.25 * y[:, None]
+    folds = stratified_folds(y, 5, random_state=0)
+    projected = prepare_folds(x, folds, max_components=128, random_state=0)  # 64 training rows < 128
+    full = prepare_folds(x, folds, max_components=1000, random_state=0)
+    assert projected[0].z_train.shape[1] == 64 and full[0].z_train.shape[1] == 300
+    for a, b in zip(projected, full, strict=True):
+        pa = LogisticRegression(max_iter=2000, tol=1e-10).fit(a.z_train, y[a.train]).decision_function(a.z_test)
+        pb = LogisticRegression(max_iter=2000, tol=1e-10).fit(b.z_train, y[b.train]).decision_function(b.z_test)
+        np.testing.assert_allclose(pa, pb, atol=1e-4)
+
+
+class _Types(nn.Module):
+    """``identity`` keeps which word type an example is; ``label_only`` keeps only its label."""
+
+    def __init__(self, label_of_type: np.ndarray) -> None:
+        super().__init__()
+        n_types = len(label_of_type)
+        self.identity = nn.Linear(n_types + 4, 32)
+        self.label_only = nn.Linear(n_types + 4, 8)
+        with torch.no_grad():
+            direction = torch.randn(8)
+            self.label_only.weight.zero_()
+            self.label_only.weight[:, :n_types] = torch.outer(direction, torch.as_tensor(2.0 * label_of_type - 1))
+            self.label_only.weight[:, n_types:] = 0.3 * torch.randn(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.identity(x).sum() + self.label_only(x).sum()
+
+
+def test_control_task_selectivity_separates_memorising_from_encoding_the_label() -> None:
+    """Hewitt & Liang (2019): a layer that identifies word types can fit random per-type labels."""
+    n_types, repeats = 16, 10
+    rng = np.random.default_rng(0)
+    label_of_type = np.arange(n_types) % 2
+    types = np.repeat(np.arange(n_types), repeats)
+    x = np.hstack([np.eye(n_types)[types], rng.normal(size=(len(types), 4))])
+    probe = nm.ProbeSet(torch.tensor(x, dtype=torch.float32), labels=label_of_type[types],
+                        metadata={"word": [f"w{t}" for t in types]})
+    report, _ = _run(Probing(control_column="word", n_permutations=0), probe, _Types(label_of_type),
+                     ["identity", "label_only"])
+    m = report.metrics
+    assert m["neuronmap/probing/identity/accuracy"] > 0.95 and m["neuronmap/probing/label_only/accuracy"] > 0.95
+    assert m["neuronmap/probing/identity/control_accuracy"] > 0.9
+    assert m["neuronmap/probing/label_only/control_accuracy"] < 0.75
+    assert m["neuronmap/probing/label_only/selectivity_ci_low"] > m["neuronmap/probing/identity/selectivity_ci_high"]
+    assert m["neuronmap/probing/label_only/selectivity_p_adj"] < 0.05
+
+
+def test_per_example_control_task_sits_at_chance() -> None:
+    report, _ = _run(Probing(n_permutations=0), planted_probe(), planted_model(), ["signal"])
+    m = report.metrics
+    assert m["neuronmap/probing/signal/control_accuracy"] < 0.7
+    assert m["neuronmap/probing/signal/selectivity"] == pytest.approx(
+        m["neuronmap/probing/signal/accuracy"] - m["neuronmap/probing/signal/control_accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ([1] * 60, r"Target 'tag' has 1 class\(es\) \[1\]; probing needs at least 2"),
+        ([0] * 57 + [1] * 3, r"classes with fewer examples than the 5 folds: \{'1': 3\}\. Lower cv \(at most 3\)"),
+    ],
+)
+def test_unusable_targets_are_skipped_with_a_reason(values: list[int], reason: str) -> None:
+    probe = nm.ProbeSet(torch.randn(60, 8), metadata={"tag": values})
+    report, _ = _run(Probing("tag"), probe, planted_model(), ["signal"])
+    result = report.results["probing"]
+    assert result.status == "skipped"
+    assert not result.metrics
+    assert len(result.notes) == 1
+    assert re.search(reason, result.notes[0])
+
+
+def test_missing_target_values_are_left_out_with_a_note() -> None:
+    base = planted_probe(n=100)
+    labels = base.labels.astype(object)
+    labels[:10] = None
+    probe = nm.ProbeSet(base.inputs["input"], labels=labels)
+    report, _ = _run(Probing(n_permutations=0, control_task=False), probe, planted_model(), ["signal"])
+    result = report.results["probing"]
+    assert result.status == "ok"
+    assert "10 examples with a missing 'label' were left out." in result.notes
+    assert result.tables["probing"]["n"].iloc[0] == 90
+
+
+def test_few_permutations_for_many_layers_are_flagged() -> None:
+    report, _ = _run(Probing(n_permutations=19, control_task=False), planted_probe(n=60), planted_model(), LAYERS)
+    assert any("no corrected p-value can fall below alpha=0.05" in n for n in report.results["probing"].notes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cv": 1}, r"cv must be an integer >= 2; got 1"),
+        ({"n_permutations": -1}, r"n_permutations must be an integer >= 0"),
+        ({"confidence": 1.5}, r"confidence must be in \(0, 1\); got 1.5"),
+        ({"p_adjust": "nope"}, r"p_adjust must be one of \(.*'holm'.*\); got 'nope'"),
+        ({"estimator": object()}, r"estimator must be a scikit-learn classifier with fit/predict"),
+    ],
+)
+def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        Probing(**kwargs)
+
+
+def test_missing_target_column_fails_the_analysis_with_the_column_list() -> None:
+    monitor = nm.NeuronMap(planted_probe(n=30), layers=["signal"], analyses=[Probing("nope")], reporters=[])
+    with pytest.warns(AnalysisFailedWarning, match=r"Column 'nope' not found .* it has \['group', 'label'\]"):
+        report = monitor.run(planted_model(), step=0)
+    assert report.results["probing"].status == "failed"
