@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from torch import nn
+
 from neuronmap.distributed import is_rank_zero
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import InvalidParameterError, MissingDependencyError, ReporterWarning
@@ -20,17 +22,21 @@ from neuronmap.reporters.local import LocalReporter
 
 __all__ = [
     "LOCAL_SUBDIR",
+    "CardSpec",
     "Tracker",
     "build_monitor",
     "choose_reporters",
     "close_monitor",
     "local_reporter",
     "local_run_dir",
+    "log_card",
     "tracker_reporters",
     "uses_default_reporters",
 ]
 
 Tracker = Literal["mlflow", "wandb", "tensorboard"]
+#: A callback's ``model_card`` argument: off, an automatic card, or card data (mapping or YAML path).
+CardSpec = bool | Mapping[str, Any] | str | Path | None
 TRACKERS: tuple[str, ...] = ("mlflow", "wandb", "tensorboard")
 #: Tracker name -> the reporter class that accepts that tracker's run, logger or writer.
 _REPORTER_CLASSES: dict[str, str] = {
@@ -146,6 +152,25 @@ def choose_reporters(
         return
     found = tracker_reporters(trackers)
     monitor.reporters = found or [local_reporter(root, run_dir=resume_dir)]
+
+
+def log_card(monitor: NeuronMap, model: nn.Module | None, card: CardSpec) -> None:
+    """Render the monitor's model card and send it to its reporters (``card`` as in the callbacks).
+
+    A card that cannot be built or rendered warns and never stops training.
+    """
+    if card is None or card is False or not monitor.history.steps:
+        return
+    try:
+        from neuronmap.cards import log_model_card
+
+        log_model_card(monitor, model=model, data=None if card is True else card)
+    except Exception as err:
+        warnings.warn(
+            f"NeuronMap could not write the model card ({type(err).__name__}: {err}); training is unaffected.",
+            ReporterWarning,
+            stacklevel=3,
+        )
 
 
 def local_run_dir(monitor: NeuronMap) -> str | None:

@@ -15,10 +15,12 @@ from torch import nn
 
 from neuronmap._imports import TRANSFORMERS_AVAILABLE
 from neuronmap.callbacks._common import (
+    CardSpec,
     build_monitor,
     choose_reporters,
     close_monitor,
     local_run_dir,
+    log_card,
     uses_default_reporters,
 )
 from neuronmap.engine import NeuronMap
@@ -108,6 +110,9 @@ class NeuronMapTrainerCallback(TrainerCallback):
         monitor: A ready :class:`~neuronmap.NeuronMap`; or leave it out and pass its keyword
             arguments (``probe=``, ``layers=``, ...).
         use_trackers: Report to HF's trackers when reporters are unset (default ``True``).
+        model_card: At train end (or after a standalone evaluation), send a model card
+            (:mod:`neuronmap.cards`) to the reporters: ``True`` for the automatic card, a mapping
+            or YAML path for card data to merge in, ``None`` (default) for none.
         **kwargs: :class:`~neuronmap.NeuronMap` keyword arguments, when ``monitor`` is not given.
 
     Raises:
@@ -121,9 +126,17 @@ class NeuronMapTrainerCallback(TrainerCallback):
         >>> # Trainer(model, args, train_dataset=..., callbacks=[callback]).train()
     """
 
-    def __init__(self, monitor: NeuronMap | None = None, *, use_trackers: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        monitor: NeuronMap | None = None,
+        *,
+        use_trackers: bool = True,
+        model_card: CardSpec = None,
+        **kwargs: Any,
+    ) -> None:
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
         self.use_trackers = use_trackers
+        self.model_card = model_card
         self._bound = False
         self._training = False
         self._resume_dir: str | None = None
@@ -170,8 +183,8 @@ class NeuronMapTrainerCallback(TrainerCallback):
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Run after an evaluation, inside training or from a bare ``trainer.evaluate()``."""
         ran = self._maybe_run(args, state, kwargs.get("model"), "validation_end")
-        if ran and not self._training:
-            close_monitor(self.monitor)  # a standalone evaluation is a whole run
+        if ran and not self._training:  # a standalone evaluation is a whole run
+            self._finish(state, kwargs.get("model"))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Run at train end (skipped when the last evaluation already ran at this step); close."""
@@ -179,7 +192,12 @@ class NeuronMapTrainerCallback(TrainerCallback):
             self._maybe_run(args, state, kwargs.get("model"), "train_end")
         finally:
             self._training = False
-            close_monitor(self.monitor)
+            self._finish(state, kwargs.get("model"))
+
+    def _finish(self, state: TrainerState, model: nn.Module | None) -> None:
+        if state.is_world_process_zero:
+            log_card(self.monitor, model, self.model_card)
+        close_monitor(self.monitor)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Write the callback's state into the checkpoint folder just saved."""

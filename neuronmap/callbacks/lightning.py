@@ -16,10 +16,12 @@ from torch import nn
 
 from neuronmap._imports import LIGHTNING_AVAILABLE, PYTORCH_LIGHTNING_AVAILABLE
 from neuronmap.callbacks._common import (
+    CardSpec,
     build_monitor,
     choose_reporters,
     close_monitor,
     local_run_dir,
+    log_card,
     uses_default_reporters,
 )
 from neuronmap.engine import NeuronMap
@@ -80,6 +82,9 @@ class NeuronMapCallback(_Callback):
         monitor: A ready :class:`~neuronmap.NeuronMap`; or leave it out and pass its keyword
             arguments (``probe=``, ``layers=``, ``analyses=``, ``schedule=``, ...).
         use_loggers: Report to the trainer's loggers when reporters are unset (default ``True``).
+        model_card: At train end, send a model card (:mod:`neuronmap.cards`) to the reporters:
+            ``True`` for the automatic card, a mapping or YAML path for card data to merge in,
+            ``None`` (default) for none.
         **kwargs: :class:`~neuronmap.NeuronMap` keyword arguments, when ``monitor`` is not given.
 
     Raises:
@@ -94,10 +99,18 @@ class NeuronMapCallback(_Callback):
         >>> trainer = L.Trainer(max_epochs=1, callbacks=[callback])  # doctest: +SKIP
     """
 
-    def __init__(self, monitor: NeuronMap | None = None, *, use_loggers: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        monitor: NeuronMap | None = None,
+        *,
+        use_loggers: bool = True,
+        model_card: CardSpec = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
         self.use_loggers = use_loggers
+        self.model_card = model_card
         self._bound = False
         self._failed = False
         self._resume_dir: str | None = None
@@ -151,8 +164,10 @@ class NeuronMapCallback(_Callback):
             self._maybe_run(trainer, pl_module, "validation_end")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Run at train end (skipped when the last validation already ran at this step)."""
+        """Run at train end (skipped when the last validation already ran at this step); log the card."""
         self._maybe_run(trainer, pl_module, "train_end")
+        if trainer.is_global_zero:
+            log_card(self.monitor, pl_module, self.model_card)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Close the reporters with status ``FAILED``."""

@@ -63,8 +63,8 @@ def test_runs_follow_the_schedule_and_no_hook_survives_between_runs(tmp_path: Pa
     assert callback.monitor.history.steps == [0, 3, 4, 6, 8]
 
 
-def test_without_loggers_results_go_to_a_local_run_under_default_root_dir(tmp_path: Path) -> None:
-    callback, _ = _callback()
+def test_without_loggers_results_and_model_card_go_to_a_local_run_under_default_root_dir(tmp_path: Path) -> None:
+    callback, _ = _callback(model_card={"model_details": {"name": "lit-mlp"}})
     _fit(callback, tmp_path)
     (reporter,) = callback.monitor.reporters
     assert isinstance(reporter, LocalReporter)
@@ -73,6 +73,8 @@ def test_without_loggers_results_go_to_a_local_run_under_default_root_dir(tmp_pa
     assert [(line["step"], line["event"]) for line in lines] == [(4, "validation_end"), (8, "validation_end")]
     assert json.loads((reporter.run_dir / "run.json").read_text())["status"] == "FINISHED"
     assert (reporter.run_dir / "report.html").is_file()  # rendered once, at close
+    card = (reporter.run_dir / "texts" / "model_card.md").read_text()
+    assert "lit-mlp" in card and "neuronmap/activation_stats/net.0/dead_fraction" in card
 
 
 def test_resume_from_checkpoint_keeps_history_schedule_and_run_folder(tmp_path: Path) -> None:
