@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Row, print_rows, write_json  # noqa: E402
+from _common import Row, print_rows, write_json
 
-import neuronmap as nm  # noqa: E402
-from neuronmap.testing import tiny_bert, tiny_text_probe  # noqa: E402
+import neuronmap as nm
+from neuronmap.testing import tiny_bert, tiny_text_probe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COMMAND = "python benchmarks/callback_overhead.py"

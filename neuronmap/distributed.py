@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -204,9 +204,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or (
             type(model).__name__ == "DeepSpeedEngine" and isinstance(getattr(model, "module", None), nn.Module)
         ):
-            model = model.module
+            model = cast(nn.Module, model.module)
         elif _is_compiled(model):
-            model = model._orig_mod  # type: ignore[assignment]
+            model = cast(nn.Module, model._orig_mod)
     return model
 
 
@@ -269,7 +269,7 @@ def hook_layers(model: nn.Module, selectors: str | Sequence[str]) -> dict[str, s
     if all(clean == name for clean, name in real.items()):
         return {name: name for name in resolve_layers(model, selectors)}
     view = type(type(model).__name__, (_RenamedModules,), {})(modules)
-    return {clean: real[clean] for clean in resolve_layers(view, selectors)}  # type: ignore[arg-type]
+    return {clean: real[clean] for clean in resolve_layers(view, selectors)}
 
 
 def eager_forward(model: nn.Module, layers: Sequence[str]) -> contextlib.AbstractContextManager[Any]:
@@ -288,7 +288,7 @@ def eager_forward(model: nn.Module, layers: Sequence[str]) -> contextlib.Abstrac
         return contextlib.nullcontext()
     set_stance = getattr(torch.compiler, "set_stance", None)
     if set_stance is not None:
-        return set_stance("force_eager")  # type: ignore[no-any-return]
+        return set_stance("force_eager")  # type: ignore[no-any-return,unused-ignore]
     inside = [layer for layer in layers if any(layer.startswith(f"{c}._orig_mod") for c in compiled)]
     if inside:
         raise NeuronMapError(

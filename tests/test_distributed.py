@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 import neuronmap as nm
-from neuronmap.distributed import World, current_world, hook_layers, is_sharded, shard_indices, unwrap_model
+from neuronmap.distributed import (
+    World,
+    current_world,
+    hook_layers,
+    is_sharded,
+    shard_indices,
+    unwrap_model,
+)
 from neuronmap.errors import InvalidParameterError, LayerNotFoundError
 from neuronmap.testing import tiny_mlp, tiny_probe
 

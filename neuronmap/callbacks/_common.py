@@ -143,15 +143,22 @@ def choose_reporters(
     *,
     root: str | Path,
     resume_dir: str | Path | None = None,
+    local_run: bool = False,
 ) -> None:
-    """Give ``monitor`` the trackers' reporters, or a local run folder when there are none.
+    """Give ``monitor`` the trackers' reporters, and a local run folder when there are none.
 
-    Does nothing when the user chose reporters (``reporters=[...]``, ``[]`` included).
+    Args:
+        monitor: The monitor; left alone when the user chose reporters (``[]`` included).
+        trackers: ``(tracker, handle)`` pairs found in the training run.
+        root: Parent of the local run folder (``root/neuronmap-runs/<run>``).
+        resume_dir: The local run folder of the run being resumed, appended to if it exists.
+        local_run: Keep the local run folder (its ``report.html``) beside the trackers too.
     """
     if not uses_default_reporters(monitor):
         return
     found = tracker_reporters(trackers)
-    monitor.reporters = found or [local_reporter(root, run_dir=resume_dir)]
+    local = [local_reporter(root, run_dir=resume_dir)] if local_run or not found else []
+    monitor.reporters = [*found, *local]
 
 
 def log_card(monitor: NeuronMap, model: nn.Module | None, card: CardSpec) -> None:

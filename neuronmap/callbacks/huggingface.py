@@ -110,6 +110,8 @@ class NeuronMapTrainerCallback(TrainerCallback):
         monitor: A ready :class:`~neuronmap.NeuronMap`; or leave it out and pass its keyword
             arguments (``probe=``, ``layers=``, ...).
         use_trackers: Report to HF's trackers when reporters are unset (default ``True``).
+        local_run: Also keep a local run folder (with ``report.html``) beside the trackers;
+            without trackers there is always one.
         model_card: At train end (or after a standalone evaluation), send a model card
             (:mod:`neuronmap.cards`) to the reporters: ``True`` for the automatic card, a mapping
             or YAML path for card data to merge in, ``None`` (default) for none.
@@ -131,11 +133,13 @@ class NeuronMapTrainerCallback(TrainerCallback):
         monitor: NeuronMap | None = None,
         *,
         use_trackers: bool = True,
+        local_run: bool = False,
         model_card: CardSpec = None,
         **kwargs: Any,
     ) -> None:
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
         self.use_trackers = use_trackers
+        self.local_run = local_run
         self.model_card = model_card
         self._bound = False
         self._training = False
@@ -155,7 +159,9 @@ class NeuronMapTrainerCallback(TrainerCallback):
                 self.monitor.reporters = []
             return
         trackers = list(_hf_trackers(args)) if self.use_trackers else []
-        choose_reporters(self.monitor, trackers, root=Path(args.output_dir or "."), resume_dir=self._resume_dir)
+        choose_reporters(
+            self.monitor, trackers, root=Path(args.output_dir or "."), resume_dir=self._resume_dir, local_run=self.local_run
+        )
 
     def _maybe_run(self, args: TrainingArguments, state: TrainerState, model: nn.Module | None, event: str) -> bool:
         step, epoch = state.global_step, _epoch_index(state)

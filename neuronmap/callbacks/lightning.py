@@ -82,6 +82,8 @@ class NeuronMapCallback(_Callback):
         monitor: A ready :class:`~neuronmap.NeuronMap`; or leave it out and pass its keyword
             arguments (``probe=``, ``layers=``, ``analyses=``, ``schedule=``, ...).
         use_loggers: Report to the trainer's loggers when reporters are unset (default ``True``).
+        local_run: Also keep a local run folder (with ``report.html``) beside the trackers;
+            without trackers there is always one.
         model_card: At train end, send a model card (:mod:`neuronmap.cards`) to the reporters:
             ``True`` for the automatic card, a mapping or YAML path for card data to merge in,
             ``None`` (default) for none.
@@ -104,12 +106,14 @@ class NeuronMapCallback(_Callback):
         monitor: NeuronMap | None = None,
         *,
         use_loggers: bool = True,
+        local_run: bool = False,
         model_card: CardSpec = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
         self.use_loggers = use_loggers
+        self.local_run = local_run
         self.model_card = model_card
         self._bound = False
         self._failed = False
@@ -134,7 +138,9 @@ class NeuronMapCallback(_Callback):
                 self.monitor.reporters = []
             return
         trackers = list(_trainer_trackers(trainer)) if self.use_loggers else []
-        choose_reporters(self.monitor, trackers, root=Path(trainer.default_root_dir), resume_dir=self._resume_dir)
+        choose_reporters(
+            self.monitor, trackers, root=Path(trainer.default_root_dir), resume_dir=self._resume_dir, local_run=self.local_run
+        )
 
     def _maybe_run(self, trainer: Trainer, pl_module: LightningModule, event: str) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch

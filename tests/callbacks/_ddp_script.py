@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _lit import lit_mlp, loader  # noqa: E402
+from _lit import lit_mlp, loader
 
-import neuronmap as nm  # noqa: E402
-from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult, MetricSet  # noqa: E402
-from neuronmap.callbacks import NeuronMapCallback  # noqa: E402
-from neuronmap.distributed import unwrap_model  # noqa: E402
-from neuronmap.testing import tiny_probe  # noqa: E402
+import neuronmap as nm
+from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult, MetricSet
+from neuronmap.callbacks import NeuronMapCallback
+from neuronmap.distributed import unwrap_model
+from neuronmap.testing import tiny_probe
 
 N_PROBE = 37  # odd: rank 1's shard is padded
 SCHEDULE = {"every_n_steps": 2, "on": ("validation_end", "train_end")}

@@ -78,7 +78,7 @@ def test_without_loggers_results_and_model_card_go_to_a_local_run_under_default_
 
 
 def test_resume_from_checkpoint_keeps_history_schedule_and_run_folder(tmp_path: Path) -> None:
-    full, full_runs = _callback()
+    full, _ = _callback()
     L.Trainer(callbacks=[full], **trainer_kwargs(tmp_path / "full")).fit(lit_mlp(), loader(), loader(16))
 
     ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -152,7 +152,7 @@ def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_pat
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = MLFlowLogger(experiment_name="lit", tracking_uri=uri)
-    callback, runs = _callback()
+    callback, _ = _callback()
     L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=logger)).fit(lit_mlp(), loader(), loader(16))
 
     client = MlflowClient(tracking_uri=uri)
