@@ -34,7 +34,8 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,11 +58,13 @@ def is_retryable(error: BaseException) -> bool:
     """Whether a failed call is worth retrying (the rule for reporters without their own).
 
     Errors that say the *payload* is wrong (``ValueError``, ``TypeError``, ``KeyError``,
-    ``AttributeError``, :class:`~neuronmap.errors.InvalidParameterError`) would fail on every
-    replay, so they are not retried; everything else (connection refused, timeouts, HTTP
-    5xx, a tracker that failed to start) is. ``OSError`` is checked first because some
-    network errors also derive from ``ValueError``.
+    ``AttributeError``, :class:`~neuronmap.errors.InvalidParameterError`, a local file that
+    does not exist) would fail on every replay, so they are not retried; everything else
+    (connection refused, timeouts, HTTP 5xx, a tracker that failed to start) is. Other
+    ``OSError`` are checked before ``ValueError`` because some network errors derive from both.
     """
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return False
     if isinstance(error, OSError):
         return True
     return not isinstance(error, (ValueError, TypeError, KeyError, AttributeError, NotImplementedError))
@@ -152,8 +155,23 @@ class SpooledReporter(BaseReporter):
         except Exception:  # a broken rule must not turn an outage into data loss
             return True
 
+    @contextmanager
+    def _contained(self, method: str) -> Iterator[None]:
+        """The spool's own failures (a full disk, an unreadable entry) never reach training either."""
+        try:
+            yield
+        except ReporterError:
+            raise
+        except Exception as err:
+            if self.strict:
+                raise ReporterError(f"Could not deliver or spool {method}() of reporter {self.name!r}: {err}") from err
+            self._warn(
+                f"NeuronMap could not deliver or spool {method}() of reporter {self.name!r} "
+                f"({type(err).__name__}: {err}); this call is lost, training goes on."
+            )
+
     def _call(self, method: str, *args: Any) -> None:
-        with self._lock:
+        with self._lock, self._contained(method):
             if self._in_outage or self._pending:
                 self._spool(method, args)
                 if time.monotonic() >= self._next_try:
@@ -203,6 +221,16 @@ class SpooledReporter(BaseReporter):
             f"is not retried (it would fail again); it is kept in {self.spool_dir / 'rejected.jsonl'}."
         )
 
+    def _set_aside(self, entry: dict[str, Any], err: Exception) -> None:
+        files = self.spool_dir / "files" / str(entry["seq"])
+        if files.exists():
+            shutil.move(files, self.spool_dir / "rejected-files" / str(entry["seq"]))
+        with (self.spool_dir / "rejected.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry | {"error": f"unreadable: {type(err).__name__}: {err}"}) + "\n")
+        self._warn(f"NeuronMap set aside spooled call {entry['seq']} of reporter {self.name!r} ({err}).")
+        (self.spool_dir / "done").write_text(str(entry["seq"]))
+        self._pending -= 1
+
     def _warn(self, message: str) -> None:
         # user code -> engine or callback -> public method -> _call -> _back_off/_reject -> here
         warnings.warn(message, ReporterWarning, stacklevel=5)
@@ -211,7 +239,12 @@ class SpooledReporter(BaseReporter):
         """Deliver spooled calls in order, stopping at a transient failure; True once drained."""
         entries = self._entries()
         for entry in entries:
-            method, args = entry["method"], _Codec(self.spool_dir, entry["seq"]).decode_args(entry["args"])
+            method = entry["method"]
+            try:
+                args = _Codec(self.spool_dir, entry["seq"]).decode_args(entry["args"])
+            except Exception as err:  # damaged entry: set it aside rather than block the rest
+                self._set_aside(entry, err)
+                continue
             try:
                 getattr(self.reporter, method)(*args)
             except Exception as err:
@@ -266,7 +299,7 @@ class SpooledReporter(BaseReporter):
 
     def flush(self) -> None:
         """Replay spooled calls if the back-off allows, then flush the reporter."""
-        with self._lock:
+        with self._lock, self._contained("flush"):
             if self._pending and (time.monotonic() < self._next_try or not self._replay()):
                 return
             try:
@@ -283,7 +316,7 @@ class SpooledReporter(BaseReporter):
         calls wait in the spool folder; a later ``SpooledReporter`` on that folder delivers
         them (``SpooledReporter(reporter, spool_dir=...).flush()``).
         """
-        with self._lock:
+        with self._lock, self._contained("close"):
             if self._pending and not self._replay():
                 self._spool("close", (status,))
                 self._warn(
@@ -335,6 +368,8 @@ class _Codec:
         if isinstance(value, (list, tuple)):
             return [self.encode(v) for v in value]
         if isinstance(value, Path):
+            if not value.exists():  # kept as a name: the tracker will reject it, not the spool
+                return {"$missing": str(value)}
             path, rel = self._new_file("")
             path.mkdir()
             dest = path / value.name
@@ -365,6 +400,8 @@ class _Codec:
             return float(value["$float"])
         if "$path" in value:
             return self.root / value["$path"]
+        if "$missing" in value:
+            return Path(value["$missing"])
         if "$table" in value:
             import pandas as pd
 

@@ -62,6 +62,17 @@ def test_mlflow_key_keeps_valid_keys_and_long_keys_distinct() -> None:
     assert len(a) == len(b) == 250
 
 
+def test_refusals_are_not_retried_but_outages_are(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    rep = MLflowReporter(run_dir=tmp_path)
+    assert not rep.is_retryable(MlflowException("Changing param values is not allowed", INVALID_PARAMETER_VALUE))
+    assert rep.is_retryable(MlflowException("API request failed: Max retries exceeded", INTERNAL_ERROR))
+    assert rep.is_retryable(MlflowException("busy", TEMPORARILY_UNAVAILABLE))
+    assert rep.is_retryable(ConnectionError("refused"))
+
+
 def test_rejects_an_unknown_run_kind() -> None:
     with pytest.raises(InvalidParameterError, match=r"run must be a run id.*got int"):
         MLflowReporter(42)

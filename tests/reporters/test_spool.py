@@ -210,6 +210,42 @@ def test_rejected_payload_is_kept_aside_and_does_not_block(tmp_path: Path) -> No
     ]
 
 
+def test_a_missing_artifact_is_rejected_not_raised(tmp_path: Path) -> None:
+    rep = _spooled(Outage(), tmp_path)
+    with pytest.warns(ReporterWarning, match=r"rejected log_artifact\(\)"):
+        rep.log_artifact(tmp_path / "gone.json")  # Outage.log_artifact reads it: FileNotFoundError
+    (entry,) = [json.loads(x) for x in (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()]
+    assert entry["args"] == [{"$missing": str(tmp_path / "gone.json")}]
+
+
+def test_a_damaged_entry_is_set_aside_and_the_rest_delivered(tmp_path: Path) -> None:
+    inner = Outage()
+    inner.down = True
+    rep = _spooled(inner, tmp_path)
+    figure = Figure()
+    figure.add_subplot()
+    with pytest.warns(ReporterWarning):
+        rep.log_figure("a/f", figure, 1)
+        rep.log_metrics({"m": 1.0}, step=2)
+    for png in (tmp_path / "spool" / "files").rglob("*.png"):
+        png.unlink()
+    inner.down = False
+    with pytest.warns(ReporterWarning, match="set aside spooled call 1"):
+        rep.close()
+    assert [m for m, _ in inner.calls] == ["log_metrics", "close"]
+    assert "unreadable" in (tmp_path / "spool" / "rejected.jsonl").read_text()
+
+
+def test_a_spool_that_cannot_be_written_warns_and_goes_on(tmp_path: Path) -> None:
+    inner = Outage()
+    inner.down = True
+    blocker = tmp_path / "spool"
+    blocker.write_text("a file where the spool folder should be")
+    rep = SpooledReporter(inner, spool_dir=blocker)
+    with pytest.warns(ReporterWarning, match=r"could not deliver or spool log_metrics\(\).*this call is lost"):
+        rep.log_metrics({"m": 1.0}, step=1)
+
+
 def test_strict_raises_but_keeps_the_payload(tmp_path: Path) -> None:
     inner = Outage()
     inner.down = True
@@ -240,7 +276,7 @@ def test_a_new_process_delivers_what_an_old_one_left(tmp_path: Path) -> None:
 def test_is_retryable_separates_outages_from_bad_payloads() -> None:
     assert is_retryable(ConnectionRefusedError()) and is_retryable(TimeoutError()) and is_retryable(RuntimeError())
     assert not is_retryable(ValueError()) and not is_retryable(TypeError()) and not is_retryable(KeyError())
-    assert not is_retryable(InvalidParameterError("bad"))
+    assert not is_retryable(InvalidParameterError("bad")) and not is_retryable(FileNotFoundError())
 
 
 def test_bad_back_off_settings_are_refused(tmp_path: Path) -> None:
