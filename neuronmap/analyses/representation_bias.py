@@ -1,0 +1,351 @@
+"""Representation-level bias: how much each layer encodes a sensitive attribute.
+
+For every monitored layer and sensitive attribute, :class:`RepresentationBias` reports
+
+* **decodability**: the cross-validated accuracy of a linear probe predicting the attribute
+  from the activations (a ridge classifier on standardised activations, stratified k-fold),
+  beside the majority-class baseline, with a Wilson (1927) score interval and a permutation
+  p-value (labels permuted within test folds, Ojala & Garriga 2010, test 1; Phipson & Smyth
+  2010), corrected across layers x attributes. Accuracy well above the baseline means a
+  downstream head *can* use the attribute (Elazar & Goldberg 2018).
+* **centroid distance**: the largest Euclidean distance between two group centroids, divided
+  by the pooled within-group root-mean-square spread ``sqrt(mean_g tr(Cov_g))`` so it is
+  scale free, with a permutation p-value (group labels shuffled).
+* **WEAT / SEAT** effect sizes when the probe set tags target and attribute sets in a
+  metadata column (default ``"weat"``; values ``target_x``, ``target_y``, ``attr_a``,
+  ``attr_b``). On the layer's (pooled) activations ``w``, with cosine similarity ``cos``::
+
+      s(w, A, B) = mean_{a in A} cos(w, a) - mean_{b in B} cos(w, b)
+      d = (mean_{x in X} s(x, A, B) - mean_{y in Y} s(y, A, B)) / std_{w in X u Y} s(w, A, B)
+
+  (Caliskan, Bryson & Narayanan 2017, Science 356, p. 183, "WEAT"; the standard deviation
+  uses ``ddof=1`` as May et al.'s reference code). The one-sided p-value is the fraction of
+  equal-size re-partitions of ``X u Y`` whose statistic
+  ``S = sum_x s(x, A, B) - sum_y s(y, A, B)`` is at least the observed one. On sentence
+  embeddings this is SEAT (May et al. 2019, NAACL, "On Measuring Social Biases in Sentence
+  Encoders").
+
+References:
+    Elazar & Goldberg (2018). Adversarial Removal of Demographic Attributes from Text Data. EMNLP.
+    Wilson (1927). Probable inference, the law of succession, and statistical inference. JASA 22.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from numpy.typing import NDArray
+
+from neuronmap.analyses._probe_fit import (
+    prepare_folds,
+    ridge_correct_counts,
+    stratified_folds,
+    within_fold_permutations,
+)
+from neuronmap.analyses.base import (
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    MetricSet,
+    register_analysis,
+)
+from neuronmap.errors import InvalidParameterError, ProbeSetError
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+
+__all__ = ["RepresentationBias", "weat_effect_size", "weat_test"]
+
+
+def _cosine(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return np.asarray(an @ bn.T)
+
+
+def _association(w: NDArray[np.float64], a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``s(w, A, B)`` of Caliskan et al. (2017) for every row of ``w``."""
+    return _cosine(w, a).mean(axis=1) - _cosine(w, b).mean(axis=1)
+
+
+def weat_effect_size(x: Any, y: Any, a: Any, b: Any) -> float:
+    """WEAT effect size ``d`` (Caliskan, Bryson & Narayanan 2017, Science 356: 183-186).
+
+    ``d = (mean_x s(x, A, B) - mean_y s(y, A, B)) / std_{w in X u Y} s(w, A, B)`` with
+    ``s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b)`` and ``ddof=1``. Positive: targets X
+    sit closer to attributes A (and Y to B). Applied to sentence encodings it is SEAT
+    (May et al. 2019).
+
+    Args:
+        x, y: Target embeddings ``[n_x, d]`` and ``[n_y, d]``.
+        a, b: Attribute embeddings ``[n_a, d]`` and ``[n_b, d]``.
+
+    Returns:
+        The effect size (NaN when every association is equal).
+
+    Example:
+        >>> weat_effect_size([[1, 0.1], [1, 0.2]], [[0.1, 1], [0.2, 1]], [[1, 0]], [[0, 1]]) > 1
+        True
+    """
+    x, y, a, b = (np.asarray(v, dtype=np.float64) for v in (x, y, a, b))
+    s = _association(np.vstack([x, y]), a, b)
+    std = float(np.std(s, ddof=1))
+    return float((s[: len(x)].mean() - s[len(x) :].mean()) / std) if std > 0 else float("nan")
+
+
+def weat_test(
+    x: Any, y: Any, a: Any, b: Any, *, n_permutations: int = 9999, random_state: int | None = 0
+) -> tuple[float, float]:
+    """WEAT effect size and one-sided permutation p-value (Caliskan et al. 2017).
+
+    The p-value is ``P(S(X_i, Y_i) >= S(X, Y))`` over random equal-size re-partitions
+    ``(X_i, Y_i)`` of ``X u Y`` (the observed partition counted once, Phipson & Smyth 2010).
+
+    Returns:
+        ``(effect_size, p_value)``.
+    """
+    x, y, a, b = (np.asarray(v, dtype=np.float64) for v in (x, y, a, b))
+    s = _association(np.vstack([x, y]), a, b)
+    rng = np.random.default_rng(random_state)
+    perms = rng.permuted(np.tile(np.arange(len(s)), (n_permutations, 1)), axis=1)
+    observed = s[: len(x)].sum() - s[len(x) :].sum()
+    null = s[perms[:, : len(x)]].sum(axis=1) - s[perms[:, len(x) :]].sum(axis=1)
+    p = (1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + n_permutations)
+    return weat_effect_size(x, y, a, b), float(p)
+
+
+@dataclass
+class _Row:
+    layer: str
+    attribute: str
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@register_analysis
+class RepresentationBias(Analysis):
+    """Decodability of sensitive attributes, group-centroid distances and WEAT/SEAT per layer.
+
+    Args:
+        sensitive: Probe-set group column(s) whose decodability and centroid distance to report.
+        targets: The two target tags ``(X, Y)`` of the WEAT column.
+        attributes: The two attribute tags ``(A, B)`` of the WEAT column.
+        weat_column: Metadata column holding the tags (rows with other values are ignored);
+            ``None`` or a missing column skips WEAT (with a note).
+        cv: Stratified folds of the decodability probe.
+        n_permutations: Permutations for every p-value.
+        min_group_size: Groups with fewer examples are left out (named in the notes).
+        max_components: Wider layers are projected onto this many principal components first.
+        confidence: Coverage of the Wilson intervals.
+        p_adjust: Correction across layers (x attributes), any of ``PVALUE_METHODS``.
+        alpha: Significance level of the ``significant`` column.
+        layers: Optional selectors restricting the analysis to some captured layers.
+
+    Metrics (per layer): ``<attr>_decodability`` (CI, ``_p``, ``_p_adj``),
+    ``<attr>_majority_baseline``, ``<attr>_centroid_distance`` (``_p``, ``_p_adj``),
+    ``weat_effect_size`` (``_p``, ``_p_adj``). Figure: ``decodability``.
+
+    Example:
+        >>> import neuronmap as nm
+        >>> from neuronmap.testing import tiny_mlp, tiny_probe
+        >>> monitor = nm.NeuronMap(tiny_probe(n=60), layers=["net.0"], reporters=[],
+        ...                        analyses=[RepresentationBias("group", n_permutations=99)])
+        >>> m = monitor.run(tiny_mlp(), step=0).metrics
+        >>> 0 <= m["neuronmap/representation_bias/net.0/group_decodability"] <= 1
+        True
+    """
+
+    name = "representation_bias"
+
+    def __init__(
+        self,
+        sensitive: str | Sequence[str],
+        *,
+        targets: tuple[str, str] = ("target_x", "target_y"),
+        attributes: tuple[str, str] = ("attr_a", "attr_b"),
+        weat_column: str | None = "weat",
+        cv: int = 5,
+        n_permutations: int = 999,
+        min_group_size: int = 10,
+        max_components: int = 64,
+        confidence: float = 0.95,
+        p_adjust: str = "holm",
+        alpha: float = 0.05,
+        layers: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(layers=layers)
+        for label, value, low in (("cv", cv, 2), ("n_permutations", n_permutations, 1),
+                                  ("min_group_size", min_group_size, 1), ("max_components", max_components, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidParameterError(f"{label} must be an int >= {low}; got {value!r}.")
+        for label, pair in (("targets", targets), ("attributes", attributes)):
+            if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
+                raise InvalidParameterError(f"{label} must be two tag strings; got {pair!r}.")
+        if p_adjust not in PVALUE_METHODS:
+            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
+        if not 0.0 < confidence < 1.0 or not 0.0 < alpha < 1.0:
+            raise InvalidParameterError(f"confidence and alpha must be in (0, 1); got {confidence!r}, {alpha!r}.")
+        self.sensitive = [sensitive] if isinstance(sensitive, str) else list(sensitive)
+        self.targets, self.attributes = tuple(targets), tuple(attributes)
+        self.weat_column = weat_column
+        self.cv = cv
+        self.n_permutations = n_permutations
+        self.min_group_size = min_group_size
+        self.max_components = max_components
+        self.confidence = confidence
+        self.p_adjust = p_adjust
+        self.alpha = alpha
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        notes: list[str] = []
+        encoded = {attr: self._encode(ctx, attr, notes) for attr in self.sensitive}
+        weat_sets = self._weat_sets(ctx, notes)
+        rng = np.random.default_rng([ctx.random_state, 11])
+        rows: list[_Row] = []
+        for layer, acts in self.layer_items(ctx):
+            x = np.asarray(acts, dtype=np.float64).reshape(len(acts), -1)
+            if not np.isfinite(x).all():
+                notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")
+                continue
+            for attr, enc in encoded.items():
+                if enc is not None:
+                    rows.append(_Row(layer, attr, self._attribute_scores(x, *enc, ctx.random_state, rng)))
+            if weat_sets is not None:
+                effect, p = weat_test(*(x[idx] for idx in weat_sets), n_permutations=self.n_permutations,
+                                      random_state=int(rng.integers(2**31)))
+                rows.append(_Row(layer, "weat", {"weat_effect_size": effect, "weat_effect_size_p": p}))
+        table = self._table(rows)
+        return AnalysisResult(
+            self.name, metrics=_metrics(table), tables={"representation_bias": table},
+            figures={"decodability": _figure(table, self.confidence)} if "decodability" in table else {},
+            notes=tuple(notes), status="ok" if rows else "skipped",
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ inputs
+    def _encode(
+        self, ctx: AnalysisContext, attr: str, notes: list[str]
+    ) -> tuple[NDArray[np.bool_], NDArray[np.int64]] | None:
+        if "/" in attr:
+            raise InvalidParameterError(f"Sensitive column names cannot contain '/'; got {attr!r}.")
+        values = pd.Series(ctx.probe.column(attr)).astype(str)
+        sizes = values.value_counts()
+        small = sizes[sizes < max(self.min_group_size, self.cv)]
+        if len(small):
+            notes.append(f"{attr}: left out groups with fewer than {max(self.min_group_size, self.cv)} "
+                         f"examples (group: size): {small.to_dict()}.")  # fmt: skip
+        keep = ~values.isin(small.index).to_numpy()
+        if values[keep].nunique() < 2:
+            notes.append(f"{attr}: fewer than 2 groups left; decodability and centroid distance skipped.")
+            return None
+        codes = pd.factorize(values[keep], sort=True)[0].astype(np.int64)
+        return keep, codes
+
+    def _weat_sets(self, ctx: AnalysisContext, notes: list[str]) -> list[NDArray[np.intp]] | None:
+        if self.weat_column is None:
+            return None
+        if self.weat_column not in ctx.probe.frame:
+            if (self.targets, self.attributes) != (("target_x", "target_y"), ("attr_a", "attr_b")):
+                raise ProbeSetError(
+                    f"WEAT tags {self.targets + self.attributes} need the column {self.weat_column!r}, "
+                    f"which probe set {ctx.probe.name!r} lacks; it has {list(ctx.probe.frame.columns)}."
+                )
+            notes.append(f"No {self.weat_column!r} column in the probe set; WEAT skipped.")
+            return None
+        tags = ctx.probe.column(self.weat_column).astype(str)
+        sets = [np.flatnonzero(tags == t) for t in (*self.targets, *self.attributes)]
+        short = {t: len(s) for t, s in zip((*self.targets, *self.attributes), sets, strict=True) if len(s) < 2}
+        if short:
+            notes.append(f"WEAT skipped: tags of {self.weat_column!r} with fewer than 2 examples: {short}.")
+            return None
+        return sets
+
+    # ------------------------------------------------------------------ statistics
+    def _attribute_scores(
+        self, x: NDArray[np.float64], keep: NDArray[np.bool_], y: NDArray[np.int64],
+        seed: int, rng: np.random.Generator,
+    ) -> dict[str, float]:  # fmt: skip
+        from scipy.stats import binomtest
+
+        x = x[keep]
+        folds = stratified_folds(y, self.cv, random_state=seed)
+        data = prepare_folds(x, folds, max_components=self.max_components, random_state=seed)
+        perms = within_fold_permutations(folds, len(y), self.n_permutations, rng)
+        counts = ridge_correct_counts(data, y, np.vstack([np.arange(len(y)), perms]))
+        ci = binomtest(int(counts[0]), len(y)).proportion_ci(self.confidence, method="wilson")
+        distance, distance_p = _centroid_distance_test(x, y, self.n_permutations, rng)
+        return {
+            "decodability": counts[0] / len(y), "decodability_ci_low": ci.low, "decodability_ci_high": ci.high,
+            "decodability_p": (1 + np.count_nonzero(counts[1:] >= counts[0])) / (1 + len(perms)),
+            "majority_baseline": np.bincount(y).max() / len(y),
+            "centroid_distance": distance, "centroid_distance_p": distance_p,
+        }  # fmt: skip
+
+    def _table(self, rows: list[_Row]) -> pd.DataFrame:
+        table = pd.DataFrame([{"layer": r.layer, "attribute": r.attribute, **r.values} for r in rows])
+        for stat in ("decodability", "centroid_distance", "weat_effect_size"):
+            if f"{stat}_p" in table:
+                table[f"{stat}_p_adj"] = adjust_pvalues(
+                    table[f"{stat}_p"].to_numpy(float), method=self.p_adjust, alpha=self.alpha
+                )
+        if "decodability_p_adj" in table:
+            table["decodability_significant"] = table["decodability_p_adj"] < self.alpha
+        return table
+
+
+def _centroid_distance_test(
+    x: NDArray[np.float64], y: NDArray[np.int64], n_permutations: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Largest standardised distance between group centroids and its permutation p-value."""
+    labels = np.vstack([y, rng.permuted(np.tile(y, (n_permutations, 1)), axis=1)])
+    k = int(y.max()) + 1
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    onehot = (labels[:, :, None] == np.arange(k)).astype(np.float64)  # [P + 1, n, k]
+    centroids = np.einsum("pnk,nd->pkd", onehot, x) / counts[None, :, None]
+    spread = (x**2).sum(axis=1) @ onehot / counts - (centroids**2).sum(axis=2)  # tr(Cov_g) per group
+    scale = np.sqrt(np.maximum(spread.mean(axis=1), 1e-24))
+    gram = centroids @ centroids.transpose(0, 2, 1)  # squared distances from the Gram matrix: [P + 1, k, k]
+    norms = np.diagonal(gram, axis1=1, axis2=2)
+    squared = norms[:, :, None] + norms[:, None, :] - 2 * gram
+    gaps = np.sqrt(np.maximum(squared, 0).max(axis=(1, 2))) / scale
+    return float(gaps[0]), float((1 + np.count_nonzero(gaps[1:] >= gaps[0] - 1e-12)) / (1 + n_permutations))
+
+
+def _metrics(table: pd.DataFrame) -> MetricSet:
+    metrics = MetricSet()
+    for row in table.to_dict(orient="records"):
+        layer, attr = row["layer"], row["attribute"]
+        if attr == "weat":
+            metrics.add(layer, "weat_effect_size", row["weat_effect_size"], p=row["weat_effect_size_p"],
+                        p_adj=row["weat_effect_size_p_adj"])
+            continue
+        metrics.add(layer, f"{attr}_decodability", row["decodability"],
+                    ci=(row["decodability_ci_low"], row["decodability_ci_high"]),
+                    p=row["decodability_p"], p_adj=row["decodability_p_adj"])
+        metrics.add(layer, f"{attr}_majority_baseline", row["majority_baseline"])
+        metrics.add(layer, f"{attr}_centroid_distance", row["centroid_distance"], p=row["centroid_distance_p"],
+                    p_adj=row["centroid_distance_p_adj"])
+    return metrics
+
+
+def _figure(table: pd.DataFrame, confidence: float) -> Figure:
+    """Decodability by layer per attribute, with Wilson bands and the majority baseline."""
+    decodable = table[table["attribute"] != "weat"]
+    layers = list(dict.fromkeys(decodable["layer"]))
+    fig = Figure(figsize=(max(4.0, 0.5 * len(layers) + 2.5), 3.2))
+    ax = fig.subplots()
+    x = np.arange(len(layers))
+    for attr, part in decodable.groupby("attribute", sort=False):
+        part = part.set_index("layer").loc[layers]
+        line = ax.plot(x, part["decodability"], marker="o", label=f"{attr} probe accuracy")[0]
+        ax.fill_between(x, part["decodability_ci_low"], part["decodability_ci_high"], alpha=0.2,
+                        color=line.get_color())
+        ax.plot(x, part["majority_baseline"], ls=":", color=line.get_color(), label=f"{attr} majority baseline")
+    ax.set_xticks(x, layers, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("cross-validated accuracy")
+    ax.set_title(f"Decodability of sensitive attributes ({confidence:.0%} Wilson CI)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
