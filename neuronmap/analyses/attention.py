@@ -96,7 +96,6 @@ class AttentionAnalysis(Analysis):
     """
 
     name = "attention"
-    needs_outputs = False
 
     def __init__(
         self,
@@ -141,7 +140,8 @@ class AttentionAnalysis(Analysis):
             if switched:
                 notes.append(switched)
             first = next(iter(probe.batches(ctx.batch_size, ctx.device)))
-            modules = self._select(find_attention_modules(model, first, probe.positional), model)
+            found = find_attention_modules(model, first, probe.positional)
+            modules = self._select(found, model)
             stats, outputs = self._describe(model, probe, modules, ctx)
             importance: dict[tuple[int, int], np.ndarray] = {}
             if self.ablation:
@@ -149,11 +149,14 @@ class AttentionAnalysis(Analysis):
                 base = _score(outputs, probe, measure, outputs)
                 for li, module in enumerate(modules):
                     for head in range(module.heads):
-                        ablated = self._run_ablated(model, probe, modules, li, head, ctx)
+                        # head_mask rows follow every attention module, not just the selected ones.
+                        ablation = HeadAblation(model, found, found.index(module), head)
+                        ablated = self._run_ablated(model, probe, ablation, ctx)
                         importance[(li, head)] = _score(ablated, probe, measure, outputs) - base
                 mechanisms = sorted({ablation_mechanism(model, m) for m in modules})
                 notes.append(
-                    f"Head importance: change in {measure} by ablating each head via {', '.join(mechanisms)}."
+                    f"Head importance: change in {measure} by ablating each head via "
+                    f"{', '.join(mechanisms)}."
                 )
         table = self._table(modules, stats, importance, ctx)
         metrics = self._metrics(modules, stats, table, ctx)
@@ -249,22 +252,13 @@ class AttentionAnalysis(Analysis):
         return self.measure
 
     def _run_ablated(
-        self,
-        model: torch.nn.Module,
-        probe: ProbeSet,
-        modules: list[AttentionModule],
-        layer: int,
-        head: int,
-        ctx: AnalysisContext,
+        self, model: torch.nn.Module, probe: ProbeSet, ablation: HeadAblation, ctx: AnalysisContext
     ) -> torch.Tensor:
         outputs = []
-        with HeadAblation(model, modules, layer, head) as ablation, torch.no_grad():
+        with ablation, torch.no_grad():
             for batch in probe.batches(ctx.batch_size, ctx.device):
-                outputs.append(
-                    _logits(model_forward(model, batch, probe.positional, **ablation.kwargs))
-                    .float()
-                    .cpu()
-                )
+                output = model_forward(model, batch, probe.positional, **ablation.kwargs)
+                outputs.append(_logits(output).float().cpu())
         return torch.cat(outputs)
 
     # ------------------------------------------------------------------ results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -34,12 +35,24 @@ from neuronmap.metrics.attribution import (
     occlusion,
     saliency,
 )
+from neuronmap.probe import ProbeSet
 from neuronmap.stats import bootstrap_ci
 
 __all__ = ["Attribution", "AttributionMethod"]
 
 AttributionMethod = Literal["saliency", "input_x_gradient", "integrated_gradients", "occlusion"]
 _METHODS: tuple[str, ...] = get_args(AttributionMethod)
+
+
+@dataclass
+class _Collected:
+    """Per-example results of one run."""
+
+    maps: list[np.ndarray] = field(default_factory=list)
+    ids: list[np.ndarray] = field(default_factory=list)
+    classes: list[Any] = field(default_factory=list)
+    deltas: list[np.ndarray] = field(default_factory=list)
+    shown: list[np.ndarray] = field(default_factory=list)
 
 
 @register_analysis
@@ -103,9 +116,8 @@ class Attribution(Analysis):
         top_k: int = 10,
         max_examples: int | None = None,
         n_resamples: int = 1000,
-        layers: Any = None,
     ) -> None:
-        super().__init__(layers=layers)
+        super().__init__()
         if method not in _METHODS:
             raise InvalidParameterError(
                 f"The 'method' parameter of Attribution must be one of {list(_METHODS)}; got {method!r} instead."
@@ -162,37 +174,12 @@ class Attribution(Analysis):
         )
         ctx.model.eval()
         space = InputSpace(ctx.model, probe)
-        maps: list[np.ndarray] = []
-        ids: list[np.ndarray] = []
-        classes: list[Any] = []
-        deltas: list[np.ndarray] = []
-        shown: list[np.ndarray] = []
-        for batch in space.batches(ctx.batch_size, ctx.device):
-            targets = self._targets(space, batch, probe)
-            attr, delta = self._attribute(space, batch, targets)
-            if delta is not None:
-                deltas.append(delta.abs().double().cpu().numpy())
-            per_position = _per_position(attr, space.kind).double().cpu().numpy()
-            for i in range(len(per_position)):
-                if batch.mask is not None:
-                    keep = batch.mask[i].bool().cpu().numpy()
-                    maps.append(per_position[i][keep])
-                    ids.append(
-                        batch.ids[i].cpu().numpy()[keep] if batch.ids is not None else np.array([])
-                    )
-                else:
-                    maps.append(
-                        per_position[i].reshape(-1) if per_position.ndim != 3 else per_position[i]
-                    )
-                    if len(shown) < 6 and per_position.ndim == 3:
-                        shown.append(batch.inputs[i].float().cpu().numpy())
-            classes.extend(["score"] * len(attr) if targets is None else targets.cpu().tolist())
-
+        found = self._collect(space, probe, ctx)
         metrics = MetricSet()
         notes: list[str] = []
-        flat = [m.reshape(-1) for m in maps]
-        if deltas:
-            d = np.concatenate(deltas)
+        flat = [m.reshape(-1) for m in found.maps]
+        if found.deltas:
+            d = np.concatenate(found.deltas)
             metrics.add(space.layer, "completeness_delta", float(d.mean()), ci=self._ci(d, ctx))
             metrics.add(space.layer, "completeness_delta_max", float(d.max()))
         stability = self._stability(flat)
@@ -210,26 +197,53 @@ class Attribution(Analysis):
             )
         self._previous, self._previous_step = flat, ctx.step
 
-        tables: dict[str, pd.DataFrame] = {}
-        figures: dict[str, Figure] = {}
-        if space.kind == "embeddings":
-            words = token_labels(probe.texts, ids)
-            table = _top_table(maps, ids, words, classes, self.top_k, key="token_id")
-            tables["top_tokens"], figures["top_tokens"] = table, _bars(table, "token", self.method)
-            figures["examples"] = _token_heatmap(maps[:8], ids[:8], words[:8], self.method)
-        elif maps and maps[0].ndim == 1:
-            features = [np.arange(len(m)) for m in maps]
-            names = [[f"x{j}" for j in f] for f in features]
-            table = _top_table(maps, features, names, classes, self.top_k, key="feature")
-            tables["top_features"], figures["top_features"] = (
-                table,
-                _bars(table, "token", self.method),
-            )
-        else:
-            figures["examples"] = _pixel_maps(shown, maps[: len(shown)], self.method)
+        tables, figures = self._tables_and_figures(space, probe, found)
         return AnalysisResult(
             self.name, metrics=metrics, tables=tables, figures=figures, notes=tuple(notes)
         )
+
+    def _collect(self, space: InputSpace, probe: ProbeSet, ctx: AnalysisContext) -> _Collected:
+        """Attribute every probe batch; keep one map per example (real tokens only for text)."""
+        found = _Collected()
+        for batch in space.batches(ctx.batch_size, ctx.device):
+            targets = self._targets(space, batch, probe)
+            attr, delta = self._attribute(space, batch, targets)
+            if delta is not None:
+                found.deltas.append(delta.abs().double().cpu().numpy())
+            per_position = _per_position(attr, space.kind).double().cpu().numpy()
+            if batch.mask is not None and batch.ids is not None:
+                keep, ids = batch.mask.bool().cpu().numpy(), batch.ids.cpu().numpy()
+                found.maps.extend(row[k] for row, k in zip(per_position, keep, strict=True))
+                found.ids.extend(row[k] for row, k in zip(ids, keep, strict=True))
+            elif per_position.ndim == 3:  # pixel maps [H, W]
+                found.maps.extend(per_position)
+                room = max(0, 6 - len(found.shown))
+                found.shown.extend(batch.inputs[:room].float().cpu().numpy())
+            else:
+                found.maps.extend(per_position)
+            found.classes.extend(
+                ["score"] * len(attr) if targets is None else targets.cpu().tolist()
+            )
+        return found
+
+    def _tables_and_figures(
+        self, space: InputSpace, probe: ProbeSet, found: _Collected
+    ) -> tuple[dict[str, pd.DataFrame], dict[str, Figure]]:
+        maps, classes = found.maps, found.classes
+        if space.kind == "embeddings":
+            words = token_labels(probe.texts, found.ids)
+            table = _top_table(maps, found.ids, words, classes, self.top_k, key="token_id")
+            heatmap = _token_heatmap(maps[:8], words[:8], self.method)
+            return {"top_tokens": table}, {
+                "top_tokens": _bars(table, self.method),
+                "examples": heatmap,
+            }
+        if maps and maps[0].ndim == 1:
+            features = [np.arange(len(m)) for m in maps]
+            names = [[f"x{j}" for j in f] for f in features]
+            table = _top_table(maps, features, names, classes, self.top_k, key="feature")
+            return {"top_features": table}, {"top_features": _bars(table, self.method)}
+        return {}, {"examples": _pixel_maps(found.shown, maps[: len(found.shown)], self.method)}
 
     def _ci(self, values: np.ndarray, ctx: AnalysisContext) -> Any:
         if len(values) < 2:
@@ -238,7 +252,9 @@ class Attribution(Analysis):
             np.mean, values, n_resamples=self.n_resamples, random_state=ctx.random_state
         )
 
-    def _targets(self, space: InputSpace, batch: InputBatch, probe: Any) -> torch.Tensor | None:
+    def _targets(
+        self, space: InputSpace, batch: InputBatch, probe: ProbeSet
+    ) -> torch.Tensor | None:
         with torch.no_grad():
             logits = space.logits(batch.inputs, *batch.extras)
         if logits.ndim == 1 or logits.shape[1] == 1:
@@ -358,7 +374,7 @@ def _top_table(
     return frame[columns].reset_index(drop=True)
 
 
-def _bars(table: pd.DataFrame, label: str, method: str) -> Figure:
+def _bars(table: pd.DataFrame, method: str) -> Figure:
     groups = list(table.groupby("class", sort=True))[:4] or [("none", table)]
     fig = Figure(
         figsize=(3.2 * len(groups), 0.25 * max(4, table["rank"].max() if len(table) else 4) + 1.2)
@@ -367,7 +383,7 @@ def _bars(table: pd.DataFrame, label: str, method: str) -> Figure:
     for ax, (cls, part) in zip(axes, groups, strict=True):
         part = part.iloc[::-1]
         ax.barh(range(len(part)), part["mean_attribution"], color="#3b6ea5")
-        ax.set_yticks(range(len(part)), part[label].astype(str), fontsize=7)
+        ax.set_yticks(range(len(part)), part["token"].astype(str), fontsize=7)
         ax.set_title(f"class {cls}", fontsize=8)
         ax.set_xlabel("mean attribution", fontsize=7)
     fig.suptitle(f"Top-attributed inputs per class ({method})", fontsize=9)
@@ -375,9 +391,7 @@ def _bars(table: pd.DataFrame, label: str, method: str) -> Figure:
     return fig
 
 
-def _token_heatmap(
-    maps: list[np.ndarray], ids: list[np.ndarray], words: list[list[str]], method: str
-) -> Figure:
+def _token_heatmap(maps: list[np.ndarray], words: list[list[str]], method: str) -> Figure:
     width = max((len(m) for m in maps), default=1)
     grid = np.full((max(len(maps), 1), width), np.nan)
     for i, m in enumerate(maps):

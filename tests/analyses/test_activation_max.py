@@ -84,7 +84,7 @@ def test_text_embeddings_are_optimised_and_decoded(tmp_path):
     report = _run(
         tiny_bert(num_labels=2),
         probe,
-        ActivationMaximization(layer, units=[0, 5], steps=15),
+        ActivationMaximization(layer, units=[0, 5], steps=8),
         [reporter],
     )
     res, m = report.results["activation_max"], report.metrics
@@ -106,10 +106,10 @@ def test_image_channel_with_jitter_and_total_variation(tmp_path):
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
     ).eval()
-    probe = ProbeSet(torch.randn(6, 3, 12, 12))
+    probe = ProbeSet(torch.randn(6, 3, 8, 8))
     reporter = LocalReporter(tmp_path, run_name="amax-img")
     analysis = ActivationMaximization(
-        "2", units=[0, 2], steps=30, lr=0.05, jitter=2, tv=0.1, init="noise"
+        "2", units=[0, 2], steps=15, lr=0.05, jitter=2, tv=0.1, init="noise"
     )
     m = _run(model, probe, analysis, [reporter]).metrics
     assert (
