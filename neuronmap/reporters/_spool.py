@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -124,7 +125,8 @@ class SpooledReporter(BaseReporter):
         self._in_outage = False
         entries = self._entries()
         self._pending = len(entries)
-        self._seq = max([_read_done(self.spool_dir), *(e["seq"] for e in entries)])
+        rejected = _read_jsonl(self.spool_dir / "rejected.jsonl")
+        self._seq = max([_read_done(self.spool_dir), *(e["seq"] for e in [*entries, *rejected])])
 
     def __repr__(self) -> str:
         return f"SpooledReporter({self.reporter!r}, pending={self._pending})"
@@ -141,12 +143,8 @@ class SpooledReporter(BaseReporter):
 
     # ------------------------------------------------------------------ core
     def _entries(self) -> list[dict[str, Any]]:
-        path = self.spool_dir / "spool.jsonl"
-        if not path.exists():
-            return []
         done = _read_done(self.spool_dir)
-        lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        return [e for e in lines if e["seq"] > done]
+        return [e for e in _read_jsonl(self.spool_dir / "spool.jsonl") if e["seq"] > done]
 
     def _retryable(self, error: BaseException) -> bool:
         rule: Callable[[BaseException], bool] = getattr(self.reporter, "is_retryable", is_retryable)
@@ -174,8 +172,12 @@ class SpooledReporter(BaseReporter):
         with self._lock, self._contained(method):
             if self._in_outage or self._pending:
                 self._spool(method, args)
-                if time.monotonic() >= self._next_try:
-                    self._replay()
+                delivered = time.monotonic() >= self._next_try and self._replay()
+                if not delivered and self.strict:
+                    raise ReporterError(
+                        f"Reporter {self.reporter!r} is still unreachable; {self._pending} call(s) wait in "
+                        f"{self.spool_dir}."
+                    )
                 return
             try:
                 getattr(self.reporter, method)(*args)
@@ -232,8 +234,7 @@ class SpooledReporter(BaseReporter):
         self._pending -= 1
 
     def _warn(self, message: str) -> None:
-        # user code -> engine or callback -> public method -> _call -> _back_off/_reject -> here
-        warnings.warn(message, ReporterWarning, stacklevel=5)
+        warnings.warn(message, ReporterWarning, stacklevel=_caller_level())
 
     def _replay(self) -> bool:
         """Deliver spooled calls in order, stopping at a transient failure; True once drained."""
@@ -326,6 +327,29 @@ class SpooledReporter(BaseReporter):
                 )
                 return
             self._call("close", status)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside NeuronMap: the training loop that made the call."""
+    package = str(Path(__file__).resolve().parent.parent)
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Entries of a spool file; a line cut short by a crash is skipped, with a log message."""
+    if not path.exists():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.strip():
+                _log.warning("Skipping unreadable line %d of %s.", number, path)
+    return entries
 
 
 def _read_done(spool_dir: Path) -> int:

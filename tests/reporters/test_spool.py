@@ -85,7 +85,8 @@ def test_outage_spools_then_replays_in_order_with_one_warning(tmp_path: Path) ->
         for step in range(1, 6):
             rep.log_metrics({"neuronmap/a/l/m": float(step)}, step=step)
             time.sleep(0.02)
-    assert len([w for w in record if issubclass(w.category, ReporterWarning)]) == 1
+    (warning,) = [w for w in record if issubclass(w.category, ReporterWarning)]
+    assert warning.filename == __file__  # points at the caller, not at NeuronMap's internals
     assert rep.in_outage and rep.pending == 5
     lines = (tmp_path / "spool" / "spool.jsonl").read_text().splitlines()
     assert [json.loads(line)["args"][1] for line in lines] == [1, 2, 3, 4, 5]
@@ -252,9 +253,11 @@ def test_strict_raises_but_keeps_the_payload(tmp_path: Path) -> None:
     rep = _spooled(inner, tmp_path, strict=True)
     with pytest.warns(ReporterWarning), pytest.raises(ReporterError, match=r"failed in log_metrics\(\)"):
         rep.log_metrics({"m": 1.0}, step=1)
+    with pytest.raises(ReporterError, match=r"still unreachable; 2 call\(s\) wait in"):
+        rep.log_metrics({"m": 2.0}, step=2)
     inner.down = False
     rep.close()
-    assert _steps(inner) == [1]
+    assert _steps(inner) == [1, 2]
 
 
 def test_a_new_process_delivers_what_an_old_one_left(tmp_path: Path) -> None:
