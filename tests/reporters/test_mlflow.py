@@ -64,7 +64,11 @@ def test_mlflow_key_keeps_valid_keys_and_long_keys_distinct() -> None:
 
 def test_refusals_are_not_retried_but_outages_are(tmp_path: Path) -> None:
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+    from mlflow.protos.databricks_pb2 import (
+        INTERNAL_ERROR,
+        INVALID_PARAMETER_VALUE,
+        TEMPORARILY_UNAVAILABLE,
+    )
 
     rep = MLflowReporter(run_dir=tmp_path)
     assert not rep.is_retryable(MlflowException("Changing param values is not allowed", INVALID_PARAMETER_VALUE))

@@ -294,7 +294,7 @@ def test_engine_goes_on_and_spools_into_the_local_run_folder(tmp_path: Path) -> 
     with pytest.warns(ReporterWarning, match="'outage' failed"):
         for step in (0, 10):
             monitor.run(tiny_mlp(), step=step)
-    assert [s for s in guard_reporters([local]) if isinstance(s, SpooledReporter)]
+    assert [type(r) for r in monitor._guarded_reporters()] == [SpooledReporter, SpooledReporter]
     spool = local.run_dir / "spool" / "1-outage" / "spool.jsonl"
     assert [json.loads(x)["method"] for x in spool.read_text().splitlines()][:2] == ["log_params", "log_metrics"]
     assert sorted(set(pd.read_json(local.run_dir / "metrics.jsonl", lines=True)["step"])) == [0, 10]
@@ -354,3 +354,15 @@ def test_mlflow_outage_loses_nothing_and_duplicates_nothing(tmp_path: Path, make
     text = client.download_artifacts(run_id, "neuronmap/texts/model_card.md", str(tmp_path))
     assert Path(text).read_text() == "# Card during the outage"
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_guard_reporters_names_spools_after_position_and_reporter(tmp_path: Path) -> None:
+    local, down = LocalReporter(tmp_path, "run"), Outage()
+    already = SpooledReporter(Outage(), spool_dir=tmp_path / "own")
+    guarded = guard_reporters([local, down, already])
+    assert [g.spool_dir for g in guarded] == [  # type: ignore[attr-defined]
+        local.run_dir / "spool" / "0-local", local.run_dir / "spool" / "1-outage", tmp_path / "own"
+    ]
+    assert guarded[2] is already
+    with pytest.raises(InvalidParameterError, match="is already spooled"):
+        SpooledReporter(already, spool_dir=tmp_path)
