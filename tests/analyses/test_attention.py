@@ -42,17 +42,24 @@ class _SelfAttention(nn.Module):
 
 
 class _Classifier(nn.Module):
+    """Two residual attention blocks and a linear head on the mean token."""
+
     def __init__(self, vocab: int = 30, dim: int = 8, heads: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        self.attn = _SelfAttention(dim, heads)
+        self.blocks = nn.ModuleList([_SelfAttention(dim, heads) for _ in range(2)])
         self.head = nn.Linear(dim, 3)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self._classify(input_ids, None)
+
+    def _classify(self, input_ids: torch.Tensor, head_mask: torch.Tensor | None) -> torch.Tensor:
         x = self.embed(input_ids)
-        return self.head((x + self.attn(x)[0]).mean(1))
+        for i, block in enumerate(self.blocks):
+            x = x + block(x, head_mask=None if head_mask is None else head_mask[i])[0]
+        return self.head(x.mean(1))
 
 
 class _ClassifierWithHeadMask(_Classifier):
@@ -62,9 +69,7 @@ class _ClassifierWithHeadMask(_Classifier):
         attention_mask: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.embed(input_ids)
-        layer_mask = None if head_mask is None else head_mask[0]
-        return self.head((x + self.attn(x, head_mask=layer_mask)[0]).mean(1))
+        return self._classify(input_ids, head_mask)
 
 
 class _NoAttention(nn.Module):
@@ -90,7 +95,7 @@ def _dead_head_classifier(cls: type[_Classifier] = _Classifier) -> _Classifier:
     torch.manual_seed(3)
     model = cls().eval()
     with torch.no_grad():
-        model.attn.out_proj.weight[:, 4:] = 0  # head 1's context never reaches the output
+        model.blocks[0].out_proj.weight[:, 4:] = 0  # head 1's context never reaches the output
     return model
 
 
@@ -132,13 +137,13 @@ def test_uniform_head_has_maximal_entropy():
 def test_ablating_the_task_head_changes_the_logit_and_the_dead_head_does_not():
     model, probe = _dead_head_classifier(), _custom_probe()
     res = _run(model, probe, AttentionAnalysis(measure="logit"), strict=True).results["attention"]
-    table = res.tables["heads"].set_index("head")
+    table = res.tables["heads"].set_index(["layer", "head"]).loc["blocks.0"]
     assert table.loc[1, "importance"] == 0 and table.loc[1, "importance_p"] == 1.0
     assert table.loc[1, "importance_ci_low"] == table.loc[1, "importance_ci_high"] == 0
     # Known answer: ablating head 0 equals deleting its columns of the output projection.
     surgery = copy.deepcopy(model)
     with torch.no_grad():
-        surgery.attn.out_proj.weight[:, :4] = 0
+        surgery.blocks[0].out_proj.weight[:, :4] = 0
         base = model(probe.inputs["input_ids"])
         pred = base.argmax(1, keepdim=True)
         drop = (base.gather(1, pred) - surgery(probe.inputs["input_ids"]).gather(1, pred)).mean()
@@ -147,15 +152,22 @@ def test_ablating_the_task_head_changes_the_logit_and_the_dead_head_does_not():
     assert "projection_input" in res.notes[-1]
 
 
-def test_head_mask_and_projection_hook_agree():
+@pytest.mark.parametrize("layers", [None, "blocks.1"])
+def test_head_mask_and_projection_hook_agree(layers):
+    """Same weights, two mechanisms; with a layer filter head_mask must still index block 1."""
     probe = _custom_probe()
-    hooked = _run(_dead_head_classifier(), probe, AttentionAnalysis()).results["attention"]
+    hooked = _run(_dead_head_classifier(), probe, AttentionAnalysis(layers=layers))
     masked = _run(
-        _dead_head_classifier(_ClassifierWithHeadMask), probe, AttentionAnalysis()
-    ).results["attention"]
-    assert "head_mask" in masked.notes[-1] and "loss" in masked.notes[-1]
+        _dead_head_classifier(_ClassifierWithHeadMask), probe, AttentionAnalysis(layers=layers)
+    )
+    hooked_heads = hooked.results["attention"].tables["heads"]
+    masked_heads = masked.results["attention"].tables["heads"]
+    assert "head_mask" in masked.results["attention"].notes[-1]
+    assert "projection_input" in hooked.results["attention"].notes[-1]
+    assert set(masked_heads["layer"]) == ({"blocks.1"} if layers else {"blocks.0", "blocks.1"})
+    assert masked_heads["importance"].abs().max() > 1e-4
     pd.testing.assert_series_equal(
-        hooked.tables["heads"]["importance"], masked.tables["heads"]["importance"], rtol=1e-5
+        hooked_heads["importance"], masked_heads["importance"], rtol=1e-5
     )
 
 
