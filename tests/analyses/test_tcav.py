@@ -6,9 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 import torch
+from _synthetic import (
+    KEY,
+    concept_set,
+    key_token_bert,
+    key_token_probe,
+    planted_mlp,
+    planted_probe,
+    single_thread,
+)
 
 import neuronmap as nm
 from neuronmap.analyses.tcav import TCAV, _activations_and_gradients
@@ -23,16 +33,6 @@ from neuronmap.metrics.concepts import (
 )
 from neuronmap.reporters import LocalReporter
 
-from _synthetic import (
-    KEY,
-    concept_set,
-    key_token_bert,
-    key_token_probe,
-    planted_mlp,
-    planted_probe,
-    single_thread,
-)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
@@ -40,7 +40,7 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-def _scores(report: nm.Report):  # noqa: ANN202 - a DataFrame
+def _scores(report: nm.Report) -> pd.DataFrame:
     return report.results["tcav"].tables["scores"].set_index(["layer", "concept"])
 
 
