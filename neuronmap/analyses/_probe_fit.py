@@ -66,10 +66,10 @@ def prepare_folds(
     for train, test in folds:
         scaler = StandardScaler().fit(x[train])
         z_train, z_test = scaler.transform(x[train]), scaler.transform(x[test])
-        projected = max_components is not None and z_train.shape[1] > max_components
-        if projected:
+        projected = False
+        if max_components is not None and z_train.shape[1] > max_components:
             pca = PCA(n_components=min(max_components, len(train)), random_state=random_state).fit(z_train)
-            z_train, z_test = pca.transform(z_train), pca.transform(z_test)
+            z_train, z_test, projected = pca.transform(z_train), pca.transform(z_test), True
         out.append(FoldData(train, test, np.ascontiguousarray(z_train), np.ascontiguousarray(z_test), projected))
     return out
 
