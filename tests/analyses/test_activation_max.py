@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 import neuronmap as nm
+from neuronmap._imports import TENSORBOARD_AVAILABLE
 from neuronmap.analyses.activation_max import ActivationMaximization
 from neuronmap.capture import capture_activations
 from neuronmap.errors import AnalysisError, InvalidParameterError
 from neuronmap.probe import ProbeSet
-from neuronmap.reporters import LocalReporter
+from neuronmap.reporters import LocalReporter, TensorBoardReporter
 from neuronmap.testing import tiny_bert, tiny_mlp, tiny_probe, tiny_text_probe
 
 
@@ -101,23 +102,32 @@ def test_text_embeddings_are_optimised_and_decoded(tmp_path):
     assert set(top["text"]) <= set(probe.texts)
 
 
+@pytest.mark.skipif(not TENSORBOARD_AVAILABLE, reason=str(TENSORBOARD_AVAILABLE))
 def test_image_channel_with_jitter_and_total_variation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
     ).eval()
     probe = ProbeSet(torch.randn(6, 3, 8, 8))
-    reporter = LocalReporter(tmp_path, run_name="amax-img")
+    local, board = (
+        LocalReporter(tmp_path, run_name="amax-img"),
+        TensorBoardReporter(tmp_path / "tb"),
+    )
     analysis = ActivationMaximization(
         "2", units=[0, 2], steps=15, lr=0.05, jitter=2, tv=0.1, init="noise"
     )
-    m = _run(model, probe, analysis, [reporter]).metrics
+    m = _run(model, probe, analysis, [local, board]).metrics
     assert (
         m["neuronmap/activation_max/2/unit0_optimized"]
         > m["neuronmap/activation_max/2/unit0_start"]
     )
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
     for name in ("optimized", "top_examples"):
-        assert (reporter.run_dir / "figures" / "0" / "activation_max" / f"{name}.png").exists()
+        assert (local.run_dir / "figures" / "0" / "activation_max" / f"{name}.png").exists()
+        assert f"neuronmap/figures/activation_max/{name}" in events.Tags()["images"]
 
 
 def test_errors():

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 import neuronmap as nm
+from neuronmap._imports import TENSORBOARD_AVAILABLE
 from neuronmap.analyses.attention import AttentionAnalysis
 from neuronmap.errors import AnalysisError, InvalidParameterError
 from neuronmap.probe import ProbeSet
-from neuronmap.reporters import LocalReporter
+from neuronmap.reporters import LocalReporter, TensorBoardReporter
 from neuronmap.testing import tiny_bert, tiny_text_probe
 
 LAYER0 = "bert.encoder.layer.0.attention.self"
@@ -209,24 +210,34 @@ def test_sdpa_model_is_switched_to_eager_for_the_run_or_gets_a_clear_error():
         )
 
 
-def test_end_to_end_figures_and_tables_in_the_run_folder(tmp_path):
-    reporter = LocalReporter(tmp_path, run_name="attn")
+@pytest.mark.skipif(not TENSORBOARD_AVAILABLE, reason=str(TENSORBOARD_AVAILABLE))
+def test_end_to_end_figures_in_the_run_folder_and_in_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    local = LocalReporter(tmp_path, run_name="attn")
+    board = TensorBoardReporter(tmp_path / "tb")
     monitor = nm.NeuronMap(
         tiny_text_probe(8),
         layers=["bert.embeddings"],
         analyses=[AttentionAnalysis()],
-        reporters=[reporter],
+        reporters=[local, board],
         strict=True,
     )
     report = monitor.run(tiny_bert(num_labels=2), step=3)
     monitor.close()
-    for name in ("entropy", "special_mass", "mean_distance", "importance"):
-        assert (reporter.run_dir / "figures" / "3" / "attention" / f"{name}.png").stat().st_size > 0
-    table = pd.read_csv(reporter.run_dir / "tables" / "3" / "attention" / "heads.csv")
+    names = ("entropy", "special_mass", "mean_distance", "importance")
+    for name in names:
+        assert (local.run_dir / "figures" / "3" / "attention" / f"{name}.png").stat().st_size > 0
+    table = pd.read_csv(local.run_dir / "tables" / "3" / "attention" / "heads.csv")
     assert len(table) == 4 and {"importance_p_adj", "mean_distance"} <= set(table.columns)
     key = f"neuronmap/attention/{LAYER0}/head0_importance_p_adj"
     assert key in report.metrics
-    assert key in set(pd.read_csv(reporter.run_dir / "history.csv")["key"])
+    assert key in set(pd.read_csv(local.run_dir / "history.csv")["key"])
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {f"neuronmap/figures/attention/{n}" for n in names} <= set(events.Tags()["images"])
+    assert events.Images("neuronmap/figures/attention/importance")[0].step == 3
+    assert key in events.Tags()["scalars"]
 
 
 def test_errors():

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 import neuronmap as nm
-from neuronmap._imports import CAPTUM_AVAILABLE
+from neuronmap._imports import CAPTUM_AVAILABLE, TENSORBOARD_AVAILABLE
 from neuronmap.analyses._input_space import InputSpace
 from neuronmap.analyses.attribution import Attribution
 from neuronmap.errors import AnalysisError, InvalidParameterError
 from neuronmap.metrics.attribution import integrated_gradients
 from neuronmap.probe import ProbeSet
-from neuronmap.reporters import LocalReporter
+from neuronmap.reporters import LocalReporter, TensorBoardReporter
 from neuronmap.testing import tiny_bert, tiny_mlp, tiny_probe, tiny_text_probe
 
 METHODS = ["saliency", "input_x_gradient", "integrated_gradients", "occlusion"]
@@ -129,23 +129,30 @@ def test_stability_across_runs():
     )
 
 
-def test_text_end_to_end_in_the_run_folder(tmp_path):
-    reporter = LocalReporter(tmp_path, run_name="attr")
+@pytest.mark.skipif(not TENSORBOARD_AVAILABLE, reason=str(TENSORBOARD_AVAILABLE))
+def test_text_end_to_end_in_the_run_folder_and_in_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    local, board = LocalReporter(tmp_path, run_name="attr"), TensorBoardReporter(tmp_path / "tb")
     analysis = Attribution("integrated_gradients", n_steps=4, internal_batch_size=16)
-    monitor = _monitor(tiny_text_probe(8), analysis, [reporter])
+    monitor = _monitor(tiny_text_probe(8), analysis, [local, board])
     report = monitor.run(tiny_bert(num_labels=2), step=0)
     monitor.close()
     key = "neuronmap/attribution/bert.embeddings.word_embeddings/completeness_delta"
     assert key in report.metrics and f"{key}_ci_high" in report.metrics
     for name in ("top_tokens", "examples"):
-        assert (
-            reporter.run_dir / "figures" / "0" / "attribution" / f"{name}.png"
-        ).stat().st_size > 0
-    table = pd.read_csv(reporter.run_dir / "tables" / "0" / "attribution" / "top_tokens.csv")
+        assert (local.run_dir / "figures" / "0" / "attribution" / f"{name}.png").stat().st_size > 0
+    table = pd.read_csv(local.run_dir / "tables" / "0" / "attribution" / "top_tokens.csv")
     assert {"class", "rank", "token_id", "token", "mean_attribution", "count"} == set(table.columns)
     assert "feels" in set(
         table["token"]
     )  # words from the text column where they align with the tokens
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {
+        "neuronmap/figures/attribution/top_tokens",
+        "neuronmap/figures/attribution/examples",
+    } <= set(events.Tags()["images"])
 
 
 def test_image_occlusion_end_to_end(tmp_path):
