@@ -160,6 +160,11 @@ class CausalTracing(Analysis):
         size, width = corrupt_mask.shape
         with record(model, [Node(layer) for layer in layers]) as seen:
             logits = answer_logits(logits_of(forward(model, batch, positional=positional)), batch.get("attention_mask"))
+        if int(target.max()) >= logits.shape[-1] or int(target.min()) < 0:
+            raise InvalidParameterError(
+                f"Causal-tracing targets must be class/token ids in [0, {logits.shape[-1] - 1}]; got "
+                f"values from {int(target.min())} to {int(target.max())}."
+            )
         p_clean = target_probability(logits, target).cpu().numpy()
         clean_states = {layer: seen[Node(layer)].repeat_interleave(self.n_samples, 0) for layer in layers}
         rep = {k: v.repeat_interleave(self.n_samples, 0) for k, v in batch.items()}
