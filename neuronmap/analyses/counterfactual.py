@@ -175,6 +175,10 @@ class CounterfactualBias(Analysis):
         self.top_k = top_k
         self.p_adjust = p_adjust
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "tokenizer": type(self._tokenizer).__name__,
+                "predictions": None if self._predictions is None else repr(self._predictions)}  # fmt: skip
+
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         if self.text_column not in ctx.probe.frame:
             raise ProbeSetError(

@@ -209,6 +209,9 @@ class Fairness(Analysis):
         self.p_adjust = p_adjust
         self.alpha = alpha
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "predictions": None if self._predictions is None else repr(self._predictions)}
+
     # ------------------------------------------------------------------ run
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         columns = {_attribute_name(s): [s] if isinstance(s, str) else list(s) for s in self.sensitive}
