@@ -260,7 +260,16 @@ class Fairness(Analysis):
 
     def _labels(self, ctx: AnalysisContext) -> NDArray[Any] | None:
         if self.label_column in ctx.probe.frame:
-            return ctx.probe.column(self.label_column)
+            labels = ctx.probe.column(self.label_column)
+            if self._predictions is None and labels.dtype.kind not in "iub" and not (
+                labels.dtype.kind == "f" and np.all(labels == np.round(labels))
+            ):
+                raise ProbeSetError(
+                    f"Column {self.label_column!r} must hold class indices of the logits to compare with "
+                    f"argmax predictions; got values like {labels[:3].tolist()}. Encode the labels, or pass "
+                    "predictions= returning labels of the same kind."
+                )
+            return labels
         needing = [m for m in (self.metrics or ()) if m not in _LABEL_FREE]
         if needing:
             raise ProbeSetError(

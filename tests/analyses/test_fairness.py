@@ -113,6 +113,19 @@ def test_small_groups_are_excluded_and_named() -> None:
     assert "tiny" not in set(result.tables["by_group"]["group"])
 
 
+def test_a_group_with_one_true_class_gets_nan_with_the_reason() -> None:
+    probe = _probe()
+    labels = probe.labels.copy()
+    labels[probe.column("group") == "b"] = 0  # group b has no positive example: its TPR is undefined
+    one_class = nm.ProbeSet(probe.inputs["input"], labels=labels, groups={"group": probe.column("group")})
+    result = _run(Fairness("group", n_resamples=20), one_class, GroupKeyed(1.0)).results["fairness"]
+    assert any("true_positive_rate is NaN for b" in note for note in result.notes)
+    by_group = result.tables["by_group"]
+    tpr_b = by_group[(by_group["scope"] == "group") & (by_group["metric"] == "true_positive_rate")
+                     & (by_group["group"] == "b")]
+    assert np.isnan(tpr_b["estimate"]).all()
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     probe, model = _probe(), GroupKeyed(1.0)
     with pytest.raises(AnalysisError, match=r"'gender' not found.*it has \[") as info:
@@ -128,6 +141,10 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(AnalysisError, match="continuous values"):
         _run(Fairness("group", predictions=lambda out: torch.softmax(torch.tensor(out), 1)[:, 1].numpy()),
              probe, model)
+    named = nm.ProbeSet(probe.inputs["input"], labels=np.where(probe.labels == 1, "pos", "neg"),
+                        groups={"group": probe.column("group")})
+    with pytest.raises(AnalysisError, match=r"must hold class indices.*got values like \['"):
+        _run(Fairness("group"), named, model)
     with pytest.raises(InvalidParameterError, match=r"test must be one of \('chi2', 'permutation'\)"):
         Fairness("group", test="t")  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="Unknown fairness metric"):
