@@ -100,11 +100,16 @@ class InkProbing(Probing):
 
 def analyses(*, quick: bool) -> list[nm.Analysis]:
     """CKA drift, probing of the class and of the ink group, neuron health."""
-    perms, boots, cv = (20, 50, 3) if quick else (200, 500, 5)
+    # --quick is a smoke test: no permutation tests or control tasks, few resamples.
+    probing: dict[str, Any] = (
+        {"cv": 3, "n_permutations": 0, "n_bootstrap": 20, "control_task": False}
+        if quick
+        else {"cv": 5, "n_permutations": 200, "n_bootstrap": 500}
+    )
     return [
         CKA(),
-        Probing("label", cv=cv, n_permutations=perms, n_bootstrap=boots),
-        InkProbing("ink", cv=cv, n_permutations=perms, n_bootstrap=boots),
+        Probing("label", **probing),
+        InkProbing("ink", **probing),
         NeuronStats(),
         nm.ActivationStats(),
     ]
@@ -114,9 +119,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--out", default="lightning-digits", help="folder of the TensorBoard logs and MLflow store")
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 120 probe digits, few permutations")
+    parser.add_argument("--quick", action="store_true", help="2 short epochs, 100 probe digits (a smoke test)")
     args = parser.parse_args(argv)
-    epochs, n_probe = (2, 120) if args.quick else (args.epochs, 300)
+    epochs, n_probe, batches = (2, 100, 5) if args.quick else (args.epochs, 300, 1.0)
     out = Path(args.out).resolve()
     L.seed_everything(0, verbose=False)
 
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=loggers, callbacks=[callback], default_root_dir=str(out),
-        enable_checkpointing=False, enable_progress_bar=False, log_every_n_steps=5,
+        enable_checkpointing=False, enable_progress_bar=False, log_every_n_steps=5, limit_train_batches=batches,
     )
     trainer.fit(DigitsCNN(), train, val)
 
