@@ -12,7 +12,33 @@ Example:
     >>> report = monitor.run(tiny_mlp(), step=0)
 """
 
-from neuronmap.analyses import ActivationStats, Analysis, AnalysisContext, AnalysisResult, MetricSet
+from neuronmap.analyses import (
+    CKA,
+    RSA,
+    TCAV,
+    ActivationMaximization,
+    ActivationStats,
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    AttentionAnalysis,
+    Attribution,
+    CausalTracing,
+    ConceptAlgebra,
+    ConceptExtraction,
+    CounterfactualBias,
+    Fairness,
+    Information,
+    MetricSet,
+    NeuronStats,
+    Probing,
+    Projection,
+    RepresentationBias,
+)
+from neuronmap.audit import AuditTrail
+from neuronmap.cards import ModelCard, render_card
+from neuronmap.gates import GateMonitor
+from neuronmap.gates import evaluate as evaluate_gates
 from neuronmap.capture import ActivationCapture, Activations, capture_activations
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import (
@@ -29,20 +55,41 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCapture",
+    "ActivationMaximization",
     "ActivationStats",
     "Activations",
     "Analysis",
     "AnalysisContext",
     "AnalysisResult",
+    "AttentionAnalysis",
+    "Attribution",
+    "AuditTrail",
+    "CKA",
+    "CausalTracing",
+    "ConceptAlgebra",
+    "ConceptExtraction",
+    "CounterfactualBias",
+    "Fairness",
+    "GateMonitor",
     "History",
+    "Information",
     "InvalidParameterError",
     "LayerNotFoundError",
     "MetricSet",
+    "ModelCard",
     "NeuronMap",
     "NeuronMapError",
+    "NeuronStats",
     "ProbeSet",
     "ProbeSetError",
+    "Probing",
+    "Projection",
+    "RSA",
     "Report",
+    "RepresentationBias",
     "Schedule",
+    "TCAV",
     "__version__",
+    "evaluate_gates",
+    "render_card",
 ]

@@ -1,6 +1,12 @@
-"""Analyses: each turns captured activations (and the model) into metrics, tables and figures."""
+"""Analyses: each turns captured activations (and the model) into metrics, tables and figures.
 
+Importing this package registers the built-in analyses (see :func:`available_analyses`).
+"""
+
+from neuronmap.analyses.activation_max import ActivationMaximization
 from neuronmap.analyses.activation_stats import ActivationStats
+from neuronmap.analyses.attention import AttentionAnalysis
+from neuronmap.analyses.attribution import Attribution
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -10,13 +16,40 @@ from neuronmap.analyses.base import (
     get_analysis,
     register_analysis,
 )
+from neuronmap.analyses.causal_tracing import CausalTracing
+from neuronmap.analyses.concepts import ConceptAlgebra, ConceptExtraction
+from neuronmap.analyses.counterfactual import CounterfactualBias
+from neuronmap.analyses.fairness import Fairness
+from neuronmap.analyses.information import Information
+from neuronmap.analyses.neurons import NeuronStats
+from neuronmap.analyses.probing import Probing
+from neuronmap.analyses.projection import Projection
+from neuronmap.analyses.representation_bias import RepresentationBias
+from neuronmap.analyses.similarity import CKA, RSA
+from neuronmap.analyses.tcav import TCAV
 
 __all__ = [
+    "CKA",
+    "RSA",
+    "TCAV",
+    "ActivationMaximization",
     "ActivationStats",
     "Analysis",
     "AnalysisContext",
     "AnalysisResult",
+    "AttentionAnalysis",
+    "Attribution",
+    "CausalTracing",
+    "ConceptAlgebra",
+    "ConceptExtraction",
+    "CounterfactualBias",
+    "Fairness",
+    "Information",
     "MetricSet",
+    "NeuronStats",
+    "Probing",
+    "Projection",
+    "RepresentationBias",
     "available_analyses",
     "get_analysis",
     "register_analysis",
