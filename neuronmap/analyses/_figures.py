@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Tick labels without the dotted prefix every name shares (``bert.encoder.`` ...)."""
+    parts = [str(n).split(".") for n in names]
+    common = 0
+    while len(parts) > 1 and all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return [".".join(p[common:]) for p in parts]
 
 
 def heatmap_figure(data: pd.DataFrame, *, title: str, label: str) -> Figure:
@@ -14,7 +25,7 @@ def heatmap_figure(data: pd.DataFrame, *, title: str, label: str) -> Figure:
     values = data.to_numpy(dtype=float)
     bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
     image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-    ax.set_yticks(range(len(data.index)), [str(i) for i in data.index], fontsize=6)
+    ax.set_yticks(range(len(data.index)), short_labels([str(i) for i in data.index]), fontsize=6)
     ax.set_xticks(range(len(data.columns)), [str(c) for c in data.columns], fontsize=6)
     ax.set_xlabel("token position")
     fig.colorbar(image, ax=ax, label=label)
