@@ -13,6 +13,8 @@ import pytest
 pytest.importorskip("lightning")
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # _ddp_script.py runs as a script too
 from _ddp_script import N_PROBE, SCHEDULE, analyses
 
 import neuronmap as nm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 pytest.importorskip("lightning")
 
 import lightning.pytorch as L
+
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers shared with _ddp_script.py
 from _lit import lit_mlp, loader, trainer_kwargs
 
 import neuronmap as nm
