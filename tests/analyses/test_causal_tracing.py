@@ -10,6 +10,7 @@ last position matters.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from torch import nn
 import neuronmap as nm
 from neuronmap.analyses.causal_tracing import CausalTracing
 from neuronmap.errors import InvalidParameterError, ProbeSetError
-from neuronmap.reporters import LocalReporter
+from neuronmap.reporters import LocalReporter, TensorBoardReporter
 
 BERT_LAYERS = ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1"]
 
@@ -41,15 +42,17 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def bert_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[nm.Report, object]:
-    reporter = LocalReporter(tmp_path_factory.mktemp("tracing"), run_name="bert")
+def bert_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[nm.Report, LocalReporter, Path]:
+    """One traced run reported to a local run folder and to TensorBoard."""
+    root = tmp_path_factory.mktemp("tracing")
+    reporter = LocalReporter(root, run_name="bert")
     tracing = CausalTracing(layers=BERT_LAYERS, corrupt=[KEY], noise=6.0, n_samples=4, max_examples=24,
                             n_resamples=200)
     monitor = nm.NeuronMap(key_token_probe(24), layers="bert.encoder.layer.0", analyses=[tracing],
-                           reporters=[reporter], strict=True)
+                           reporters=[reporter, TensorBoardReporter(root / "tb")], strict=True)
     report = monitor.run(key_token_bert().model, step=5)
     monitor.close()
-    return report, reporter
+    return report, reporter, root / "tb"
 
 
 def _heatmap(report: nm.Report) -> np.ndarray:
@@ -59,7 +62,7 @@ def _heatmap(report: nm.Report) -> np.ndarray:
 
 
 def test_encoder_trace_peaks_at_the_key_token_then_at_cls(bert_trace) -> None:
-    report, _ = bert_trace
+    report, _, _ = bert_trace
     m = report.metrics
     te = m["neuronmap/causal_tracing/model/total_effect"]
     assert te > 0.3 and m["neuronmap/causal_tracing/model/total_effect_ci_low"] > 0
@@ -75,12 +78,20 @@ def test_encoder_trace_peaks_at_the_key_token_then_at_cls(bert_trace) -> None:
     assert max(abs(v) for v in off_peak) < 0.02
 
 
-def test_heatmap_is_in_the_run_folder(bert_trace) -> None:
-    _, reporter = bert_trace
+def test_heatmap_is_in_the_run_folder_and_in_tensorboard(bert_trace) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, reporter, tb_dir = bert_trace
     figure = reporter.run_dir / "figures" / "5" / "causal_tracing" / "heatmap.png"
     table = reporter.run_dir / "tables" / "5" / "causal_tracing"
     assert figure.stat().st_size > 1000
     assert any(table.glob("indirect_effects*"))
+    events = EventAccumulator(str(tb_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    images = events.Images("neuronmap/figures/causal_tracing/heatmap")
+    assert [image.step for image in images] == [5] and images[0].width > 100
+    peak = events.Scalars("neuronmap/causal_tracing/bert.embeddings/peak_position")
+    assert [(e.step, e.value) for e in peak] == [(5, KEY)]
 
 
 def test_causal_language_model_trace() -> None:

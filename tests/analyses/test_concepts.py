@@ -118,6 +118,7 @@ def test_analogy_king_minus_man_plus_woman_finds_queens(tmp_path) -> None:
     assert sim[("king", "king")] == pytest.approx(1.0)
     analogies = report.results["concept_algebra"].tables["analogies"]
     assert not set(analogies["example"]) & set(np.flatnonzero(tags["king"] | tags["man"] | tags["woman"]))
+    assert (tmp_path / "concepts" / "figures" / "0" / "concept_algebra" / "similarity.png").exists()
 
 
 def test_concept_given_as_a_probe_set_equals_the_tagged_one() -> None:
