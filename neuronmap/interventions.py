@@ -200,7 +200,8 @@ def intervene(
         LayerNotFoundError: A node names no module.
     """
     modules = dict(model.named_modules())
-    resolve_layers(model, sorted({n.module for n in edits}))  # a clear error for a bad name
+    if edits:
+        resolve_layers(model, sorted({n.module for n in edits}))  # a clear error for a bad name
     by_output: dict[str, list[tuple[Node, Edit]]] = {}
     by_input: dict[str, list[tuple[Node, Edit]]] = {}
     for node, edit in edits.items():
