@@ -35,6 +35,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.capture.hooks import model_device
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.interventions import Edit, Node, answer_logits, forward, intervene, logits_of, record
@@ -131,7 +132,8 @@ class CausalTracing(Analysis):
         self, model: nn.Module, probe: ProbeSet, layers: list[str], emb: Node, corrupt_mask: torch.Tensor,
         scale: float, ctx: AnalysisContext,
     ) -> dict[str, Any]:
-        gen = torch.Generator(device=ctx.device or "cpu").manual_seed(ctx.random_state)
+        # the noise is drawn where the embeddings live, so seed a generator on that device
+        gen = torch.Generator(device=model_device(model)).manual_seed(ctx.random_state)
         chunk = max(1, ctx.batch_size // self.n_samples)
         p_clean: list[np.ndarray] = []
         p_corr: list[np.ndarray] = []
