@@ -17,11 +17,13 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.analyses.causal_tracing import CausalTracing
+from neuronmap.analyses.circuits import CircuitDiscovery
 from neuronmap.analyses.concepts import ConceptAlgebra, ConceptExtraction
 from neuronmap.analyses.counterfactual import CounterfactualBias
 from neuronmap.analyses.fairness import Fairness
 from neuronmap.analyses.information import Information
 from neuronmap.analyses.neurons import NeuronStats
+from neuronmap.analyses.patching import ActivationPatching
 from neuronmap.analyses.probing import Probing
 from neuronmap.analyses.projection import Projection
 from neuronmap.analyses.representation_bias import RepresentationBias
@@ -33,6 +35,7 @@ __all__ = [
     "RSA",
     "TCAV",
     "ActivationMaximization",
+    "ActivationPatching",
     "ActivationStats",
     "Analysis",
     "AnalysisContext",
@@ -40,6 +43,7 @@ __all__ = [
     "AttentionAnalysis",
     "Attribution",
     "CausalTracing",
+    "CircuitDiscovery",
     "ConceptAlgebra",
     "ConceptExtraction",
     "CounterfactualBias",

@@ -31,7 +31,10 @@ def module_names(model: nn.Module) -> list[str]:
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a dotted glob where ``*`` stays in one component and ``**`` crosses them."""
+    """Compile a dotted glob where ``*`` stays in one component and ``**`` crosses them.
+
+    ``?`` is one character and ``[...]`` a character class (``[!...]`` negated), as in fnmatch.
+    """
     parts = pattern.split(".")
     out: list[str] = []
     for i, part in enumerate(parts):
@@ -39,11 +42,30 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
         if part == "**":
             out.append(".*" if last else r"(?:[^.]+\.)*")
             continue
-        piece = "".join(
-            "[^.]*" if ch == "*" else "[^.]" if ch == "?" else re.escape(ch) for ch in part
-        )
+        piece = _translate_component(part)
         out.append(piece if last else piece + r"\.")
     return re.compile("".join(out))
+
+
+def _translate_component(part: str) -> str:
+    """One dotted component: ``*`` -> ``[^.]*``, ``?`` -> ``[^.]``, ``[...]`` kept as a class."""
+    out, i = [], 0
+    while i < len(part):
+        ch = part[i]
+        if ch == "*":
+            out.append("[^.]*")
+        elif ch == "?":
+            out.append("[^.]")
+        elif ch == "[" and "]" in part[i + 2 :] or (ch == "[" and part[i + 1 : i + 2] == "]"):
+            end = part.index("]", i + 2)
+            body = part[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
 
 
 def _class_names(module: nn.Module) -> set[str]:

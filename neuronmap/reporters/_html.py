@@ -94,7 +94,10 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     table_dir = _latest_step_dir(run_dir / "tables")
     tables = []
     for p in sorted(table_dir.rglob("*.csv")) if table_dir else []:
-        frame = pd.read_csv(p)
+        try:
+            frame = pd.read_csv(p)
+        except pd.errors.EmptyDataError:  # a table logged with no rows and no columns
+            frame = pd.DataFrame()
         tables.append({
             "name": str(p.relative_to(table_dir).with_suffix("")),
             "html": frame.head(_MAX_TABLE_ROWS).to_html(index=False, float_format=_fmt, border=0, classes="tbl"),

@@ -62,3 +62,9 @@ def test_bad_regex_and_empty_selectors() -> None:
 
 def test_module_names_exclude_root() -> None:
     assert module_names(tiny_mlp())[:2] == ["net", "net.0"]
+
+
+def test_character_classes_in_globs() -> None:
+    model = tiny_mlp()
+    assert resolve_layers(model, "net.[13]") == ["net.1", "net.3"]
+    assert resolve_layers(model, "net.[!0-2]") == ["net.3", "net.4"]
