@@ -8,10 +8,11 @@ and BERT-like outlier dimensions instead (no model needed).
 Rows, each measured in this run on the same machine, the variants interleaved:
 
 1. **probe fit** (5 stratified folds, the same folds for both): NeuronMap's default probe
-   (standardise, LogisticRegression L-BFGS, max_iter=300, warm-started across folds) against
-   plain ``LogisticRegression()`` on the unscaled activations (max_iter=100, the scikit-learn
-   default). Both accuracies are printed; "equal accuracy" means NeuronMap's is within the
-   baseline's 95 % bootstrap interval or above it.
+   (standardise, LogisticRegression L-BFGS, max_iter=300, warm-started across folds), and the
+   same with ``standardize=False`` (centred only: the very optimum of scikit-learn's default),
+   against plain ``LogisticRegression()`` on the unscaled activations (max_iter=100, the
+   scikit-learn default). "Equal accuracy" means NeuronMap's accuracy is within the baseline's
+   95 % bootstrap interval or above it, on every layer.
 2. **permutation test**: the cost of one permutation of NeuronMap's ridge null (1000 of them
    in one pass) against one permutation of ``sklearn.model_selection.permutation_test_score``
    with the baseline probe (run with ``--baseline-permutations``, default 10, and divided).
@@ -56,7 +57,7 @@ def _minilm_layers(n: int, target: str = "emotion") -> tuple[dict[str, np.ndarra
     probe = nm.ProbeSet.from_pandas(frame, tokenizer=tokenizer, label_column=target)
     monitor = nm.NeuronMap(probe, layers=["embeddings", "encoder.layer.*"], reporters=[])
     acts = monitor.capture_activations(model)
-    return {k: np.asarray(v, dtype=np.float64) for k, v in acts.items()}, np.asarray(probe.column(target))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in acts.items()}, np.asarray(probe.column("label"))
 
 
 def _synthetic_layers(n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -71,12 +72,13 @@ def _synthetic_layers(n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return layers, y.astype(str)
 
 
-def _ours(x: np.ndarray, y: np.ndarray, folds: list) -> np.ndarray:
+def _ours(x: np.ndarray, y: np.ndarray, folds: list, standardize: bool = True) -> np.ndarray:
     from neuronmap.analyses._probe_fit import prepare_folds
     from neuronmap.analyses.probing import Probing
 
-    probing = Probing()
-    return probing._cross_val_predict(x, y, prepare_folds(x, folds, max_components=None, random_state=0))
+    probing = Probing(standardize=standardize)
+    data = prepare_folds(x, folds, max_components=None, random_state=0, standardize=standardize)
+    return probing._cross_val_predict(x, y, data)
 
 
 def _baseline(x: np.ndarray, y: np.ndarray, folds: list) -> np.ndarray:
@@ -127,26 +129,35 @@ def main() -> None:
     y = pd.factorize(pd.Series(labels), sort=True)[0].astype(np.int64)
     folds = stratified_folds(y, 5, random_state=0)
     rows: list[Row] = []
-    details: dict[str, dict[str, Any]] = {}
+    variants = {"standardised (default)": True, "centred (standardize=False)": False}
+    details: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in variants}
+    base_total = 0.0
     for layer, x in layers.items():
-        ours_t, base_t = [], []
-        for _ in range(args.repeats):  # interleaved so that machine noise hits both alike
-            ours_t.append(median_time(partial(_ours, x, y, folds), repeats=1, warmup=0))
-            base_t.append(median_time(partial(_baseline, x, y, folds), repeats=1, warmup=0))
-        ours_acc = float(np.mean(_ours(x, y, folds) == y))
+        times: dict[str, list[float]] = {v: [] for v in [*variants, "sklearn"]}
+        for _ in range(args.repeats):  # interleaved so that machine noise hits every variant alike
+            for variant, standardize in variants.items():
+                times[variant].append(median_time(partial(_ours, x, y, folds, standardize), repeats=1, warmup=0))
+            times["sklearn"].append(median_time(partial(_baseline, x, y, folds), repeats=1, warmup=0))
         base_correct = _baseline(x, y, folds) == y
         low, high = _accuracy_ci(base_correct)
-        t_ours, t_base = statistics.median(ours_t), statistics.median(base_t)
-        details[layer] = {"ours_s": t_ours, "sklearn_s": t_base, "ours_accuracy": ours_acc,
-                          "sklearn_accuracy": float(base_correct.mean()), "sklearn_ci": [low, high],
-                          "equal_accuracy": bool(ours_acc >= low)}
-        print(f"{layer:>20}: ours {t_ours:.3f} s acc {ours_acc:.3f} | sklearn {t_base:.3f} s "
-              f"acc {base_correct.mean():.3f} [{low:.3f}, {high:.3f}] | speed-up {t_base / t_ours:.1f}x")
-    t_ours_all = sum(d["ours_s"] for d in details.values())
-    t_base_all = sum(d["sklearn_s"] for d in details.values())
-    rows.append(Row("probe fit", f"5-fold CV per layer over {len(layers)} layers, n={len(y)} (speed-up)",
-                    t_ours_all / len(layers), t_base_all / len(layers), t_base_all / t_ours_all, "s", ">= 1.0",
-                    command, {"layers": details, "equal_accuracy_all": all(d["equal_accuracy"] for d in details.values())}))
+        t_base = statistics.median(times["sklearn"])
+        base_total += t_base
+        line = f"{layer:>18}: sklearn {t_base:.3f} s acc {base_correct.mean():.3f} [{low:.3f}, {high:.3f}]"
+        for variant, standardize in variants.items():
+            acc = float(np.mean(_ours(x, y, folds, standardize) == y))
+            t = statistics.median(times[variant])
+            details[variant][layer] = {"ours_s": t, "sklearn_s": t_base, "ours_accuracy": acc,
+                                       "sklearn_accuracy": float(base_correct.mean()), "sklearn_ci": [low, high],
+                                       "equal_accuracy": bool(acc >= low)}
+            line += f" | {variant.split()[0]} {t:.3f} s acc {acc:.3f} ({t_base / t:.1f}x)"
+        print(line)
+    for variant, per_layer in details.items():
+        total = sum(d["ours_s"] for d in per_layer.values())
+        equal = all(d["equal_accuracy"] for d in per_layer.values())
+        rows.append(Row("probe fit", f"{variant}, 5-fold CV per layer, {len(layers)} layers, n={len(y)}, "
+                        f"equal accuracy on every layer: {equal} (speed-up)",
+                        total / len(layers), base_total / len(layers), base_total / total, "s", ">= 1.0", command,
+                        {"layers": per_layer, "equal_accuracy_all": equal}))
 
     last = list(layers)[-1]
     x = layers[last]
@@ -166,7 +177,7 @@ def main() -> None:
     ctx = AnalysisContext(model=tiny_mlp(in_features=1), probe=probe, activations=Activations({last: x}, reduce="mean"), step=0)
     t_full = median_time(lambda: Probing().run(ctx), repeats=args.repeats, warmup=0)
     rows.append(Row("whole analysis", f"Probing() defaults on layer {last} (CIs, 1000 perms, control)",
-                    t_full, t_base_all / len(layers), t_base_all / len(layers) / t_full, "s", "", command))
+                    t_full, base_total / len(layers), base_total / len(layers) / t_full, "s", "", command))
     print_rows(rows, "Probing: NeuronMap default probe vs scikit-learn defaults")
     write_json(rows, args.json)
 

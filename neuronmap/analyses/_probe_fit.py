@@ -35,7 +35,7 @@ class FoldData:
     test: NDArray[np.intp]
     """Indices of the held-out examples."""
     z_train: NDArray[np.float64]
-    """Standardised (and PCA-projected) training activations."""
+    """Centred or standardised (and optionally PCA-projected) training activations."""
     z_test: NDArray[np.float64]
     """The held-out activations under the training fold's transform."""
     projected: bool = False
@@ -51,9 +51,14 @@ def stratified_folds(y: NDArray[np.int64], cv: int, *, random_state: int) -> Fol
 
 
 def prepare_folds(
-    x: NDArray[np.float64], folds: Folds, *, max_components: int | None, random_state: int
+    x: NDArray[np.float64],
+    folds: Folds,
+    *,
+    max_components: int | None,
+    random_state: int,
+    standardize: bool = True,
 ) -> list[FoldData]:
-    """Standardise each fold on its training part; optionally project wide layers onto leading PCs.
+    """Centre (and by default scale) each fold on its training part; optionally project onto PCs.
 
     Both steps ignore the labels, so they are computed once per fold and shared by the probe,
     the control task and every permutation (refitting them per permutation gives the same
@@ -64,7 +69,7 @@ def prepare_folds(
 
     out = []
     for train, test in folds:
-        scaler = StandardScaler().fit(x[train])
+        scaler = StandardScaler(with_std=standardize).fit(x[train])
         z_train, z_test = scaler.transform(x[train]), scaler.transform(x[test])
         projected = False
         if max_components is not None and z_train.shape[1] > max_components:

@@ -129,7 +129,10 @@ class Information(Analysis):
                                   notes=(f"Column {self.target!r} has a single class; mutual information is 0.",))
         label_entropy = _entropy_plugin(counts)
         rows, components = [], []
-        for layer, acts in self.layer_items(ctx):
+        items = self.layer_items(ctx)
+        if not items:
+            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
+        for layer, acts in items:
             x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
             if not np.isfinite(x).all():
                 notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")

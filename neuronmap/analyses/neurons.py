@@ -163,7 +163,10 @@ class NeuronStats(Analysis):
         y, notes = self._classes(ctx)
         metrics = MetricSet()
         summary, selective, outliers = [], [], []
-        for layer, acts in self.layer_items(ctx):
+        items = self.layer_items(ctx)
+        if not items:
+            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
+        for layer, acts in items:
             x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)
             if not np.isfinite(x).all():
                 notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")

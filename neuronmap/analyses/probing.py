@@ -83,11 +83,18 @@ class Probing(Analysis):
     Args:
         target: Probe-set column to predict (``"label"``, a group or a metadata column).
         estimator: A scikit-learn classifier, cloned and fitted on the raw activations of each
-            fold. ``None`` (default) standardises each fold and fits
+            fold. ``None`` (default) standardises each fold on its training part and fits
             :class:`~sklearn.linear_model.LogisticRegression` (L-BFGS, C = 1), each fold
             starting from the previous fold's solution: the L2-penalised objective is strictly
             convex, so the start changes only the number of iterations (2-4x fewer in
             ``benchmarks/probing.py``), not the optimum.
+        standardize: Scale each unit of the default probe to unit variance (after centring).
+            Standardising tames the outlier dimensions of transformers (Kovaleva et al. 2021)
+            and speeds up L-BFGS, but it also shrinks high-variance units relative to the L2
+            penalty, which changes accuracy when the signal lives in them. ``False`` only
+            centres, which the unpenalised intercept absorbs exactly: the probe is then
+            scikit-learn's default ``LogisticRegression()`` on the raw activations, fitted to
+            convergence.
         cv: Number of stratified folds.
         control_task: Also fit the probe on a control task (Hewitt & Liang 2019).
         control_column: Column whose values are the *types* of the control task: examples of
@@ -104,8 +111,8 @@ class Probing(Analysis):
             training fold first: exact when the fold has at most that many examples (the
             solution lies in the span of the centred training rows), an approximation otherwise
             that can lose signal outside the leading components.
-        max_iter: L-BFGS iterations of the default probe (converges in far fewer on
-            standardised data; a note reports when it did not).
+        max_iter: L-BFGS iterations of the default probe (usually far fewer are needed; a
+            note reports when they were not enough).
         p_adjust: Multiple-comparison method across layers (any of
             :data:`neuronmap.stats.PVALUE_METHODS`).
         alpha: Significance level for the ``significant`` column and resolution notes.
@@ -135,6 +142,7 @@ class Probing(Analysis):
         target: str = "label",
         *,
         estimator: Any = None,
+        standardize: bool = True,
         cv: int = 5,
         control_task: bool = True,
         control_column: str | None = None,
@@ -174,6 +182,7 @@ class Probing(Analysis):
         self.confidence = confidence
         self.max_components = max_components
         self.max_iter = max_iter
+        self.standardize = standardize
         self.p_adjust = p_adjust
         self.alpha = alpha
 
@@ -196,8 +205,11 @@ class Probing(Analysis):
         folds = stratified_folds(y, self.cv, random_state=ctx.random_state)
         control = self._control_labels(ctx, keep, y, rng, notes)
         perms = within_fold_permutations(folds, len(y), self.n_permutations, rng)
+        items = self.layer_items(ctx)
+        if not items:
+            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         scores = []
-        for layer, acts in self.layer_items(ctx):
+        for layer, acts in items:
             x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
             scores.append(self._score_layer(layer, x, y, control, folds, perms, ctx.random_state))
         notes += [f"{s.layer}: {s.note}" for s in scores if s.note]
@@ -247,18 +259,24 @@ class Probing(Analysis):
         perms: NDArray[np.intp],
         random_state: int,
     ) -> _LayerScore:
+        from sklearn.exceptions import ConvergenceWarning
+
         score = _LayerScore(layer, features=x.shape[1])
         if not np.isfinite(x).all():
             score.note = "activations contain NaN or Inf; layer skipped."
             return score
-        data = prepare_folds(x, folds, max_components=self.max_components, random_state=random_state)
+        data = prepare_folds(x, folds, max_components=self.max_components, random_state=random_state,
+                             standardize=self.standardize)
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", ConvergenceWarning)
             score.pred = self._cross_val_predict(x, y, data)
             if control is not None:
                 score.control_pred = self._cross_val_predict(x, control, data)
-        if any("converge" in str(w.message).lower() for w in caught):
-            score.note = f"the probe did not converge in max_iter={self.max_iter} iterations on some fold."
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                score.note = f"the probe did not converge in max_iter={self.max_iter} iterations on some fold."
+            else:  # not ours to swallow
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if self.n_permutations:
             counts = ridge_correct_counts(data, y, np.vstack([np.arange(len(y)), perms]))
             score.ridge_accuracy = counts[0] / len(y)

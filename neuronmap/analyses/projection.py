@@ -116,9 +116,12 @@ class Projection(Analysis):
         if "umap" in methods and not UMAP_AVAILABLE:
             methods.remove("umap")
             notes.append(f"UMAP figures skipped: {UMAP_AVAILABLE}")
+        items = self.layer_items(ctx)
+        if not items:
+            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         metrics = MetricSet()
         figures: dict[str, Figure] = {}
-        for layer, acts in self.layer_items(ctx):
+        for layer, acts in items:
             x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[rows]
             if not np.isfinite(x).all():
                 notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")

@@ -103,7 +103,7 @@ class CKA(Analysis):
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         acts = {layer: _flat(x) for layer, x in self.layer_items(ctx)}
         if not acts:
-            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches this analysis.",))
+            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         notes: list[str] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
@@ -339,8 +339,11 @@ class RSA(Analysis):
         if np.ptp(reference) == 0:
             return AnalysisResult(self.name, status="skipped",
                                   notes=(f"The {what} RDM is constant (a single class?); RSA is undefined.",))
+        items = self.layer_items(ctx)
+        if not items:
+            return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         rows = []
-        for layer, acts in self.layer_items(ctx):
+        for layer, acts in items:
             row: dict[str, Any] = {"layer": layer, "rsa": np.nan, "p": np.nan, "note": ""}
             if layer == self.reference_layer:
                 row["note"] = "reference layer"

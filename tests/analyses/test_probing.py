@@ -65,6 +65,18 @@ def test_default_probe_equals_sklearn_pipeline_on_the_same_folds() -> None:
         f1_score(y, pred, average="macro"), abs=0.01)
 
 
+def test_centred_probe_is_sklearns_default_logistic_regression_on_raw_activations() -> None:
+    """Centring is absorbed by the unpenalised intercept, so the optimum is unchanged."""
+    probe, model = planted_probe(n=120), planted_model()
+    report, _ = _run(Probing(standardize=False, n_permutations=0, control_task=False), probe, model, ["noise_a"])
+    with torch.no_grad():
+        x = 10.0 + model.noise_a(probe.inputs["input"]).numpy().astype(np.float64)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    pred = cross_val_predict(LogisticRegression(max_iter=10_000, tol=1e-8), x, probe.labels, cv=cv)
+    assert report.metrics["neuronmap/probing/noise_a/accuracy"] == pytest.approx(np.mean(pred == probe.labels),
+                                                                                abs=1 / 120)
+
+
 def test_custom_estimator_is_cloned_per_fold_like_cross_val_predict() -> None:
     probe, model = planted_probe(n=100), planted_model()
     knn = KNeighborsClassifier(n_neighbors=5)
@@ -247,3 +259,17 @@ def test_missing_target_column_fails_the_analysis_with_the_column_list() -> None
     with pytest.warns(AnalysisFailedWarning, match=r"Column 'nope' not found .* it has \['group', 'label'\]"):
         report = monitor.run(planted_model(), step=0)
     assert report.results["probing"].status == "failed"
+
+
+@pytest.mark.parametrize("name", ["probing", "cka", "rsa", "neuron_stats", "information", "projection"])
+def test_every_analysis_skips_when_no_captured_layer_matches(name: str) -> None:
+    import neuronmap.analyses.information
+    import neuronmap.analyses.neurons
+    import neuronmap.analyses.projection
+    import neuronmap.analyses.similarity  # noqa: F401  (registers the analyses)
+    from neuronmap.analyses.base import get_analysis
+
+    analysis = get_analysis(name, layers=["nothing.*"])
+    result = nm.NeuronMap(planted_probe(n=30), layers=["signal"], analyses=[analysis], reporters=[]).run(
+        planted_model(), step=0).results[name]
+    assert (result.status, result.notes) == ("skipped", ("No captured layer matches `layers`.",))
