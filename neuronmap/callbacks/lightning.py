@@ -115,6 +115,8 @@ class NeuronMapCallback(_Callback):
         self.use_loggers = use_loggers
         self.local_run = local_run
         self.model_card = model_card
+        # Lightning reads state_key around every hook call (profiler names): build it once.
+        self._state_key = self._generate_state_key(name=self.monitor.name)
         self._bound = False
         self._failed = False
         self._resume_dir: str | None = None
@@ -125,7 +127,7 @@ class NeuronMapCallback(_Callback):
     @property
     def state_key(self) -> str:
         """Key of this callback's state in checkpoints (one per monitor name)."""
-        return self._generate_state_key(name=self.monitor.name)
+        return self._state_key
 
     # ------------------------------------------------------------------ plumbing
     def _bind(self, trainer: Trainer) -> None:
