@@ -175,13 +175,13 @@ def _top_components(x: NDArray[np.float64], k: int, seed: int) -> tuple[NDArray[
     """Standardised scores on the top ``k`` principal components (fewer if the data span fewer)."""
     from sklearn.decomposition import PCA
 
+    if np.ptp(x, axis=0).max() == 0:  # a constant layer: one zero column carries no information
+        return np.zeros((x.shape[0], 1)), np.zeros(1)
     k = min(k, x.shape[1], x.shape[0] - 1)
     pca = PCA(n_components=k, random_state=seed).fit(x)
     scores = pca.transform(x)
     # directions with (numerically) no variance would become pure rounding noise once scaled
     keep = pca.explained_variance_ratio_ > 1e-10
-    if not keep.any():  # a constant layer: one zero column carries no information
-        return np.zeros((x.shape[0], 1)), np.zeros(1)
     return scores[:, keep] / scores[:, keep].std(axis=0), pca.explained_variance_ratio_[keep]
 
 

@@ -143,3 +143,26 @@ def test_selectivity_is_skipped_with_a_note_for_a_single_class() -> None:
         _Units(), step=0).results["neuron_stats"]
     assert "relu/selective_fraction" not in result.metrics
     assert "needs at least 2 classes with 2 examples each; 'label' has counts {'3': 20}" in result.notes[0]
+
+
+@pytest.mark.filterwarnings("error")
+def test_every_analysis_survives_a_dead_layer_without_warnings() -> None:
+    """A ReLU layer that is zero everywhere gives NaN or chance values and notes, never errors."""
+    from neuronmap.analyses import CKA, RSA, Information, Probing, Projection
+    from neuronmap.testing import tiny_mlp, tiny_probe
+
+    model = tiny_mlp()
+    with torch.no_grad():
+        model.net[0].bias.fill_(-100.0)
+    analyses = [Probing(n_permutations=99), CKA(), RSA(n_permutations=9), NeuronStats(),
+                Information(n_permutations=9), Projection(methods=["pca"])]
+    report = nm.NeuronMap(tiny_probe(n=60), layers=["net.0", "net.1"], analyses=analyses, reporters=[],
+                          strict=True).run(model, step=0)
+    assert all(r.status == "ok" for r in report.results.values())
+    m = report.metrics
+    assert m["neuronmap/neuron_stats/net.1/dead_fraction"] == 1.0
+    assert m["neuronmap/probing/net.1/accuracy_p"] == 1.0  # every relabelling ties a constant layer
+    assert m["neuronmap/information/net.1/mi_knn"] == 0.0
+    assert np.isnan(m["neuronmap/cka/net.1/drift_first"])
+    assert "net.1: fewer than 4 examples or constant activations; nothing to project." in \
+        report.results["projection"].notes
