@@ -81,7 +81,9 @@ def current_world(mode: DistributedMode = "auto") -> World | None:
         InvalidParameterError: ``mode`` is not one of the allowed values.
     """
     if mode not in _MODES:
-        raise InvalidParameterError(f"The 'distributed' parameter must be one of {list(_MODES)}; got {mode!r}.")
+        raise InvalidParameterError(
+            f"The 'distributed' parameter must be one of {list(_MODES)}; got {mode!r}."
+        )
     if mode == "off" or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return None
     size = torch.distributed.get_world_size()
@@ -202,7 +204,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while id(model) not in seen:
         seen.add(id(model))
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or (
-            type(model).__name__ == "DeepSpeedEngine" and isinstance(getattr(model, "module", None), nn.Module)
+            type(model).__name__ == "DeepSpeedEngine"
+            and isinstance(getattr(model, "module", None), nn.Module)
         ):
             model = cast(nn.Module, model.module)
         elif _is_compiled(model):
@@ -212,7 +215,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def _is_compiled(module: nn.Module) -> bool:
     # OptimizedModule is private API; the class name and _orig_mod are what torch.compile documents.
-    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
+    return type(module).__name__ == "OptimizedModule" and isinstance(
+        getattr(module, "_orig_mod", None), nn.Module
+    )
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -227,7 +232,8 @@ def is_sharded(model: nn.Module) -> bool:
     except ImportError:
         fsdp2 = None
     return any(
-        isinstance(m, FullyShardedDataParallel) or (fsdp2 is not None and isinstance(m, fsdp2)) for m in model.modules()
+        isinstance(m, FullyShardedDataParallel) or (fsdp2 is not None and isinstance(m, fsdp2))
+        for m in model.modules()
     )
 
 

@@ -62,7 +62,9 @@ def _calling_handler() -> Any | None:
             if frame is None:
                 return None
             owner = frame.f_locals.get("self")
-            if type(owner).__name__ == "CallbackHandler" and isinstance(getattr(owner, "callbacks", None), list):
+            if type(owner).__name__ == "CallbackHandler" and isinstance(
+                getattr(owner, "callbacks", None), list
+            ):
                 return owner
             frame = frame.f_back
         return None
@@ -77,7 +79,11 @@ def _hf_trackers(args: TrainingArguments) -> Iterator[tuple[str, Any]]:
         run = sys.modules["mlflow"].active_run()
         if run is not None:
             yield "mlflow", run
-    if "wandb" in wanted and "wandb" in sys.modules and getattr(sys.modules["wandb"], "run", None) is not None:
+    if (
+        "wandb" in wanted
+        and "wandb" in sys.modules
+        and getattr(sys.modules["wandb"], "run", None) is not None
+    ):
         yield "wandb", sys.modules["wandb"].run
     if "tensorboard" in wanted:
         handler = _calling_handler()
@@ -159,11 +165,14 @@ class NeuronMapTrainerCallback(TrainerCallback):
                 self.monitor.reporters = []
             return
         trackers = list(_hf_trackers(args)) if self.use_trackers else []
+        root = Path(args.output_dir or ".")
         choose_reporters(
-            self.monitor, trackers, root=Path(args.output_dir or "."), resume_dir=self._resume_dir, local_run=self.local_run
+            self.monitor, trackers, root=root, resume_dir=self._resume_dir, local_run=self.local_run
         )
 
-    def _maybe_run(self, args: TrainingArguments, state: TrainerState, model: nn.Module | None, event: str) -> bool:
+    def _maybe_run(
+        self, args: TrainingArguments, state: TrainerState, model: nn.Module | None, event: str
+    ) -> bool:
         step, epoch = state.global_step, _epoch_index(state)
         if model is None or not self.monitor.should_run(step=step, epoch=epoch, event=event):
             return False
@@ -181,18 +190,24 @@ class NeuronMapTrainerCallback(TrainerCallback):
             self._restore(Path(args.output_dir or ".") / f"checkpoint-{state.global_step}", state)
         self._maybe_run(args, state, kwargs.get("model"), "train_start")
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """Run if ``Schedule(every_n_steps=...)`` calls for this global step."""
         if self.monitor.schedule.every_n_steps is not None:
             self._maybe_run(args, state, kwargs.get("model"), "step")
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """Run after an evaluation, inside training or from a bare ``trainer.evaluate()``."""
         ran = self._maybe_run(args, state, kwargs.get("model"), "validation_end")
         if ran and not self._training:  # a standalone evaluation is a whole run
             self._finish(state, kwargs.get("model"))
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """Run at train end (skipped when the last evaluation already ran at this step); close."""
         try:
             self._maybe_run(args, state, kwargs.get("model"), "train_end")
@@ -205,7 +220,9 @@ class NeuronMapTrainerCallback(TrainerCallback):
             log_card(self.monitor, model, self.model_card)
         close_monitor(self.monitor)
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """Write the callback's state into the checkpoint folder just saved."""
         folder = Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():

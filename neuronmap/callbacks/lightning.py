@@ -140,8 +140,9 @@ class NeuronMapCallback(_Callback):
                 self.monitor.reporters = []
             return
         trackers = list(_trainer_trackers(trainer)) if self.use_loggers else []
+        root = Path(trainer.default_root_dir)
         choose_reporters(
-            self.monitor, trackers, root=Path(trainer.default_root_dir), resume_dir=self._resume_dir, local_run=self.local_run
+            self.monitor, trackers, root=root, resume_dir=self._resume_dir, local_run=self.local_run
         )
 
     def _maybe_run(self, trainer: Trainer, pl_module: LightningModule, event: str) -> None:
@@ -152,7 +153,9 @@ class NeuronMapCallback(_Callback):
         # The strategy's model is the DDP/FSDP/DeepSpeed wrapper; the engine looks through
         # DDP and keeps FSDP, whose forward gathers the sharded parameters.
         model = trainer.strategy.model
-        self.monitor.run(model if isinstance(model, nn.Module) else pl_module, step=step, epoch=epoch, event=event)
+        self.monitor.run(
+            model if isinstance(model, nn.Module) else pl_module, step=step, epoch=epoch, event=event
+        )
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
