@@ -12,10 +12,11 @@ store):
 
 * fairness of the predictions by gender and race (demographic parity, equalized odds, ...)
   with bootstrap CIs and tests;
-* representation bias: how linearly decodable gender and race are from each layer
-  (probing with control tasks, Hewitt & Liang 2019), and counterfactual/representation-bias
-  analyses when installed;
-* probing of the sentiment label and layer health.
+* counterfactual bias: how often the prediction flips, and how far the positive score moves,
+  when only the names are swapped to the other gender or race (Garg et al. 2019);
+* representation bias: how linearly decodable gender and race are from each layer, and how
+  far apart the group centroids lie (Elazar & Goldberg 2018);
+* probing of the sentiment label (Hewitt & Liang 2019 control tasks) and layer health.
 
 At the end a model card (Mitchell et al. 2019) goes to the same run.
 
@@ -37,8 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import neuronmap as nm
+from neuronmap.analyses.counterfactual import CounterfactualBias
 from neuronmap.analyses.fairness import Fairness
 from neuronmap.analyses.probing import Probing
+from neuronmap.analyses.representation_bias import RepresentationBias
 from neuronmap.callbacks import NeuronMapTrainerCallback
 from neuronmap.data import sentiment_frame
 from neuronmap.reporters import LocalReporter
@@ -60,30 +63,19 @@ class _Encoded(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return {**{k: v[i] for k, v in self.encoded.items()}, "labels": self.labels[i]}
 
 
-class GenderProbing(Probing):
-    """Is gender linearly decodable from a layer? (Representation bias; keys ``neuronmap/probing_gender/...``.)"""
-
-    name = "probing_gender"
-
-
-class RaceProbing(Probing):
-    """Is race linearly decodable from a layer? (Keys ``neuronmap/probing_race/...``.)"""
-
-    name = "probing_race"
-
-
-def analyses(*, quick: bool) -> list[nm.Analysis]:
-    """Fairness, representation bias (probing of gender and race), sentiment probing, layer health."""
-    # --quick is a smoke test: no permutation tests or control tasks, few resamples.
+def analyses(tokenizer: Any, *, quick: bool) -> list[nm.Analysis]:
+    """Fairness, counterfactual and representation bias, sentiment probing, layer health."""
+    # --quick is a smoke test: few resamples and permutations, no control task.
+    resamples, permutations = (20, 19) if quick else (1000, 999)
     probing: dict[str, Any] = (
         {"cv": 3, "n_permutations": 0, "n_bootstrap": 20, "control_task": False}
         if quick
         else {"cv": 5, "n_permutations": 200, "n_bootstrap": 500}
     )
     return [
-        Fairness(["gender", "race"], n_resamples=probing["n_bootstrap"], n_permutations=99, min_group_size=5),
-        GenderProbing("gender", **probing),
-        RaceProbing("race", **probing),
+        Fairness(["gender", "race"], n_resamples=resamples, n_permutations=permutations, min_group_size=5),
+        CounterfactualBias(["gender", "race"], tokenizer=tokenizer, max_length=32, n_resamples=resamples),
+        RepresentationBias(["gender", "race"], cv=3 if quick else 5, n_permutations=permutations, min_group_size=5),
         Probing("label", **probing),
         nm.ActivationStats(),
     ]
@@ -130,7 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
     train, held_out, probe = data(tokenizer, quick=args.quick)
 
     callback = NeuronMapTrainerCallback(
-        probe=probe, layers=LAYERS, analyses=analyses(quick=args.quick), batch_size=64, local_run=True,
+        probe=probe, layers=LAYERS, analyses=analyses(tokenizer, quick=args.quick), batch_size=64, local_run=True,
         model_card={"model_details": {"name": "all-MiniLM-L6-v2 sentiment (EEC fine-tune)",
                                       "description": "Example fine-tune for NeuronMap's bias monitoring."},
                     "intended_use": {"primary_uses": "Demonstration only; not for production sentiment analysis."}},
@@ -156,9 +148,12 @@ def main(argv: list[str] | None = None) -> Path:
     trainer.train()
 
     latest = callback.monitor.history.latest()
-    gap = {k: v for k, v in latest.items() if k.startswith("neuronmap/fairness/") and k.endswith("difference")}
-    for key, value in sorted(gap.items())[:6]:
-        print(f"{key}: {value:.3f}")
+    for attribute in ("gender", "race"):
+        parity = latest.get(f"neuronmap/fairness/{attribute}/demographic_parity_difference", float("nan"))
+        flips = latest.get(f"neuronmap/counterfactual_bias/{attribute}/flip_rate", float("nan"))
+        decodable = latest.get(f"neuronmap/representation_bias/bert.encoder.layer.5/{attribute}_decodability", float("nan"))
+        print(f"{attribute:6s} demographic parity difference {parity:.3f}   counterfactual flip rate {flips:.3f}   "
+              f"decodable from the last layer {decodable:.3f}")
     print(f"NeuronMap ran at steps {callback.monitor.history.steps}; reporters {callback.monitor.reporters}")
     for reporter in callback.monitor.reporters:
         if isinstance(reporter, LocalReporter):
