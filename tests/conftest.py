@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import matplotlib
 import pytest
@@ -19,3 +20,25 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_globals():
+    """Undo process-wide MLflow state a test leaves behind.
+
+    Lightning's ``MLFlowLogger`` calls ``mlflow.set_tracking_uri``, which also sets the
+    ``MLFLOW_TRACKING_URI`` environment variable; without this, a later test that relies on the
+    default (or on its own server) would log into an earlier test's store.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(before)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
