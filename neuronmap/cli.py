@@ -23,12 +23,18 @@ __all__ = ["build_parser", "main"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _load_hf(model_dir: str, *, attn_implementation: str | None = None) -> tuple[Any, Any]:
+def _load_hf(
+    model_dir: str, *, attn_implementation: str | None = None, task: str = "base"
+) -> tuple[Any, Any]:
+    """Load a ``save_pretrained()`` folder offline: ``(model, tokenizer or None)``.
+
+    ``task="sequence-classification"`` loads ``AutoModelForSequenceClassification``.
+    """
     from neuronmap._imports import TRANSFORMERS_AVAILABLE
 
     TRANSFORMERS_AVAILABLE.require("Loading a model directory")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(model_dir)
     if not path.is_dir() or not (path / "config.json").exists():
@@ -37,7 +43,8 @@ def _load_hf(model_dir: str, *, attn_implementation: str | None = None) -> tuple
             "save_pretrained() (config.json plus weights)."
         )
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModel.from_pretrained(path, **kwargs).eval()
+    auto = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModel
+    model = auto.from_pretrained(path, **kwargs).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):

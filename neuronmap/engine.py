@@ -44,6 +44,13 @@ from neuronmap.schedule import Schedule, ScheduleState
 
 __all__ = ["NeuronMap"]
 
+
+class _NoModel(nn.Module):
+    """Stands in for the model when analysing saved activations; calling it is an error."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("This analysis needs the model, but only saved activations were given.")
+
 #: Key under which the model output travels with the layers through the distributed gather.
 _OUTPUTS_KEY = "\x00outputs"
 
@@ -274,10 +281,55 @@ class NeuronMap:
         extra forward passes need every rank).
         """
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         activations = self.capture_activations(model)
-        timings["capture"] = time.perf_counter() - t0
+        return self._analyse_and_report(
+            activations, model, step=step, epoch=epoch, event=event, started=started,
+            timings={"capture": time.perf_counter() - t0},
+        )
+
+    def run_on_activations(
+        self,
+        activations: Activations,
+        *,
+        model: nn.Module | None = None,
+        step: int = 0,
+        epoch: int | None = None,
+        event: str | None = "manual",
+    ) -> Report:
+        """Analyse activations captured earlier (e.g. ``neuronmap extract``), then report.
+
+        Analyses that need the model (attribution, patching ...) fail and are recorded as such
+        when ``model`` is ``None``; those that read only activations and the probe set run.
+
+        Raises:
+            ProbeSetError: The activations hold a different number of examples than the probe set.
+        """
+        from neuronmap.errors import ProbeSetError
+
+        for layer, array in activations.items():
+            if len(array) != len(self.probe):
+                raise ProbeSetError(
+                    f"Activations of {layer!r} hold {len(array)} examples but the probe set has "
+                    f"{len(self.probe)}; they must come from the same probe set."
+                )
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return self._analyse_and_report(
+            activations, model if model is not None else _NoModel(), step=step, epoch=epoch, event=event,
+            started=started, timings={"capture": 0.0},
+        )
+
+    def _analyse_and_report(
+        self,
+        activations: Activations,
+        model: nn.Module,
+        *,
+        step: int,
+        epoch: int | None,
+        event: str | None,
+        started: str,
+        timings: dict[str, float],
+    ) -> Report:
         target = unwrap_model(model)
         world = current_world(self.distributed)
         reporting = world is None or world.is_zero
