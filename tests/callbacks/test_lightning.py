@@ -154,7 +154,7 @@ def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_pat
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    logger = MLFlowLogger(experiment_name="lit", tracking_uri=uri)
+    logger = MLFlowLogger(experiment_name="lit", tracking_uri=uri, artifact_location=(tmp_path / "art").as_uri())
     callback, _ = _callback()
     L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=logger)).fit(lit_mlp(), loader(), loader(16))
 
