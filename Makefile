@@ -21,8 +21,11 @@ $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e ".[dev]"
 	touch $@
 
+# Fine-tunes the real all-MiniLM-L6-v2 on templated sentiment data with the HF Trainer and
+# NeuronMap's callback; results go to an embedded MLflow sqlite store and a local report.html.
+# (`neuronmap demo` is the package's own, smaller demo: a digits MLP in a plain loop.)
 demo: $(VENV)/.demo-installed
-	$(VENV)/bin/neuronmap demo
+	$(PY) examples/hf_trainer_sentiment_bias.py --quick --max-steps 30 --eval-steps 15 --out neuronmap-runs/hf-demo
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q

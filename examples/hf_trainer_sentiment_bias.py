@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--out", default="hf-sentiment-bias", help="folder of the checkpoints and MLflow store")
     parser.add_argument("--quick", action="store_true", help="4 steps on a few hundred sentences (a smoke test)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (quick: 4)")
+    parser.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (default: every epoch)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -144,13 +146,13 @@ def main(argv: list[str] | None = None) -> Path:
     training_args = TrainingArguments(
         str(out / "trainer"),
         num_train_epochs=args.epochs,
-        max_steps=4 if args.quick else -1,
+        max_steps=args.max_steps or (4 if args.quick else -1),
         per_device_train_batch_size=16,
         per_device_eval_batch_size=64,
         learning_rate=5e-5,
-        eval_strategy="steps" if args.quick else "epoch",
-        eval_steps=2,
-        logging_steps=2,
+        eval_strategy="steps" if args.quick or args.eval_steps else "epoch",
+        eval_steps=args.eval_steps or 2,
+        logging_steps=args.eval_steps or 2,
         save_strategy="no",
         report_to=["mlflow"],
         use_cpu=True,

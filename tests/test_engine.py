@@ -167,3 +167,27 @@ def test_registry_and_bad_engine_arguments() -> None:
         nm.NeuronMap(tiny_probe(), layers="net.0", analyses=["activation_stats"])  # type: ignore[list-item]
     with pytest.raises(InvalidParameterError, match="probe must be a neuronmap.ProbeSet; got Tensor"):
         nm.NeuronMap(torch.zeros(3), layers="net.0")  # type: ignore[arg-type]
+
+
+def test_two_instances_of_one_analysis_get_distinct_names() -> None:
+    probe = tiny_probe(n=60)
+    monitor = nm.NeuronMap(
+        probe, layers="net.1", reporters=[],
+        analyses=[nm.Probing(cv=3, n_permutations=0), nm.Probing("group", cv=3, n_permutations=0, name="probing_group")],
+    )
+    metrics = monitor.run(tiny_mlp(), step=0).metrics
+    assert "neuronmap/probing/net.1/accuracy" in metrics
+    assert "neuronmap/probing_group/net.1/accuracy" in metrics
+    with pytest.raises(InvalidParameterError, match="must be non-empty and contain no '/'; got 'a/b'"):
+        nm.Probing(name="a/b")
+
+
+def test_report_html_is_rendered_at_close_and_throttled_on_flush(tmp_path) -> None:
+    reporter = LocalReporter(tmp_path, run_name="t", render_interval_s=3600)
+    monitor = nm.NeuronMap(tiny_probe(), layers="net.0", analyses=[nm.ActivationStats()], reporters=[reporter])
+    monitor.run(tiny_mlp(), step=0)
+    first = (tmp_path / "t" / "report.html").stat().st_mtime_ns
+    monitor.run(tiny_mlp(), step=1)
+    assert (tmp_path / "t" / "report.html").stat().st_mtime_ns == first  # throttled
+    monitor.close()
+    assert "2 analysed step(s)" in (tmp_path / "t" / "report.html").read_text()

@@ -136,7 +136,8 @@ class Analysis(ABC):
     may keep state across runs (drift references) exposed through :meth:`state_dict`.
 
     Attributes:
-        name: Registry and metric-key name.
+        name: Registry and metric-key name. Pass ``name=`` to an instance to run the same
+            analysis twice in one monitor (``Probing(target="gender", name="probing_gender")``).
         needs_outputs: Whether the engine must capture the model's top-level output.
         layers: Optional selectors restricting the analysis to some captured layers.
 
@@ -153,8 +154,12 @@ class Analysis(ABC):
     name: ClassVar[str] = "analysis"
     needs_outputs: ClassVar[bool] = False
 
-    def __init__(self, *, layers: str | list[str] | None = None) -> None:
+    def __init__(self, *, layers: str | list[str] | None = None, name: str | None = None) -> None:
         self.layers = [layers] if isinstance(layers, str) else layers
+        if name is not None:
+            if not name or "/" in name:
+                raise InvalidParameterError(f"An analysis name must be non-empty and contain no '/'; got {name!r}.")
+            self.name = name  # type: ignore[misc]  # per-instance override, e.g. two Probing targets
 
     @abstractmethod
     def run(self, ctx: AnalysisContext) -> AnalysisResult:

@@ -154,8 +154,9 @@ class Probing(Analysis):
         p_adjust: str = "holm",
         alpha: float = 0.05,
         layers: str | list[str] | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(layers=layers)
+        super().__init__(layers=layers, name=name)
         _check_int("cv", cv, minimum=2)
         _check_int("n_permutations", n_permutations, minimum=0)
         _check_int("n_bootstrap", n_bootstrap, minimum=1)

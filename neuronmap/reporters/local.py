@@ -22,6 +22,7 @@ import json
 import math
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -64,7 +65,10 @@ class LocalReporter(BaseReporter):
         root: Folder holding runs (default ``neuronmap-runs``).
         run_name: Name of this run's folder (default: UTC time plus a short random id).
         run_dir: Use this exact folder instead of ``root/run_name`` (resuming appends to it).
-        render_html: Re-render ``report.html`` on every ``flush``.
+        render_html: Keep ``report.html`` current: re-rendered at ``close`` and on ``flush``
+            at most once per ``render_interval_s`` (a page with many curves takes seconds to
+            draw, which must not be paid at every scheduled run).
+        render_interval_s: Minimum seconds between re-renders on ``flush`` (0: every flush).
 
     Example:
         >>> import tempfile
@@ -84,10 +88,13 @@ class LocalReporter(BaseReporter):
         *,
         run_dir: str | Path | None = None,
         render_html: bool = True,
+        render_interval_s: float = 60.0,
     ) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else Path(root) / (run_name or new_run_name())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.render_html = render_html
+        self.render_interval_s = render_interval_s
+        self._last_render: float | None = None
         self._run_info = {"started": _now(), "status": "RUNNING"}
         self._write_json("run.json", self._run_info)
 
@@ -158,15 +165,23 @@ class LocalReporter(BaseReporter):
     def flush(self) -> None:
         history = read_history(self.run_dir)
         history.to_csv(self.run_dir / "history.csv", index=False)
-        if self.render_html:
-            from neuronmap.reporters._html import render_run_html
+        now = time.monotonic()
+        if self.render_html and (self._last_render is None or now - self._last_render >= self.render_interval_s):
+            self.render()
 
-            render_run_html(self.run_dir)
+    def render(self) -> Path:
+        """Re-render ``report.html`` now."""
+        from neuronmap.reporters._html import render_run_html
+
+        self._last_render = time.monotonic()
+        return render_run_html(self.run_dir)
 
     def close(self, status: RunStatus = "FINISHED") -> None:
         self._run_info.update(status=status, ended=_now())
         self._write_json("run.json", self._run_info)
-        self.flush()
+        read_history(self.run_dir).to_csv(self.run_dir / "history.csv", index=False)
+        if self.render_html:
+            self.render()
 
     @property
     def report_path(self) -> Path:
