@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,6 +118,13 @@ class Probing(Analysis):
             :data:`neuronmap.stats.PVALUE_METHODS`).
         alpha: Significance level for the ``significant`` column and resolution notes.
         layers: Optional selectors restricting the analysis to some captured layers.
+        blas_threads: BLAS threads while the probes are fitted (via threadpoolctl). The
+            per-fold problems are small (``n x d`` with ``d`` a layer's width), and a
+            multi-threaded BLAS on them mostly waits for its own threads, the more so when the
+            cores are shared with a training loop or PyTorch's OpenMP pool: 1 (default) made the
+            stage 15-25x faster on two loaded cores (``benchmarks/full_run.py``) with the same
+            numbers. ``None`` leaves the thread pools as they are.
+        name: Name of this instance (metric keys), to run a second one beside the first.
 
     Raises:
         InvalidParameterError: A parameter outside its allowed range.
@@ -154,10 +162,13 @@ class Probing(Analysis):
         p_adjust: str = "holm",
         alpha: float = 0.05,
         layers: str | list[str] | None = None,
+        blas_threads: int | None = 1,
         name: str | None = None,
     ) -> None:
         super().__init__(layers=layers, name=name)
         _check_int("cv", cv, minimum=2)
+        if blas_threads is not None:
+            _check_int("blas_threads", blas_threads, minimum=1)
         _check_int("n_permutations", n_permutations, minimum=0)
         _check_int("n_bootstrap", n_bootstrap, minimum=1)
         if max_components is not None:
@@ -186,6 +197,7 @@ class Probing(Analysis):
         self.standardize = standardize
         self.p_adjust = p_adjust
         self.alpha = alpha
+        self.blas_threads = blas_threads
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "estimator": None if self.estimator is None else repr(self.estimator)}
@@ -210,9 +222,10 @@ class Probing(Analysis):
         if not items:
             return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         scores = []
-        for layer, acts in items:
-            x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
-            scores.append(self._score_layer(layer, x, y, control, folds, perms, ctx.random_state))
+        with _blas_limit(self.blas_threads):
+            for layer, acts in items:
+                x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
+                scores.append(self._score_layer(layer, x, y, control, folds, perms, ctx.random_state))
         notes += [f"{s.layer}: {s.note}" for s in scores if s.note]
         if self.n_permutations and len(scores) / (self.n_permutations + 1) > self.alpha:
             notes.append(
@@ -339,6 +352,14 @@ class Probing(Analysis):
             table["selectivity_p"].to_numpy(dtype=float), method=self.p_adjust, alpha=self.alpha
         )
         return table
+
+
+def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def _mean_difference(a: NDArray[np.float64], b: NDArray[np.float64], axis: int = -1) -> NDArray[np.float64]:

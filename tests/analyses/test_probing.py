@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _planted import LAYERS, planted_model, planted_probe
@@ -247,11 +248,41 @@ def test_few_permutations_for_many_layers_are_flagged() -> None:
         ({"confidence": 1.5}, r"confidence must be in \(0, 1\); got 1.5"),
         ({"p_adjust": "nope"}, r"p_adjust must be one of \(.*'holm'.*\); got 'nope'"),
         ({"estimator": object()}, r"estimator must be a scikit-learn classifier with fit/predict"),
+        ({"blas_threads": 0}, r"blas_threads must be an integer >= 1; got 0"),
     ],
 )
 def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         Probing(**kwargs)
+
+
+class _ThreadRecordingProbe(LogisticRegression):
+    """sklearn's default probe that records the BLAS thread limits in force while it fits."""
+
+    seen: list[int] = []
+
+    def fit(self, x, y, sample_weight=None):  # type: ignore[override]
+        from threadpoolctl import threadpool_info
+
+        self.seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return super().fit(x, y, sample_weight)
+
+
+def test_blas_thread_limit_holds_during_the_fits_changes_no_number_and_is_restored() -> None:
+    from threadpoolctl import threadpool_info
+
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    probe, model = planted_probe(n=120), planted_model()
+    tables = {}
+    for threads in (None, 1):
+        _ThreadRecordingProbe.seen = []
+        analysis = Probing(estimator=_ThreadRecordingProbe(), n_permutations=49, n_bootstrap=200, blas_threads=threads)
+        report, _ = _run(analysis, probe, model, LAYERS)
+        tables[threads] = report.results["probing"].tables["probing"]
+        assert _ThreadRecordingProbe.seen
+        assert set(_ThreadRecordingProbe.seen) == ({1} if threads == 1 else set(before))
+    pd.testing.assert_frame_equal(tables[None], tables[1], check_exact=False, rtol=1e-9)
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
 
 
 def test_missing_target_column_fails_the_analysis_with_the_column_list() -> None:
