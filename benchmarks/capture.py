@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Row, median_time, print_rows, write_json  # noqa: E402
+from _common import Row, median_time, print_rows, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -44,7 +44,7 @@ def _setup(n: int, device: str):
     model = AutoModel.from_pretrained(path).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     rng = np.random.default_rng(0)
-    words = "the a model layer probe signal train data loss token attention head neuron value".split()
+    words = ["the", "a", "model", "layer", "probe", "signal", "train", "data", "loss", "token", "attention", "head", "neuron", "value"]
     texts = [" ".join(rng.choice(words, size=160)) for _ in range(n)]
     probe = ProbeSet.from_texts(texts, tokenizer, max_length=128)
     assert probe.inputs["input_ids"].shape == (n, 128)

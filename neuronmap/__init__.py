@@ -38,10 +38,8 @@ from neuronmap.analyses import (
     RepresentationBias,
 )
 from neuronmap.audit import AuditTrail
-from neuronmap.cards import ModelCard, render_card
-from neuronmap.gates import GateMonitor
-from neuronmap.gates import evaluate as evaluate_gates
 from neuronmap.capture import ActivationCapture, Activations, capture_activations
+from neuronmap.cards import ModelCard, render_card
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import (
     InvalidParameterError,
@@ -49,6 +47,8 @@ from neuronmap.errors import (
     NeuronMapError,
     ProbeSetError,
 )
+from neuronmap.gates import GateMonitor
+from neuronmap.gates import evaluate as evaluate_gates
 from neuronmap.probe import ProbeSet
 from neuronmap.results import History, Report
 from neuronmap.schedule import Schedule
@@ -56,6 +56,9 @@ from neuronmap.schedule import Schedule
 __version__ = "0.1.0"
 
 __all__ = [
+    "CKA",
+    "RSA",
+    "TCAV",
     "ActivationCapture",
     "ActivationMaximization",
     "ActivationPatching",
@@ -67,7 +70,6 @@ __all__ = [
     "AttentionAnalysis",
     "Attribution",
     "AuditTrail",
-    "CKA",
     "CausalTracing",
     "CircuitDiscovery",
     "ConceptAlgebra",
@@ -88,12 +90,11 @@ __all__ = [
     "ProbeSetError",
     "Probing",
     "Projection",
-    "RSA",
     "Report",
     "RepresentationBias",
     "Schedule",
-    "TCAV",
     "__version__",
+    "capture_activations",
     "evaluate_gates",
     "render_card",
 ]

@@ -44,10 +44,10 @@ def default_analyses() -> list[Analysis]:
     import neuronmap.analyses as analyses
 
     chosen: list[Analysis] = [analyses.ActivationStats()]
-    for name, kwargs in (("Probing", {}), ("CKA", {}), ("NeuronStats", {})):
+    for name in ("Probing", "CKA", "NeuronStats"):
         cls = getattr(analyses, name, None)
         if cls is not None:
-            chosen.append(cls(**kwargs))
+            chosen.append(cls())
     return chosen
 
 

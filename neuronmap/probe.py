@@ -406,7 +406,7 @@ class ProbeSet:
             json.dumps({"version": _FORMAT_VERSION, "frame": self._frame_json()}).encode(), dtype=np.uint8
         )
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(buf.getvalue())
         return path
@@ -420,7 +420,7 @@ class ProbeSet:
         frame_info = json.loads(meta["frame"])
         frame = pd.DataFrame(frame_info["data"], columns=frame_info["columns"])
         groups = frame_info["groups"]
-        labels = frame[LABEL_COLUMN] if LABEL_COLUMN in frame else None
+        labels = frame.get(LABEL_COLUMN)
         other = frame[[c for c in frame.columns if c not in groups and c != LABEL_COLUMN]]
         return cls(
             inputs[POSITIONAL_KEY] if frame_info["positional"] else inputs,

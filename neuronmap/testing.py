@@ -93,7 +93,7 @@ class WordTokenizer:
         for text in texts:
             ids = [self.cls_token_id, *(self.token_id(w) for w in re.findall(r"\w+|[^\w\s]", text)), self.sep_token_id]
             if truncation and max_length:
-                ids = ids[: max_length - 1] + [self.sep_token_id] if len(ids) > max_length else ids
+                ids = [*ids[: max_length - 1], self.sep_token_id] if len(ids) > max_length else ids
             rows.append(ids)
         width = max(len(r) for r in rows)
         if padding == "max_length" and max_length:
@@ -124,7 +124,7 @@ def tiny_bert(
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,

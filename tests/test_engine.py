@@ -8,7 +8,13 @@ import pytest
 import torch
 
 import neuronmap as nm
-from neuronmap.analyses.base import Analysis, AnalysisResult, MetricSet, available_analyses, get_analysis
+from neuronmap.analyses.base import (
+    Analysis,
+    AnalysisResult,
+    MetricSet,
+    available_analyses,
+    get_analysis,
+)
 from neuronmap.errors import AnalysisError, AnalysisFailedWarning, InvalidParameterError
 from neuronmap.reporters import LocalReporter
 from neuronmap.results import History, split_key
@@ -165,7 +171,7 @@ def test_registry_and_bad_engine_arguments() -> None:
         get_analysis("nope")
     with pytest.raises(InvalidParameterError, match="analyses must be Analysis instances; got str"):
         nm.NeuronMap(tiny_probe(), layers="net.0", analyses=["activation_stats"])  # type: ignore[list-item]
-    with pytest.raises(InvalidParameterError, match="probe must be a neuronmap.ProbeSet; got Tensor"):
+    with pytest.raises(InvalidParameterError, match=r"probe must be a neuronmap\.ProbeSet; got Tensor"):
         nm.NeuronMap(torch.zeros(3), layers="net.0")  # type: ignore[arg-type]
 
 
@@ -178,7 +184,7 @@ def test_two_instances_of_one_analysis_get_distinct_names() -> None:
     metrics = monitor.run(tiny_mlp(), step=0).metrics
     assert "neuronmap/probing/net.1/accuracy" in metrics
     assert "neuronmap/probing_group/net.1/accuracy" in metrics
-    with pytest.raises(InvalidParameterError, match="must be non-empty and contain no '/'; got 'a/b'"):
+    with pytest.raises(InvalidParameterError, match=r"must be non-empty and contain no '/'; got 'a/b'"):
         nm.Probing(name="a/b")
 
 

@@ -108,4 +108,4 @@ def test_shard_covers_every_example_once() -> None:
     probe = tiny_text_probe(n=10)
     shards = [probe.shard(r, 3) for r in range(3)]
     assert sum(len(s) for s in shards) == 10
-    assert sum((s.texts for s in shards), []) == probe.texts
+    assert [t for s in shards for t in s.texts] == probe.texts

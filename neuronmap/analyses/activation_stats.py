@@ -7,7 +7,13 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult, MetricSet, register_analysis
+from neuronmap.analyses.base import (
+    Analysis,
+    AnalysisContext,
+    AnalysisResult,
+    MetricSet,
+    register_analysis,
+)
 from neuronmap.metrics.neurons import activation_summary
 
 __all__ = ["ActivationStats"]

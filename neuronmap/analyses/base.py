@@ -95,7 +95,7 @@ class MetricSet(dict[str, float]):
         key = f"{layer}/{metric}"
         self[key] = float(value)
         if ci is not None:
-            low, high = (ci.low, ci.high) if hasattr(ci, "low") else ci
+            low, high = (ci.low, ci.high) if hasattr(ci, "low") else ci  # type: ignore[union-attr]
             self[f"{key}_ci_low"] = float(low)
             self[f"{key}_ci_high"] = float(high)
         if p is not None:
@@ -183,7 +183,7 @@ class Analysis(ABC):
         """JSON-able state carried across runs (override when there is any)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027  (optional hook)
         """Restore what :meth:`state_dict` returned."""
 
     def __repr__(self) -> str:

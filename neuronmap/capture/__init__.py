@@ -1,6 +1,11 @@
 """Activation capture: layer selectors, forward hooks and on-device reductions."""
 
-from neuronmap.capture.hooks import ActivationCapture, Activations, capture_activations, model_device
+from neuronmap.capture.hooks import (
+    ActivationCapture,
+    Activations,
+    capture_activations,
+    model_device,
+)
 from neuronmap.capture.layers import glob_to_regex, module_names, resolve_layers
 from neuronmap.capture.reduce import REDUCTIONS, reduce_tokens
 

@@ -30,10 +30,10 @@ _HIDDEN_KEYS = ("last_hidden_state", "hidden_states", "logits")
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -130,7 +130,7 @@ class Activations(Mapping[str, np.ndarray]):
         arrays["__reduce__"] = np.frombuffer(self.reduce.encode(), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
         return path
 
     @classmethod

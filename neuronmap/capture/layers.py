@@ -56,7 +56,7 @@ def _translate_component(part: str) -> str:
             out.append("[^.]*")
         elif ch == "?":
             out.append("[^.]")
-        elif ch == "[" and "]" in part[i + 2 :] or (ch == "[" and part[i + 1 : i + 2] == "]"):
+        elif ch == "[" and "]" in part[i + 2 :]:
             end = part.index("]", i + 2)
             body = part[i + 1 : end]
             body = "^" + body[1:] if body.startswith("!") else body

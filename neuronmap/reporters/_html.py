@@ -61,6 +61,18 @@ def _latest_step_dir(root: Path) -> Path | None:
     return max(steps, key=lambda p: int(p.name)) if steps else None
 
 
+def _table(path: Path, root: Path) -> dict[str, Any]:
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a table logged with no rows and no columns
+        frame = pd.DataFrame()
+    return {
+        "name": str(path.relative_to(root).with_suffix("")),
+        "html": frame.head(_MAX_TABLE_ROWS).to_html(index=False, float_format=_fmt, border=0, classes="tbl"),
+        "rows": len(frame),
+    }
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -92,17 +104,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         for p in sorted(fig_dir.rglob("*.png"))
     ] if fig_dir else []
     table_dir = _latest_step_dir(run_dir / "tables")
-    tables = []
-    for p in sorted(table_dir.rglob("*.csv")) if table_dir else []:
-        try:
-            frame = pd.read_csv(p)
-        except pd.errors.EmptyDataError:  # a table logged with no rows and no columns
-            frame = pd.DataFrame()
-        tables.append({
-            "name": str(p.relative_to(table_dir).with_suffix("")),
-            "html": frame.head(_MAX_TABLE_ROWS).to_html(index=False, float_format=_fmt, border=0, classes="tbl"),
-            "rows": len(frame),
-        })
+    tables = [_table(p, table_dir) for p in sorted(table_dir.rglob("*.csv"))] if table_dir is not None else []
     env = SandboxedEnvironment(
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
