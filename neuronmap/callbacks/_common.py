@@ -188,3 +188,26 @@ def local_run_dir(monitor: NeuronMap) -> str | None:
         if isinstance(reporter, LocalReporter):
             return str(reporter.run_dir)
     return None
+
+
+def attach_gates(monitor: NeuronMap, gates: Any, *, stop_on_failure: bool) -> Any:
+    """A :class:`~neuronmap.gates.GateMonitor` evaluating ``gates`` after every run, or ``None``."""
+    if gates is None:
+        return None
+    from neuronmap.gates import GateMonitor
+
+    return GateMonitor(gates, stop_on_failure=stop_on_failure).attach(monitor)
+
+
+def attach_audit(monitor: NeuronMap, audit: bool) -> None:
+    """Record every run in the hash-chained audit trail of the monitor's local run folder."""
+    if not audit:
+        return
+    from neuronmap.audit import AuditTrail
+
+    if not any(isinstance(r, LocalReporter) for r in monitor.reporters):
+        raise InvalidParameterError(
+            "audit=True keeps the audit trail in a local run folder, but this monitor has no "
+            "LocalReporter; pass local_run=True (or add a LocalReporter to its reporters)."
+        )
+    AuditTrail().attach(monitor)

@@ -16,6 +16,8 @@ from torch import nn
 from neuronmap._imports import TRANSFORMERS_AVAILABLE
 from neuronmap.callbacks._common import (
     CardSpec,
+    attach_audit,
+    attach_gates,
     build_monitor,
     choose_reporters,
     close_monitor,
@@ -141,12 +143,17 @@ class NeuronMapTrainerCallback(TrainerCallback):
         use_trackers: bool = True,
         local_run: bool = False,
         model_card: CardSpec = None,
+        gates: Any = None,
+        stop_on_failure: bool = False,
+        audit: bool = False,
         **kwargs: Any,
     ) -> None:
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
         self.use_trackers = use_trackers
-        self.local_run = local_run
+        self.local_run = local_run or audit
         self.model_card = model_card
+        self.audit = audit
+        self._gates = attach_gates(self.monitor, gates, stop_on_failure=stop_on_failure)
         self._bound = False
         self._training = False
         self._resume_dir: str | None = None
@@ -169,15 +176,23 @@ class NeuronMapTrainerCallback(TrainerCallback):
         choose_reporters(
             self.monitor, trackers, root=root, resume_dir=self._resume_dir, local_run=self.local_run
         )
+        attach_audit(self.monitor, self.audit)
 
     def _maybe_run(
-        self, args: TrainingArguments, state: TrainerState, model: nn.Module | None, event: str
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        model: nn.Module | None,
+        event: str,
+        control: TrainerControl | None = None,
     ) -> bool:
         step, epoch = state.global_step, _epoch_index(state)
         if model is None or not self.monitor.should_run(step=step, epoch=epoch, event=event):
             return False
         self._bind(args, state)
         self.monitor.run(model, step=step, epoch=epoch, event=event)
+        if control is not None and self._gates is not None and self._gates.should_stop:
+            control.should_training_stop = True
         return True
 
     # ------------------------------------------------------------------ HF events
@@ -195,13 +210,13 @@ class NeuronMapTrainerCallback(TrainerCallback):
     ) -> None:
         """Run if ``Schedule(every_n_steps=...)`` calls for this global step."""
         if self.monitor.schedule.every_n_steps is not None:
-            self._maybe_run(args, state, kwargs.get("model"), "step")
+            self._maybe_run(args, state, kwargs.get("model"), "step", control)
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Run after an evaluation, inside training or from a bare ``trainer.evaluate()``."""
-        ran = self._maybe_run(args, state, kwargs.get("model"), "validation_end")
+        ran = self._maybe_run(args, state, kwargs.get("model"), "validation_end", control)
         if ran and not self._training:  # a standalone evaluation is a whole run
             self._finish(state, kwargs.get("model"))
 

@@ -17,6 +17,8 @@ from torch import nn
 from neuronmap._imports import LIGHTNING_AVAILABLE, PYTORCH_LIGHTNING_AVAILABLE
 from neuronmap.callbacks._common import (
     CardSpec,
+    attach_audit,
+    attach_gates,
     build_monitor,
     choose_reporters,
     close_monitor,
@@ -87,6 +89,13 @@ class NeuronMapCallback(_Callback):
         model_card: At train end, send a model card (:mod:`neuronmap.cards`) to the reporters:
             ``True`` for the automatic card, a mapping or YAML path for card data to merge in,
             ``None`` (default) for none.
+        gates: CI gate checks (:mod:`neuronmap.gates`: a ``gates.yaml`` path, text or list of
+            checks) evaluated after every run; each outcome is logged as
+            ``neuronmap/gates/<check>/passed``.
+        stop_on_failure: Stop training when a gate fails (``trainer.should_stop`` /
+            ``control.should_training_stop``).
+        audit: Append every run to the hash-chained audit trail (:mod:`neuronmap.audit`) of
+            the local run folder (implies ``local_run=True``).
         **kwargs: :class:`~neuronmap.NeuronMap` keyword arguments, when ``monitor`` is not given.
 
     Raises:
@@ -108,13 +117,18 @@ class NeuronMapCallback(_Callback):
         use_loggers: bool = True,
         local_run: bool = False,
         model_card: CardSpec = None,
+        gates: Any = None,
+        stop_on_failure: bool = False,
+        audit: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
         self.use_loggers = use_loggers
-        self.local_run = local_run
+        self.local_run = local_run or audit
         self.model_card = model_card
+        self.audit = audit
+        self._gates = attach_gates(self.monitor, gates, stop_on_failure=stop_on_failure)
         # Lightning reads state_key around every hook call (profiler names): build it once.
         self._state_key = self._generate_state_key(name=self.monitor.name)
         self._bound = False
@@ -144,6 +158,7 @@ class NeuronMapCallback(_Callback):
         choose_reporters(
             self.monitor, trackers, root=root, resume_dir=self._resume_dir, local_run=self.local_run
         )
+        attach_audit(self.monitor, self.audit)
 
     def _maybe_run(self, trainer: Trainer, pl_module: LightningModule, event: str) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
@@ -156,6 +171,8 @@ class NeuronMapCallback(_Callback):
         self.monitor.run(
             model if isinstance(model, nn.Module) else pl_module, step=step, epoch=epoch, event=event
         )
+        if self._gates is not None and self._gates.should_stop:
+            trainer.should_stop = True
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

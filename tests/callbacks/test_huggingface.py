@@ -138,3 +138,13 @@ def test_resume_from_checkpoint_keeps_history(tmp_path: Path) -> None:
     assert second.monitor.history.steps == [4, 8]
     before = first.monitor.history.series(KEY)
     assert second.monitor.history.series(KEY).loc[4] == pytest.approx(before.loc[4], abs=0)
+
+
+def test_a_failing_gate_stops_training(tmp_path: Path) -> None:
+    failing = [{"name": "impossible", "metric": KEY.replace("/mean", "/dead_fraction"), "max": -1.0}]
+    callback, runs = _callback(gates=failing, stop_on_failure=True, schedule=nm.Schedule(every_n_steps=2, on=()))
+    trainer = _trainer(tmp_path, callback, num_train_epochs=3, eval_strategy="no")
+    trainer.train()
+    # 32 examples / batch 8 = 4 steps per epoch, 12 in all; the gate fails at step 2 and stops there.
+    assert [step for _, step, _ in runs] == [2]
+    assert trainer.state.global_step == 2

@@ -168,3 +168,26 @@ def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_pat
     expected = callback.monitor.history.series(key)
     assert [m.value for m in history] == pytest.approx(expected.loc[[4, 8]].to_list(), abs=1e-12)
     assert not (tmp_path / "neuronmap-runs").exists()  # a tracker was found: no local fallback
+
+
+def test_gates_are_logged_and_a_failing_gate_stops_training_and_runs_are_audited(tmp_path: Path) -> None:
+    from neuronmap.audit import verify
+
+    failing = [{"name": "no-dead-units", "metric": "neuronmap/activation_stats/net.1/dead_fraction", "max": -1.0}]
+    callback, runs = _callback(gates=failing, stop_on_failure=True, audit=True)
+    _fit(callback, tmp_path, max_epochs=3)
+    # The gate fails at the first validation (step 4): training stops there instead of after 3 epochs.
+    assert [step for _, step, _ in runs] == [4]
+    (reporter,) = callback.monitor.reporters
+    lines = [json.loads(line) for line in (reporter.run_dir / "metrics.jsonl").read_text().splitlines()]
+    gate_keys = [k for line in lines for k in line["metrics"] if k.startswith("neuronmap/gates/")]
+    assert gate_keys and all(line["metrics"].get(k, 0.0) == 0.0 for line in lines for k in gate_keys)
+    result = verify(reporter.run_dir / "audit.jsonl")
+    assert result.ok and result.entries >= 1
+
+
+def test_passing_gates_let_training_finish(tmp_path: Path) -> None:
+    passing = [{"metric": "neuronmap/activation_stats/*/nonfinite_fraction", "max": 0.0}]
+    callback, runs = _callback(gates=passing, stop_on_failure=True)
+    _fit(callback, tmp_path)
+    assert [step for _, step, _ in runs] == [4, 8]

@@ -102,3 +102,8 @@ def test_rejects_children_that_are_not_reporters() -> None:
 @pytest.mark.filterwarnings("error::neuronmap.errors.ReporterWarning")  # a spooled child failure must show
 def test_conformance(tmp_path: Path) -> None:
     check_reporter(CompositeReporter([LocalReporter(tmp_path, "a"), LocalReporter(tmp_path, "b")]))
+
+
+def test_local_reporter_passes_the_conformance_check(tmp_path) -> None:
+    check_reporter(LocalReporter(tmp_path, "conformance"))
+    assert (tmp_path / "conformance" / "report.html").exists()
