@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -259,7 +260,7 @@ def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
 class _ThreadRecordingProbe(LogisticRegression):
     """sklearn's default probe that records the BLAS thread limits in force while it fits."""
 
-    seen: list[int] = []
+    seen: ClassVar[list[int]] = []
 
     def fit(self, x, y, sample_weight=None):  # type: ignore[override]
         from threadpoolctl import threadpool_info
