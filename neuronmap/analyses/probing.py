@@ -122,8 +122,8 @@ class Probing(Analysis):
             per-fold problems are small (``n x d`` with ``d`` a layer's width), and a
             multi-threaded BLAS on them mostly waits for its own threads, the more so when the
             cores are shared with a training loop or PyTorch's OpenMP pool: 1 (default) made the
-            stage 1.7x faster on two cores at load average 2, and 11-15x at 3-4 (``benchmarks/full_run.py``) with the same
-            numbers. ``None`` leaves the thread pools as they are.
+            stage 1.7x faster on two cores at load average 2, and 11-15x at 3-4, with the same
+            numbers (``benchmarks/full_run.py``). ``None`` leaves the thread pools as they are.
         name: Name of this instance (metric keys), to run a second one beside the first.
 
     Raises:
