@@ -18,7 +18,9 @@ def test_import_neuronmap_does_not_import_optional_dependencies() -> None:
 def test_public_api_is_sorted_and_importable() -> None:
     import neuronmap as nm
 
-    assert nm.__all__ == sorted(nm.__all__)
+    # ruff's RUF022 order: CONSTANT_CASE, then CamelCase, then everything else, each alphabetical.
+    assert nm.__all__ == sorted(nm.__all__, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))
+    assert len(set(nm.__all__)) == len(nm.__all__)
     for name in nm.__all__:
         assert getattr(nm, name) is not None
 
