@@ -94,6 +94,10 @@ def find_attention_modules(
     """Attention modules of ``model``, in model order, found by running it on ``batch``."""
     batch_size = len(next(iter(batch.values())))
     seen: dict[int, list[tuple[str, int, int]]] = {}
+    # The same attention tensor is passed up through its parent modules; it is recognised by
+    # identity. Holding a reference keeps each id unique for the whole pass: a freed tensor's id
+    # can be reused by the next layer's attention map, which would merge two layers into one.
+    alive: list[torch.Tensor] = []
     modules = dict(model.named_modules())
     handles = []
 
@@ -102,6 +106,7 @@ def find_attention_modules(
             if isinstance(output, (tuple, list)):
                 for index, value in enumerate(output[1:], start=1):
                     if _is_attention(value, batch_size):
+                        alive.append(value)
                         seen.setdefault(id(value), []).append((name, index, int(value.shape[1])))
 
         return hook
