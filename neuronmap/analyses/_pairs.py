@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuronmap.analyses.base import Analysis, AnalysisContext
 from neuronmap.errors import InvalidParameterError, ProbeSetError
-from neuronmap.interventions import answer_logits, forward, logits_of
+from neuronmap.interventions import Node, answer_logits, forward, logits_of, resolve_nodes
 from neuronmap.metrics.patching import logit_difference, normalized_effect
 from neuronmap.probe import ProbeSet
 from neuronmap.stats import bootstrap_ci
@@ -155,3 +156,40 @@ def _predictions(model: nn.Module, probe: ProbeSet, batch_size: int, device: tor
         logits = answer_logits(logits_of(forward(model, batch, positional=probe.positional)), batch.get("attention_mask"))
         out.append(logits.argmax(dim=-1).cpu())
     return torch.cat(out)
+
+
+class PairedNodeAnalysis(Analysis):
+    """Shared set-up of analyses that intervene on nodes (modules or heads) over clean/corrupted pairs.
+
+    Validates the common arguments once, and :meth:`prepare` resolves the nodes and builds the
+    pair batches for a run (``ActivationPatching``, ``CircuitDiscovery``).
+    """
+
+    def __init__(
+        self,
+        *,
+        pairs: PairsArg,
+        layers: str | list[str] | None,
+        heads: str | list[str] | None,
+        n_heads: int | None,
+        answers: Answers,
+        n_resamples: int,
+        nodes_role: str,
+    ) -> None:
+        super().__init__(layers=layers)
+        if layers is None and heads is None:
+            raise InvalidParameterError(f"{type(self).__name__} needs layers= and/or heads= {nodes_role}; got neither.")
+        if answers not in ANSWERS:
+            raise InvalidParameterError(f"answers must be one of {ANSWERS}; got {answers!r}.")
+        self.pairs: PairsArg = pairs if isinstance(pairs, str) else [(int(a), int(b)) for a, b in pairs]
+        self.heads = [heads] if isinstance(heads, str) else heads
+        self.n_heads = n_heads
+        self.answers = answers
+        self.n_resamples = n_resamples
+
+    def prepare(self, ctx: AnalysisContext) -> tuple[list[Node], list[PairBatch], list[str]]:
+        """The nodes to intervene on, the pair batches, and notes about pairs left out."""
+        nodes = resolve_nodes(ctx.model, layers=self.layers, heads=self.heads, n_heads=self.n_heads)
+        batches, notes = pair_batches(ctx.model, ctx.probe, self.pairs, answers=self.answers,
+                                      batch_size=ctx.batch_size, device=ctx.device)
+        return nodes, batches, notes

@@ -29,23 +29,21 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from neuronmap.analyses._pairs import (
-    ANSWERS,
     Answers,
     PairBatch,
+    PairedNodeAnalysis,
     PairsArg,
     logit_diff,
     normalized_effect_ci,
-    pair_batches,
 )
 from neuronmap.analyses.base import (
-    Analysis,
     AnalysisContext,
     AnalysisResult,
     MetricSet,
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError
-from neuronmap.interventions import Node, intervene, record, resolve_nodes
+from neuronmap.interventions import Node, intervene, record
 from neuronmap.metrics.patching import normalized_effect
 
 __all__ = ["CircuitDiscovery"]
@@ -55,7 +53,7 @@ _ORDERS = ("reverse", "effect")
 
 
 @register_analysis
-class CircuitDiscovery(Analysis):
+class CircuitDiscovery(PairedNodeAnalysis):
     """Greedy, ACDC-style pruning of heads and MLPs by activation patching.
 
     Args:
@@ -100,31 +98,21 @@ class CircuitDiscovery(Analysis):
         answers: Answers = "label",
         n_resamples: int = 1000,
     ) -> None:
-        super().__init__(layers=layers)
-        if layers is None and heads is None:
-            raise InvalidParameterError("CircuitDiscovery needs layers= and/or heads= as candidate nodes; got neither.")
+        super().__init__(pairs=pairs, layers=layers, heads=heads, n_heads=n_heads, answers=answers,
+                         n_resamples=n_resamples, nodes_role="as candidate nodes")
         if not 0.0 < keep <= 1.0:
             raise InvalidParameterError(f"keep must be a fraction in (0, 1]; got {keep!r}.")
         if order not in _ORDERS:
             raise InvalidParameterError(f"order must be one of {_ORDERS}; got {order!r}.")
         if not isinstance(max_passes, int) or max_passes < 1:
             raise InvalidParameterError(f"max_passes must be a positive int; got {max_passes!r}.")
-        if answers not in ANSWERS:
-            raise InvalidParameterError(f"answers must be one of {ANSWERS}; got {answers!r}.")
-        self.pairs: PairsArg = pairs if isinstance(pairs, str) else [(int(a), int(b)) for a, b in pairs]
-        self.heads = [heads] if isinstance(heads, str) else heads
-        self.n_heads = n_heads
         self.keep = keep
         self.order = order
         self.max_passes = max_passes
-        self.answers = answers
-        self.n_resamples = n_resamples
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         model = ctx.model
-        nodes = resolve_nodes(model, layers=self.layers, heads=self.heads, n_heads=self.n_heads)
-        batches, notes = pair_batches(model, ctx.probe, self.pairs, answers=self.answers,
-                                      batch_size=ctx.batch_size, device=ctx.device)
+        nodes, batches, notes = self.prepare(ctx)
         if not batches:
             return AnalysisResult(self.name, status="skipped", notes=(*notes, "No pair with distinct answers."))
         was_training = model.training

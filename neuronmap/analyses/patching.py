@@ -23,23 +23,21 @@ from matplotlib.figure import Figure
 
 from neuronmap.analyses._figures import heatmap_figure, short_labels
 from neuronmap.analyses._pairs import (
-    ANSWERS,
     Answers,
     PairBatch,
+    PairedNodeAnalysis,
     PairsArg,
     logit_diff,
     normalized_effect_ci,
-    pair_batches,
 )
 from neuronmap.analyses.base import (
-    Analysis,
     AnalysisContext,
     AnalysisResult,
     MetricSet,
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError
-from neuronmap.interventions import Node, intervene, record, resolve_nodes
+from neuronmap.interventions import Node, intervene, record
 from neuronmap.metrics.patching import (
     attribution_patching_effect,
     normalized_effect,
@@ -53,7 +51,7 @@ _DIRECTIONS = ("denoising", "noising")
 
 
 @register_analysis
-class ActivationPatching(Analysis):
+class ActivationPatching(PairedNodeAnalysis):
     """Exact and attribution patching of module outputs, heads and positions on prompt pairs.
 
     Args:
@@ -99,27 +97,17 @@ class ActivationPatching(Analysis):
         attribution: bool = True,
         n_resamples: int = 1000,
     ) -> None:
-        super().__init__(layers=layers)
-        if layers is None and heads is None:
-            raise InvalidParameterError("ActivationPatching needs layers= and/or heads= to patch; got neither.")
+        super().__init__(pairs=pairs, layers=layers, heads=heads, n_heads=n_heads, answers=answers,
+                         n_resamples=n_resamples, nodes_role="to patch")
         if direction not in _DIRECTIONS:
             raise InvalidParameterError(f"direction must be one of {_DIRECTIONS}; got {direction!r}.")
-        if answers not in ANSWERS:
-            raise InvalidParameterError(f"answers must be one of {ANSWERS}; got {answers!r}.")
-        self.pairs: PairsArg = pairs if isinstance(pairs, str) else [(int(a), int(b)) for a, b in pairs]
-        self.heads = [heads] if isinstance(heads, str) else heads
-        self.n_heads = n_heads
         self.per_position = per_position
         self.direction = direction
-        self.answers = answers
         self.attribution = attribution
-        self.n_resamples = n_resamples
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         model = ctx.model
-        nodes = resolve_nodes(model, layers=self.layers, heads=self.heads, n_heads=self.n_heads)
-        batches, notes = pair_batches(model, ctx.probe, self.pairs, answers=self.answers,
-                                      batch_size=ctx.batch_size, device=ctx.device)
+        nodes, batches, notes = self.prepare(ctx)
         if not batches:
             return AnalysisResult(self.name, status="skipped", notes=(*notes, "No pair with distinct answers."))
         was_training = model.training
