@@ -136,6 +136,17 @@ def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> None:
         raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}.")
 
 
+def _check_n_resamples(n_resamples: Any) -> None:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise InvalidParameterError(f"n_resamples must be a positive integer; got {n_resamples!r}.")
+
+
+def _samples(samples: tuple[Any, ...], caller: str) -> tuple[np.ndarray, ...]:
+    if not samples:
+        raise InvalidParameterError(f"{caller} needs at least one sample; got none.")
+    return tuple(_sample(s, f"sample {k}") for k, s in enumerate(samples))
+
+
 def bootstrap_ci(
     statistic: Callable[..., Any],
     *samples: ArrayLike,
@@ -183,15 +194,8 @@ def bootstrap_ci(
     _check_choice(method, _CI_METHODS, "method")
     if not 0.0 < confidence < 1.0:
         raise InvalidParameterError(f"confidence must be in (0, 1); got {confidence!r}.")
-    if (
-        isinstance(n_resamples, bool)
-        or not isinstance(n_resamples, (int, np.integer))
-        or n_resamples < 1
-    ):
-        raise InvalidParameterError(f"n_resamples must be a positive integer; got {n_resamples!r}.")
-    if not samples:
-        raise InvalidParameterError("bootstrap_ci needs at least one sample; got none.")
-    data = tuple(_sample(s, f"sample {k}") for k, s in enumerate(samples))
+    _check_n_resamples(n_resamples)
+    data = _samples(samples, "bootstrap_ci")
     if paired and len({len(s) for s in data}) > 1:
         raise InvalidParameterError(
             f"paired=True needs samples of equal length; got lengths {[len(s) for s in data]}."
@@ -297,15 +301,8 @@ def permutation_test(
     """
     _check_choice(permutation_type, _PERMUTATION_TYPES, "permutation_type")
     _check_choice(alternative, _ALTERNATIVES, "alternative")
-    if (
-        isinstance(n_resamples, bool)
-        or not isinstance(n_resamples, (int, np.integer))
-        or n_resamples < 1
-    ):
-        raise InvalidParameterError(f"n_resamples must be a positive integer; got {n_resamples!r}.")
-    if not samples:
-        raise InvalidParameterError("permutation_test needs at least one sample; got none.")
-    data = tuple(_sample(s, f"sample {k}") for k, s in enumerate(samples))
+    _check_n_resamples(n_resamples)
+    data = _samples(samples, "permutation_test")
     res = scipy.stats.permutation_test(
         data,
         statistic,
