@@ -78,6 +78,9 @@ class CKA(Analysis):
             advisable when layers are wide compared with the probe set.
         drift: Track drift across runs.
         layers: Optional selectors restricting the analysis to some captured layers.
+        device: Where the CKA products run. ``"auto"`` (default) uses the monitor's device
+            when it is a GPU and numpy on the CPU otherwise; ``None`` always uses numpy; a
+            torch device (``"cuda:1"``) forces that device. The values agree to rounding.
 
     Example:
         >>> import neuronmap as nm
@@ -90,10 +93,23 @@ class CKA(Analysis):
 
     name = "cka"
 
-    def __init__(self, *, debiased: bool = False, drift: bool = True, layers: str | list[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        debiased: bool = False,
+        drift: bool = True,
+        layers: str | list[str] | None = None,
+        device: Any = "auto",
+    ) -> None:
         super().__init__(layers=layers)
         self.debiased = debiased
         self.drift = drift
+        if device not in ("auto", None):
+            from neuronmap.metrics._cka_torch import resolve_device
+
+            resolve_device(device)  # a bad device fails here, not at the first scheduled run
+        self.device = device
+        self._device: Any = None
         self._first: dict[str, NDArray[np.float32]] = {}
         self._previous: dict[str, NDArray[np.float32]] = {}
         self._first_step: int | None = None
@@ -105,9 +121,10 @@ class CKA(Analysis):
         if not acts:
             return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         notes: list[str] = []
+        self._device = _cka_device(self.device, ctx)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            matrix = cast(pd.DataFrame, cka_matrix(acts, debiased=self.debiased))  # mapping in, frame out
+            matrix = cast(pd.DataFrame, cka_matrix(acts, debiased=self.debiased, device=self._device))
         notes += sorted({str(w.message) for w in caught})
         title = f"{'Debiased' if self.debiased else 'Linear'} CKA between layers (step {ctx.step})"
         figures: dict[str, Figure] = {"heatmap": cka_heatmap(matrix, title=title)}
@@ -136,9 +153,11 @@ class CKA(Analysis):
             warnings.simplefilter("ignore", RuntimeWarning)  # zero-variance layers: NaN, noted by cka_matrix
             for layer, x in acts.items():
                 if layer in self._first:
-                    metrics.add(layer, "drift_first", linear_cka(x, self._first[layer], debiased=self.debiased))
+                    drift = linear_cka(x, self._first[layer], debiased=self.debiased, device=self._device)
+                    metrics.add(layer, "drift_first", drift)
                 if layer in self._previous:
-                    metrics.add(layer, "drift_previous", linear_cka(x, self._previous[layer], debiased=self.debiased))
+                    drift = linear_cka(x, self._previous[layer], debiased=self.debiased, device=self._device)
+                    metrics.add(layer, "drift_previous", drift)
         self._previous = {k: v.astype(np.float32) for k, v in acts.items()}
         self._previous_step = step
         return notes
@@ -152,6 +171,13 @@ class CKA(Analysis):
         self._first, self._previous = {}, {}
         self._first_step = self._previous_step = None
         self._restored = dict(state)
+
+
+def _cka_device(device: Any, ctx: AnalysisContext) -> Any:
+    """``CKA(device=...)`` resolved for this run: ``"auto"`` means the monitor's GPU, if any."""
+    if device != "auto":
+        return device
+    return ctx.device if ctx.device is not None and ctx.device.type == "cuda" else None
 
 
 def _compatible(reference: Mapping[str, NDArray[np.float32]], acts: Mapping[str, NDArray[np.float64]]) -> bool:

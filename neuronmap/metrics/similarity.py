@@ -60,7 +60,9 @@ _KERNELS = ("rbf", "linear")
 _ESTIMATORS = ("exact", "minibatch")
 
 
-def linear_cka(X: Any, Y: Any, *, debiased: bool = False, form: Form = "auto") -> float:
+def linear_cka(
+    X: Any, Y: Any, *, debiased: bool = False, form: Form = "auto", device: Any = None
+) -> float:
     """Linear CKA between two representations of the same ``n`` examples.
 
     ``||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)`` for column-centred ``X_c``,
@@ -75,6 +77,8 @@ def linear_cka(X: Any, Y: Any, *, debiased: bool = False, form: Form = "auto") -
             ``n x n`` Gram matrices (in blocks, so memory stays bounded); both are exact.
             ``"auto"`` picks the one with fewer flops, i.e. features when ``n`` exceeds
             about 1.5 times the width.
+        device: ``None`` computes with numpy on the CPU; a torch device computes there,
+            as in :func:`cka_matrix`.
 
     Returns:
         CKA in ``[0, 1]`` (debiased: in ``[-1, 1]``); NaN with a warning if either
@@ -91,10 +95,10 @@ def linear_cka(X: Any, Y: Any, *, debiased: bool = False, form: Form = "auto") -
         1.0
     """
     _cka.check_form(form)
-    x, y = _cka.centered(X, "X"), _cka.centered(Y, "Y")
-    n = _cka.check_same_n([x, y], ["X", "Y"])
+    xs, hsic_products = _centered_on([X, Y], ["X", "Y"], device)
+    n = _cka.check_same_n(xs, ["X", "Y"])
     _cka.check_min_n(n, debiased=debiased)
-    products = _cka.hsic_products([x, y], [(0, 1)], debiased=debiased, form=form)
+    products = hsic_products(xs, [(0, 1)], debiased=debiased, form=form)
     return float(_cka.cka_from_products(products, [0], [1], ["X", "Y"])[0, 0])
 
 
@@ -183,6 +187,17 @@ class _Layout:
     kind: Literal["pair", "within", "cross"]
 
 
+def _centered_on(arrays: Sequence[Any], names: Sequence[str], device: Any) -> tuple[list[Any], Any]:
+    """Centred copies of ``arrays`` (numpy, or torch on ``device``) and the matching HSIC routine."""
+    if device is None:
+        return [_cka.centered(a, name) for a, name in zip(arrays, names, strict=True)], _cka.hsic_products
+    from neuronmap.metrics import _cka_torch  # torch is imported only when a device is asked for
+
+    resolved = _cka_torch.resolve_device(device)
+    xs = [_cka_torch.centered(a, name, resolved) for a, name in zip(arrays, names, strict=True)]
+    return xs, _cka_torch.hsic_products
+
+
 def _named(acts: Any, side: str) -> tuple[list[Any], list[Any], bool]:
     if isinstance(acts, Mapping):
         return list(acts.keys()), list(acts.values()), True
@@ -243,6 +258,7 @@ def cka_matrix(
     *,
     debiased: bool = False,
     form: Form = "auto",
+    device: Any = None,
 ) -> NDArray[np.float64] | pd.DataFrame:
     """Linear CKA between every pair of layers, in one pass (Kornblith et al. 2019, eq. 1-3).
 
@@ -258,6 +274,10 @@ def cka_matrix(
             compares ``acts_a`` with itself.
         debiased: Use the unbiased HSIC of Song et al. (2012, eq. 5); needs ``n >= 4``.
         form: ``"auto"``, ``"features"`` or ``"gram"``, as in :func:`linear_cka`.
+        device: ``None`` (default) computes with numpy on the CPU. A torch device
+            (``"cuda"``, ``"cuda:1"``, ``"cpu"``) runs the same float64 products with torch
+            there; on a GPU this is the fast path for large probe sets
+            (``benchmarks/cka.py --device cuda``). The result is the same to rounding.
 
     Returns:
         A ``pandas.DataFrame`` (rows: layers of ``acts_a``, columns: layers of ``acts_b``
@@ -267,7 +287,8 @@ def cka_matrix(
 
     Raises:
         InvalidParameterError: Layers with different numbers of examples, non-finite
-            values, too few examples, or inputs that are not mappings/sequences.
+            values, too few examples, inputs that are not mappings/sequences, or a
+            ``device`` torch cannot use (no CUDA, MPS without float64).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -277,10 +298,11 @@ def cka_matrix(
     """
     _cka.check_form(form)
     layout, arrays = _layout(acts_a, acts_b)
-    xs = [_cka.centered(a, f"layer {name!r}") for a, name in zip(arrays, layout.names, strict=True)]
-    n = _cka.check_same_n(xs, [f"layer {name!r}" for name in layout.names])
+    names = [f"layer {name!r}" for name in layout.names]
+    xs, hsic_products = _centered_on(arrays, names, device)
+    n = _cka.check_same_n(xs, names)
     _cka.check_min_n(n, debiased=debiased)
-    products = _cka.hsic_products(xs, layout.pairs, debiased=debiased, form=form)
+    products = hsic_products(xs, layout.pairs, debiased=debiased, form=form)
     values = _cka.cka_from_products(products, layout.rows, layout.cols, layout.names)
     if layout.kind == "within":
         np.fill_diagonal(values, np.where(np.isnan(np.diag(values)), np.nan, 1.0))

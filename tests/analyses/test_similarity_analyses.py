@@ -65,6 +65,27 @@ def test_drift_is_one_at_the_first_run_below_one_after_training_and_tracked_over
         assert (reporter.run_dir / "figures" / str(step) / "cka" / "drift.png").exists()
 
 
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_cka_on_a_torch_device_equals_numpy(device: str) -> None:
+    probe, model = tiny_probe(n=60), tiny_mlp()
+    numpy_run = nm.NeuronMap(probe, layers=["net.*"], analyses=[CKA(device=None)], reporters=[], strict=True)
+    torch_run = nm.NeuronMap(
+        probe, layers=["net.*"], analyses=[CKA(device=device)], reporters=[], strict=True, device=device
+    )
+    for step in (0, 1):
+        expected, got = numpy_run.run(model, step=step), torch_run.run(model.to(device), step=step)
+        assert got.metrics.keys() == expected.metrics.keys()
+        for key, value in expected.metrics.items():
+            assert got.metrics[key] == pytest.approx(value, abs=1e-6), key
+        pd.testing.assert_frame_equal(got.results["cka"].tables["cka"], expected.results["cka"].tables["cka"], atol=1e-6)
+        model = model.cpu()
+
+
+def test_cka_rejects_a_device_torch_cannot_use() -> None:
+    with pytest.raises(InvalidParameterError, match=r"must be a torch device.*got 'gpu'"):
+        CKA(device="gpu")
+
+
 def test_drift_ignores_orthogonal_changes_of_a_layer() -> None:
     """CKA is invariant to orthogonal transforms (Kornblith et al. 2019, Sec. 2.1)."""
     probe, model = tiny_probe(n=80), tiny_mlp()

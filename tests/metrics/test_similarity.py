@@ -196,14 +196,18 @@ def _layers(rng: np.random.Generator, n: int, widths: list[int]) -> dict[str, np
     }
 
 
+_DEVICES = [None, "cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("debiased", [False, True])
 @pytest.mark.parametrize("form", ["features", "gram"])
-def test_cka_matrix_matches_pairwise_linear_cka(debiased, form, rng, monkeypatch):
+def test_cka_matrix_matches_pairwise_linear_cka(debiased, form, device, rng, monkeypatch):
     # tiny blocks so the Gram form runs over several blocks, including ragged edge blocks
     monkeypatch.setattr(_cka, "_BLOCK_BYTES", 3 * 8 * 7 * 7)
     monkeypatch.setattr(_cka, "_MIN_BLOCK", 1)
     acts = _layers(rng, 23, [5, 9, 3])
-    result = cka_matrix(acts, debiased=debiased, form=form)
+    result = cka_matrix(acts, debiased=debiased, form=form, device=device)
     assert isinstance(result, pd.DataFrame)
     assert list(result.index) == list(result.columns) == list(acts)
     for a, b in itertools.product(acts, acts):
@@ -220,6 +224,34 @@ def test_cka_matrix_cross_model_and_sequences(rng):
     np.testing.assert_allclose(array, frame.to_numpy(), atol=1e-12)
     for (i, a), (j, b) in itertools.product(enumerate(acts_a), enumerate(acts_b)):
         assert array[i, j] == pytest.approx(ref_cka(acts_a[a], acts_b[b]), abs=1e-10)
+
+
+@pytest.mark.parametrize("device", _DEVICES[1:])
+def test_cka_matrix_on_a_torch_device_takes_tensors_and_equals_numpy(device, rng):
+    acts_a = {k: torch.from_numpy(v).float() for k, v in _layers(rng, 50, [4, 7]).items()}
+    acts_b = [rng.normal(size=(50, 3, 2)), rng.normal(size=50)]  # flattened; 1-D is one feature
+    on_device = cka_matrix(acts_a, acts_b, debiased=True, device=device)
+    on_cpu = cka_matrix(acts_a, acts_b, debiased=True)
+    np.testing.assert_allclose(on_device.to_numpy(), on_cpu.to_numpy(), atol=1e-12)
+    with pytest.warns(RuntimeWarning, match=r"zero variance: \['b'\]"):
+        result = cka_matrix({"a": rng.normal(size=(9, 2)), "b": np.ones((9, 3))}, device=device)
+    assert np.isnan(result.loc["a", "b"]) and result.loc["a", "a"] == 1.0
+
+
+def test_cka_matrix_device_errors(rng):
+    bad = rng.normal(size=(10, 2))
+    bad[3, 1] = np.nan
+    with pytest.raises(InvalidParameterError, match=r"layer 'b' must contain only finite values; got 1 NaN"):
+        cka_matrix({"a": rng.normal(size=(10, 2)), "b": bad}, device="cpu")
+    with pytest.raises(InvalidParameterError, match=r"must be a torch device.*got 'gpu'"):
+        cka_matrix({"a": bad}, device="gpu")
+    with pytest.raises(InvalidParameterError, match=r"MPS has no float64"):
+        cka_matrix({"a": bad}, device="mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match=r"torch sees no CUDA device; pass device=None"):
+            cka_matrix({"a": bad}, device="cuda")
+    with pytest.raises(InvalidParameterError, match=r"got layer 'b': 10, layer 'c': 9"):
+        cka_matrix({"b": rng.normal(size=(10, 2)), "c": rng.normal(size=(9, 2))}, device="cpu")
 
 
 def test_cka_matrix_errors(rng):

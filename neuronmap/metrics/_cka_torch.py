@@ -1,0 +1,125 @@
+"""The HSIC products of :mod:`neuronmap.metrics._cka`, computed with torch on any device.
+
+:func:`neuronmap.metrics.similarity.cka_matrix` with ``device="cuda"`` runs here: the same
+two exact forms (feature space, or blocks of the sample-space Gram matrices) and the same
+float64 arithmetic as the numpy path, so both give the same matrix to rounding. Only the
+``L x L`` products and the ``L x n`` squared row norms return to the CPU; everything after
+that (debiasing, normalisation, NaN handling) is the numpy code shared with the CPU path.
+
+On a GPU the activations of a monitored run (``[n, d]`` per layer, already reduced) cross
+the bus once, and every GEMM runs on the device: at the probe-set sizes NeuronMap uses this
+turns seconds of CPU BLAS into milliseconds (``benchmarks/cka.py --device cuda``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from neuronmap.errors import InvalidParameterError
+from neuronmap.metrics import _cka
+
+if TYPE_CHECKING:
+    import torch
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``device`` as a :class:`torch.device`, or a clear error for an unusable one."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InvalidParameterError(
+            f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got {device!r}."
+        ) from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError(
+            f"device={device!r} was requested but torch sees no CUDA device; "
+            "pass device=None to compute on the CPU with numpy."
+        )
+    if resolved.type == "mps":
+        raise InvalidParameterError(
+            "device='mps' cannot compute CKA: MPS has no float64, which CKA needs for exact "
+            "products; pass device=None (numpy on the CPU) instead."
+        )
+    return resolved
+
+
+def centered(x: Any, name: str, device: torch.device) -> torch.Tensor:
+    """Column-centred float64 ``[n, d]`` tensor on ``device``, checked for NaN and infinity."""
+    import torch
+
+    tensor = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if tensor.ndim == 0:
+        raise InvalidParameterError(
+            f"{name} must be an array of shape [n_examples, n_features]; got a scalar."
+        )
+    tensor = tensor.to(device=device, non_blocking=True)
+    tensor = tensor[:, None] if tensor.ndim == 1 else tensor.reshape(tensor.shape[0], -1)
+    tensor = tensor.to(torch.float64)
+    mean = tensor.mean(dim=0, keepdim=True)
+    if not bool(torch.isfinite(mean).all()):  # a NaN or infinity makes its column mean non-finite
+        bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+        raise InvalidParameterError(
+            f"{name} must contain only finite values; got {bad} NaN or infinite entries "
+            f"in an array of shape {tuple(tensor.shape)}."
+        )
+    return tensor - mean
+
+
+def _products_features(xs: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]]) -> NDArray[np.float64]:
+    import torch
+
+    out = torch.full((len(xs), len(xs)), float("nan"), dtype=torch.float64, device=xs[0].device)
+    for i, j in pairs:
+        cross = xs[i].T @ xs[j]
+        out[i, j] = out[j, i] = torch.sum(cross * cross)
+    return out.cpu().numpy()
+
+
+def _products_gram(xs: Sequence[torch.Tensor]) -> NDArray[np.float64]:
+    """As :func:`neuronmap.metrics._cka.products_gram`, with the blocks on the device."""
+    import torch
+
+    n_layers, n = len(xs), xs[0].shape[0]
+    block = min(n, max(_cka._MIN_BLOCK, int(math.sqrt(_cka._BLOCK_BYTES / (8 * n_layers)))))
+    device = xs[0].device
+    flat = torch.empty(n_layers * block * block, dtype=torch.float64, device=device)
+    out = torch.zeros((n_layers, n_layers), dtype=torch.float64, device=device)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        for c0 in range(r0, n, block):
+            c1 = min(c0 + block, n)
+            grams = flat[: n_layers * (r1 - r0) * (c1 - c0)].view(n_layers, r1 - r0, c1 - c0)
+            for k, x in enumerate(xs):
+                torch.matmul(x[r0:r1], x[c0:c1].T, out=grams[k])
+            stacked = grams.view(n_layers, -1)
+            out += (1.0 if r0 == c0 else 2.0) * (stacked @ stacked.T)
+    return out.cpu().numpy()
+
+
+def hsic_products(
+    xs: Sequence[torch.Tensor],
+    pairs: Sequence[tuple[int, int]],
+    *,
+    debiased: bool,
+    form: _cka.Form,
+) -> NDArray[np.float64]:
+    """:func:`neuronmap.metrics._cka.hsic_products` for centred tensors on one device."""
+    n = xs[0].shape[0]
+    all_pairs = sorted(set(pairs) | {(k, k) for k in range(len(xs))})
+    use_gram = form == "gram" or (
+        form == "auto" and _cka.prefer_gram(n, [x.shape[1] for x in xs], all_pairs)
+    )
+    products = _products_gram(xs) if use_gram else _products_features(xs, all_pairs)
+    if debiased:
+        import torch
+
+        q = torch.stack([torch.einsum("ij,ij->i", x, x) for x in xs]).cpu().numpy()
+        products = _cka.debias(products, q)
+    return products
