@@ -79,8 +79,13 @@ def _reference_cka(gram_x: np.ndarray, gram_y: np.ndarray) -> float:
     return float(scaled_hsic / (np.linalg.norm(gram_x) * np.linalg.norm(gram_y)))
 
 
-def reference_cka_matrix(acts: list[np.ndarray]) -> np.ndarray:
-    """Per-pair Gram-form CKA for every pair ``i < j`` (diagonal = 1)."""
+def reference_cka_matrix(acts: list[Any]) -> np.ndarray:
+    """Per-pair Gram-form CKA for every pair ``i < j`` (diagonal = 1).
+
+    Torch tensors run the same notebook code in torch on their device (the GPU reference).
+    """
+    if not isinstance(acts[0], np.ndarray):
+        return _reference_cka_matrix_torch(acts)
     out = np.eye(len(acts))
     for i in range(len(acts)):
         for j in range(i + 1, len(acts)):
@@ -88,19 +93,58 @@ def reference_cka_matrix(acts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _reference_cka_matrix_torch(acts: list[Any]) -> np.ndarray:
+    def center(gram: Any) -> Any:
+        means = gram.mean(0)
+        means = means - means.mean() / 2
+        return gram - means[:, None] - means[None, :]
+
+    out = np.eye(len(acts))
+    for i in range(len(acts)):
+        for j in range(i + 1, len(acts)):
+            gx, gy = center(acts[i] @ acts[i].T), center(acts[j] @ acts[j].T)
+            out[i, j] = out[j, i] = float((gx.ravel() @ gy.ravel()) / (gx.norm() * gy.norm()))
+    return out
+
+
 # --- measurement helpers ----------------------------------------------------------------------
 
 
-def _median_times(fns: list[Callable[[], object]], repeats: list[int]) -> list[float]:
-    """Run the functions interleaved (so load changes hit all alike); median seconds each."""
+def _sync(device: str | None) -> None:
+    if device is not None and device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _median_times(
+    fns: list[Callable[[], object]], repeats: list[int], device: str | None = None
+) -> list[float]:
+    """Run the functions interleaved (so load changes hit all alike); median seconds each.
+
+    One untimed call of each first (CUDA context, cuBLAS handles, allocator warm-up).
+    """
+    for fn in fns:
+        fn()
+    _sync(device)
     times: list[list[float]] = [[] for _ in fns]
     for round_ in range(max(repeats)):
         for k, fn in enumerate(fns):
             if round_ < repeats[k]:
                 start = time.perf_counter()
                 fn()
+                _sync(device)
                 times[k].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
+
+
+def _on(acts: list[np.ndarray], device: str | None) -> list[Any]:
+    """float64 copies of the layers for the baselines: numpy, or torch tensors on ``device``."""
+    if device is None:
+        return [a.astype(np.float64) for a in acts]
+    import torch
+
+    return [torch.from_numpy(a).to(device, torch.float64) for a in acts]
 
 
 def _block_size(n: int, n_layers: int) -> int:
@@ -135,20 +179,27 @@ def _activations(n_layers: int, n: int, d: int, seed: int = 0) -> list[np.ndarra
 # --- rows ---------------------------------------------------------------------------------------
 
 
-def bench_speedup(cfg: dict[str, int], repeats: int, base_cmd: str) -> Row:
+def bench_speedup(cfg: dict[str, int], repeats: int, base_cmd: str, device: str | None = None) -> Row:
     acts = _activations(cfg["layers"], cfg["n"], cfg["d"])
-    acts64 = [a.astype(np.float64) for a in acts]  # the reference gets float64 for free
-    ours = np.asarray(cka_matrix(acts))
+    acts64 = _on(acts, device)  # the reference gets float64 (and the device) for free
+    if device is not None:
+        import torch
+
+        acts = [torch.from_numpy(a).to(device) for a in acts]  # float32 on the device, as captured
+
+    def ours() -> np.ndarray:
+        return np.asarray(cka_matrix(acts, device=device))
+
     ref = reference_cka_matrix(acts64)
-    max_diff = float(np.max(np.abs(ours - ref)))
+    max_diff = float(np.max(np.abs(ours() - ref)))
     t_ours, t_ref = _median_times(
-        [lambda: cka_matrix(acts), lambda: reference_cka_matrix(acts64)],
-        [repeats, max(1, min(repeats, 3))],
+        [ours, lambda: reference_cka_matrix(acts64)], [repeats, max(1, min(repeats, 3))], device
     )
     ratio = t_ref / t_ours
+    where = f" on {device}" if device else ""
     return Row(
         name="speedup",
-        measured=f"cka_matrix {t_ours:.2f} s vs per-pair reference {t_ref:.2f} s (max |diff| {max_diff:.1e})",
+        measured=f"cka_matrix {t_ours:.3g} s vs per-pair reference {t_ref:.3g} s{where} (max |diff| {max_diff:.1e})",
         ratio=ratio,
         target=">= 10x",
         passed=ratio >= 10 and max_diff < 1e-10,
@@ -157,26 +208,32 @@ def bench_speedup(cfg: dict[str, int], repeats: int, base_cmd: str) -> Row:
     )
 
 
-def bench_gflops(cfg: dict[str, int], repeats: int, base_cmd: str) -> Row:
+def bench_gflops(cfg: dict[str, int], repeats: int, base_cmd: str, device: str | None = None) -> Row:
     n, d, n_layers = cfg["n"], cfg["d"], cfg["layers"]
     acts = _activations(n_layers, n, d)
-    acts64 = [a.astype(np.float64) for a in acts]
+    acts64 = _on(acts, device)
+    if device is not None:
+        import torch
 
-    def numpy_grams() -> None:
-        for x in acts64:  # one n x n Gram at a time; numpy runs x @ x.T as SYRK
+        acts = [torch.from_numpy(a).to(device) for a in acts]
+
+    def baseline_grams() -> None:
+        for x in acts64:  # one n x n Gram at a time; numpy runs x @ x.T as SYRK (torch as GEMM)
             x @ x.T
 
     flops = cka_matrix_flops(n, d, n_layers)
-    numpy_flops = float(n_layers) * n * (n + 1) * d
+    # numpy's SYRK does n (n + 1) d flops per Gram; cuBLAS runs torch's x @ x.T as a full GEMM
+    base_flops = float(n_layers) * n * (n + 1 if device is None else 2 * n) * d
     t_ours, t_np = _median_times(
-        [lambda: cka_matrix(acts, form="gram"), numpy_grams], [repeats, repeats]
+        [lambda: cka_matrix(acts, form="gram", device=device), baseline_grams], [repeats, repeats], device
     )
-    ours, numpy_rate = flops / t_ours / 1e9, numpy_flops / t_np / 1e9
+    ours, numpy_rate = flops / t_ours / 1e9, base_flops / t_np / 1e9
     ratio = ours / numpy_rate
+    baseline = "numpy matmul" if device is None else f"torch float64 matmul on {device}"
     return Row(
         name="gflops",
         measured=(
-            f"cka_matrix {ours:.1f} GFLOP/s vs numpy matmul x @ x.T on the same {n_layers} "
+            f"cka_matrix {ours:.1f} GFLOP/s vs {baseline} x @ x.T on the same {n_layers} "
             f"[{n},{d}] layers {numpy_rate:.1f} GFLOP/s"
         ),
         ratio=ratio,
@@ -185,9 +242,9 @@ def bench_gflops(cfg: dict[str, int], repeats: int, base_cmd: str) -> Row:
         command=f"{base_cmd} --only gflops",
         details={
             "gflop_cka_matrix": flops / 1e9,
-            "gflop_numpy": numpy_flops / 1e9,
+            "gflop_baseline": base_flops / 1e9,
             "t_cka_matrix_s": t_ours,
-            "t_numpy_s": t_np,
+            "t_baseline_s": t_np,
             "block": _block_size(n, n_layers),
             **cfg,
         },
@@ -252,21 +309,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=5, help="timing repeats (the reference runs at most 3)"
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="run cka_matrix and the baselines with torch on this device (e.g. cuda); "
+        "default: numpy on the CPU. The memory row always streams on the CPU.",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    if args.device in ("cpu", "none", "None"):
+        args.device = None  # run_all passes --device cpu; the CPU path is numpy
     cfg = {"layers": 12, "n": 1024, "d": 256} if args.quick else {"layers": 12, "n": 4096, "d": 768}
     sizes = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
     base_cmd = (
         "python benchmarks/cka.py"
         + (" --quick" if args.quick else "")
         + f" --repeats {args.repeats}"
+        + (f" --device {args.device}" if args.device else "")
     )
     rows: list[Row] = []
     for name in args.only or ROWS:
         if name == "speedup":
-            rows.append(bench_speedup(cfg, args.repeats, base_cmd))
+            rows.append(bench_speedup(cfg, args.repeats, base_cmd, args.device))
         elif name == "gflops":
-            rows.append(bench_gflops(cfg, args.repeats, base_cmd))
+            rows.append(bench_gflops(cfg, args.repeats, base_cmd, args.device))
         else:
             rows.append(bench_memory(sizes, 64 if args.quick else 128, base_cmd))
     info = machine()
