@@ -28,7 +28,7 @@ from neuronmap.testing import tiny_bert, tiny_text_probe
 N_PROBE = 37  # odd: rank 1's shard is padded
 N_TRAIN = 32  # 2 ranks x batch 4: 4 optimizer steps per epoch, 8 in 2 epochs
 LAYERS = ["bert.encoder.layer.*"]
-SCHEDULE = {"every_n_steps": 3, "on": ("validation_end", "train_end")}
+SCHEDULE: dict[str, Any] = {"every_n_steps": 3, "on": ("validation_end", "train_end")}
 
 
 class RowOrder(Analysis):
@@ -53,7 +53,7 @@ def analyses() -> list[Analysis]:
     return [nm.ActivationStats(), nm.CKA(), RowOrder()]
 
 
-class TokenDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class TokenDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """A probe set's token ids and labels as an HF training set."""
 
     def __init__(self, probe: ProbeSet) -> None:
@@ -98,7 +98,8 @@ def main(out: Path) -> None:
         seed=0,
     )
     data = TokenDataset(tiny_text_probe(n=N_TRAIN, seed=1))
-    trainer = Trainer(tiny_bert(num_labels=2), args, train_dataset=data, eval_dataset=data, callbacks=[callback])
+    model = tiny_bert(num_labels=2)
+    trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, callbacks=[callback])
     trainer.train()
     rank = args.process_index
     held = {
@@ -109,7 +110,7 @@ def main(out: Path) -> None:
         "history_steps": callback.monitor.history.steps,
         "schedule_runs": callback.monitor.schedule.state.runs,
         "reporters": [type(r).__name__ for r in callback.monitor.reporters],
-        "param_checksum": float(sum(p.detach().double().sum() for p in unwrap_model(trainer.model).parameters())),
+        "param_checksum": sum(float(p.detach().double().sum()) for p in model.parameters()),
     }
     (out / f"rank{rank}.json").write_text(json.dumps(held))
 
