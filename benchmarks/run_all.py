@@ -33,14 +33,14 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "1": ("capture.py", ["--n", "128", "--repeats", "3"], ["--n", "512", "--repeats", "5"], True),
     "2": ("callback_overhead.py", ["--quick"], ["--repeats", "3"], False),
     "3": ("full_run.py", ["--quick", "--repeats", "3"], ["--repeats", "3"], True),
-    "4": ("cka.py", ["--quick", "--repeats", "3"], ["--repeats", "5"], False),
+    "4": ("cka.py", ["--quick", "--repeats", "3"], ["--repeats", "5"], True),
     "5": ("probing.py", ["--n", "300", "--repeats", "3"], ["--n", "1000", "--repeats", "3"], False),
 }
-# --gpu-sizes (benchmarks/gpu.sh): the size for question 1, a larger probe set for 3
+# --gpu-sizes (benchmarks/gpu.sh): the sizes for questions 1 and 4, a larger probe set for 3
 GPU_ARGS: dict[str, list[str]] = {
     "1": ["--n", "512", "--repeats", "5"],
     "3": ["--quick", "--per-template", "150", "--repeats", "3"],
-    "4": ["--quick", "--repeats", "3"],
+    "4": ["--repeats", "5"],
 }
 
 
