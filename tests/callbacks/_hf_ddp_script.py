@@ -1,7 +1,9 @@
 """Two-process HF ``Trainer`` DDP run (CPU, gloo) with NeuronMapTrainerCallback; run by test_hf_ddp.py.
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/callbacks/_hf_ddp_script.py OUT_DIR``.
-HF's TensorBoard callback writes to ``OUT_DIR/tb`` (on the world process zero, as HF does).
+HF's TensorBoard callback writes to ``OUT_DIR/tb`` (on the world process zero, as HF does). Then a
+bare ``trainer.evaluate()`` of the trained model (the CI-gate use) reports to a local run folder
+under ``OUT_DIR/eval/neuronmap-runs``.
 Rank 0 saves the weights at every NeuronMap run (so the test can recompute the metrics in one
 process) and the runs it saw; every rank writes what its callback holds to ``rank<r>.json``.
 """
@@ -69,6 +71,25 @@ class TokenDataset(torch.utils.data.Dataset[dict[str, Any]]):
         return {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i], "labels": int(labels[i])}
 
 
+def _args(out: Path, **kwargs: Any) -> TrainingArguments:
+    return TrainingArguments(
+        str(out), use_cpu=True, ddp_backend="gloo", per_device_eval_batch_size=8, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0, **kwargs,
+    )
+
+
+def evaluate_only(out: Path, model: torch.nn.Module, data: TokenDataset) -> dict[str, Any]:
+    """The CI-gate use: a bare ``trainer.evaluate()`` of the trained model, results in a local run folder."""
+    callback = NeuronMapTrainerCallback(probe=tiny_text_probe(n=N_PROBE), layers=LAYERS, analyses=analyses())
+    trainer = Trainer(model, _args(out, report_to="none"), eval_dataset=data, callbacks=[callback])
+    metrics = trainer.evaluate()
+    return {
+        "eval_loss": metrics["eval_loss"],
+        "history_steps": callback.monitor.history.steps,
+        "reporters": [type(r).__name__ for r in callback.monitor.reporters],
+    }
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")
@@ -82,20 +103,14 @@ def main(out: Path) -> None:
         runs.append({"event": report.event, "step": report.step, "epoch": report.epoch, "failed": report.failed})
 
     callback.monitor.add_listener(on_report)
-    args = TrainingArguments(
-        str(out / "hf"),
-        use_cpu=True,
-        ddp_backend="gloo",
+    args = _args(
+        out / "hf",
         num_train_epochs=2,
         per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
         eval_strategy="epoch",
         save_strategy="no",
         report_to=["tensorboard"],
         logging_steps=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
     )
     data = TokenDataset(tiny_text_probe(n=N_TRAIN, seed=1))
     model = tiny_bert(num_labels=2)
@@ -111,6 +126,7 @@ def main(out: Path) -> None:
         "schedule_runs": callback.monitor.schedule.state.runs,
         "reporters": [type(r).__name__ for r in callback.monitor.reporters],
         "param_checksum": sum(float(p.detach().double().sum()) for p in model.parameters()),
+        "evaluate_only": evaluate_only(out / "eval", model, data),
     }
     (out / f"rank{rank}.json").write_text(json.dumps(held))
 

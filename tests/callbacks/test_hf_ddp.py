@@ -92,7 +92,7 @@ def test_hf_ddp_two_ranks_log_once_to_one_tensorboard_run_with_single_process_va
     writers = {path.name.split(".")[-2] for path in log_dir.glob("events.out.tfevents.*")}
     assert len(writers) == 1, writers  # the pid in each event file name
     assert [p for p in tmp_path.rglob("events.out.tfevents.*") if p.parent != log_dir] == []
-    assert not list(tmp_path.rglob("neuronmap-runs"))
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("neuronmap-runs")] == [Path("eval/neuronmap-runs")]
     written = _scalars(log_dir)
     assert "train/loss" in written and "eval/loss" in written
     ours = {tag: values for tag, values in written.items() if tag.startswith("neuronmap/")}
@@ -109,3 +109,20 @@ def test_hf_ddp_two_ranks_log_once_to_one_tensorboard_run_with_single_process_va
             # TensorBoard stores scalars as float32: 1e-6 relative is within its precision.
             assert value == pytest.approx(want, rel=1e-6, abs=1e-6, nan_ok=True), (step, tag)
             assert math.isnan(value) == math.isnan(want)
+
+    # The bare evaluate() of the trained model: one local run folder, each metric once, at step 0.
+    eval0, eval1 = rank0["evaluate_only"], rank1["evaluate_only"]
+    assert eval0["eval_loss"] == eval1["eval_loss"]  # HF gathered the evaluation across ranks
+    assert eval0["history_steps"] == [0] and eval1["history_steps"] == []
+    assert eval0["reporters"] == ["LocalReporter"] and eval1["reporters"] == []
+    (run_dir,) = (tmp_path / "eval" / "neuronmap-runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "FINISHED"
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert record["step"] == 0
+    fresh = nm.NeuronMap(tiny_text_probe(n=N_PROBE), layers=LAYERS, analyses=analyses(), reporters=[])
+    model = tiny_bert(num_labels=2)
+    model.load_state_dict(torch.load(tmp_path / "weights-8.pt", weights_only=True))  # the final weights
+    want = fresh.run(model, step=0).metrics
+    assert sorted(record["metrics"]) == sorted(want)
+    for key, value in want.items():
+        assert record["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6, nan_ok=True), key
