@@ -67,8 +67,13 @@ def reduce_tokens(
             return hidden.amax(dim=1)
         return hidden[:, -1]
     if reduce == "mean":
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        # one batched matrix product reads the hidden state once and writes only [batch, 1, d];
+        # (hidden * weights).sum(1) would write and re-read a second [batch, tokens, d] tensor
+        if not hidden.is_floating_point():  # e.g. token ids captured at an embedding's input
+            hidden = hidden.to(torch.get_default_dtype())
+        weights = mask.to(hidden.dtype).unsqueeze(1)
+        summed = torch.bmm(weights, hidden).squeeze(1)
+        return summed / weights.sum(dim=2).clamp(min=1.0)
     if reduce == "max":
         return hidden.masked_fill(~mask.unsqueeze(-1), torch.finfo(hidden.dtype).min).amax(dim=1)
     positions = torch.arange(hidden.shape[1], device=hidden.device)
