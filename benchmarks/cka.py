@@ -147,21 +147,32 @@ def _on(acts: list[np.ndarray], device: str | None) -> list[Any]:
     return [torch.from_numpy(a).to(device, torch.float64) for a in acts]
 
 
-def _block_size(n: int, n_layers: int) -> int:
+def _block_size(n: int, n_layers: int, device: str | None = None) -> int:
+    if device is not None:
+        import torch
+
+        from neuronmap.metrics import _cka_torch
+
+        return _cka_torch.block_size(n, n_layers, torch.device(device))
     block = int(np.sqrt(_cka._BLOCK_BYTES / (8 * n_layers)))
     return min(n, max(_cka._MIN_BLOCK, block))
 
 
-def cka_matrix_flops(n: int, d: int, n_layers: int) -> float:
-    """Flops executed by the Gram form of ``cka_matrix`` (SYRK on diagonal blocks)."""
-    block = _block_size(n, n_layers)
+def cka_matrix_flops(n: int, d: int, n_layers: int, device: str | None = None) -> float:
+    """Flops executed by the Gram form of ``cka_matrix``.
+
+    numpy runs a diagonal block ``x[r] @ x[r].T`` as SYRK (half the products); torch runs
+    every block as a full GEMM.
+    """
+    block = _block_size(n, n_layers, device)
     sizes = [min(block, n - s) for s in range(0, n, block)]
     total = 0.0
     for r, br in enumerate(sizes):
         for c, bc in enumerate(sizes):
             if c < r:
                 continue
-            gemm = br * (br + 1) * d if r == c else 2.0 * br * bc * d
+            syrk = r == c and device is None
+            gemm = br * (br + 1) * d if syrk else 2.0 * br * bc * d
             total += n_layers * gemm + n_layers * (n_layers + 1) * br * bc
     return total
 
@@ -221,7 +232,7 @@ def bench_gflops(cfg: dict[str, int], repeats: int, base_cmd: str, device: str |
         for x in acts64:  # one n x n Gram at a time; numpy runs x @ x.T as SYRK (torch as GEMM)
             x @ x.T
 
-    flops = cka_matrix_flops(n, d, n_layers)
+    flops = cka_matrix_flops(n, d, n_layers, device)
     # numpy's SYRK does n (n + 1) d flops per Gram; cuBLAS runs torch's x @ x.T as a full GEMM
     base_flops = float(n_layers) * n * (n + 1 if device is None else 2 * n) * d
     t_ours, t_np = _median_times(
@@ -245,7 +256,7 @@ def bench_gflops(cfg: dict[str, int], repeats: int, base_cmd: str, device: str |
             "gflop_baseline": base_flops / 1e9,
             "t_cka_matrix_s": t_ours,
             "t_baseline_s": t_np,
-            "block": _block_size(n, n_layers),
+            "block": _block_size(n, n_layers, device),
             **cfg,
         },
     )

@@ -82,13 +82,30 @@ def _products_features(xs: Sequence[torch.Tensor], pairs: Sequence[tuple[int, in
     return out.cpu().numpy()
 
 
+# Gram blocks held at once on a GPU: a GPU needs far larger products than a CPU core to run at
+# full speed, and its memory is not shared with the training process's host allocations.
+_GPU_BLOCK_BYTES = 2 * 2**30
+
+
+def block_size(n: int, n_layers: int, device: torch.device) -> int:
+    """Side of the square Gram blocks: up to 2 GiB of them on a GPU (a quarter of its free memory
+    at most), :data:`neuronmap.metrics._cka._BLOCK_BYTES` elsewhere."""
+    import torch
+
+    budget = _cka._BLOCK_BYTES
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = max(budget, min(_GPU_BLOCK_BYTES, free // 4))
+    return min(n, max(_cka._MIN_BLOCK, int(math.sqrt(budget / (8 * n_layers)))))
+
+
 def _products_gram(xs: Sequence[torch.Tensor]) -> NDArray[np.float64]:
     """As :func:`neuronmap.metrics._cka.products_gram`, with the blocks on the device."""
     import torch
 
     n_layers, n = len(xs), xs[0].shape[0]
-    block = min(n, max(_cka._MIN_BLOCK, int(math.sqrt(_cka._BLOCK_BYTES / (8 * n_layers)))))
     device = xs[0].device
+    block = block_size(n, n_layers, device)
     flat = torch.empty(n_layers * block * block, dtype=torch.float64, device=device)
     out = torch.zeros((n_layers, n_layers), dtype=torch.float64, device=device)
     for r0 in range(0, n, block):
