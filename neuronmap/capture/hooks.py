@@ -9,7 +9,7 @@ the reduced tensor to the host. :func:`capture_activations` runs a whole probe s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,18 +190,16 @@ class ActivationCapture:
         self._store: dict[str, list[torch.Tensor]] = {}
         self._outputs: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._pending_cuda = False
 
     # -- hook plumbing -------------------------------------------------------
-    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().to(self.dtype)
-        if tensor.device.type == "cuda":
-            # Pinned host memory makes the copy asynchronous; collect() synchronises once.
-            host = torch.empty(tensor.shape, dtype=self.dtype, pin_memory=True)
-            host.copy_(tensor, non_blocking=True)
-            self._pending_cuda = True
-            return host
-        return tensor.cpu() if tensor.device.type != "cpu" else tensor.clone()
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A snapshot of ``tensor`` (later in-place ops must not change what was captured)."""
+        tensor = tensor.detach()
+        if tensor.device.type == "cuda" and self.reduce != "none":
+            # Reduced tensors are small ([batch, d]): they stay on the GPU until collect(), which
+            # moves each layer across in one pinned, non-blocking copy instead of one per batch.
+            return tensor.to(self.dtype, copy=True)
+        return _to_host(tensor.to(self.dtype), copy=True)
 
     def _record(self, name: str, module: nn.Module, value: Any) -> None:
         hidden = extract_tensor(value, self.output_index)
@@ -212,7 +210,7 @@ class ActivationCapture:
                 "(int) or key (str) that holds the hidden state."
             )
         reduced = reduce_tokens(hidden, self.reduce, self.attention_mask)
-        self._store.setdefault(name, []).append(self._to_host(reduced))
+        self._store.setdefault(name, []).append(self._keep(reduced))
 
     def _make_hook(self, name: str) -> Any:
         if self.capture == "output":
@@ -243,7 +241,7 @@ class ActivationCapture:
                 def top_hook(module: nn.Module, args: Any, output: Any) -> None:
                     logits = extract_tensor(output, "logits" if isinstance(output, Mapping) else None)
                     if logits is not None:
-                        self._outputs.append(self._to_host(logits))
+                        self._outputs.append(self._keep(logits))
 
                 self._handles.append(self.model.register_forward_hook(top_hook))
         except BaseException:
@@ -265,22 +263,42 @@ class ActivationCapture:
         self._store.clear()
         self._outputs.clear()
 
-    def _sync(self) -> None:
-        if self._pending_cuda and torch.cuda.is_available():
-            torch.cuda.synchronize()
-            self._pending_cuda = False
-
     def collect(self) -> dict[str, torch.Tensor]:
-        """Concatenate what was captured so far, per layer (padding token axes if needed)."""
-        self._sync()
-        return {name: _concat(chunks) for name, chunks in self._store.items()}
+        """Concatenate what was captured so far, per layer (padding token axes if needed), on the CPU."""
+        _sync_cuda(t for chunks in self._store.values() for t in chunks)  # reduce="none" copies
+        joined = {name: _to_host(_concat(chunks), copy=False) for name, chunks in self._store.items()}
+        _sync_cuda(joined.values())
+        return joined
 
     def collect_outputs(self) -> torch.Tensor | None:
-        self._sync()
-        return _concat(self._outputs) if self._outputs else None
+        if not self._outputs:
+            return None
+        _sync_cuda(self._outputs)
+        joined = _to_host(_concat(self._outputs), copy=False)
+        _sync_cuda([joined])
+        return joined
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for chunks in self._store.values() for t in chunks)
+
+
+def _to_host(tensor: torch.Tensor, *, copy: bool) -> torch.Tensor:
+    """``tensor`` on the CPU; from a GPU through pinned memory, without waiting for the copy.
+
+    Callers pass the results to :func:`_sync_cuda` before reading them.
+    """
+    if tensor.device.type == "cuda":
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
+    if tensor.device.type != "cpu":
+        return tensor.cpu()
+    return tensor.clone() if copy else tensor
+
+
+def _sync_cuda(tensors: Iterable[torch.Tensor]) -> None:
+    """Wait for the non-blocking copies into pinned host memory (one synchronisation in all)."""
+    if torch.cuda.is_available() and any(t.is_pinned() for t in tensors):
+        torch.cuda.synchronize()
 
 
 def _concat(chunks: list[torch.Tensor]) -> torch.Tensor:

@@ -157,3 +157,25 @@ def test_cuda_capture_copies_reduced_tensors_to_host() -> None:  # pragma: no co
     acts = capture_activations(model, probe, layers="encoder.layer.*")
     cpu = capture_activations(model.cpu(), probe, layers="encoder.layer.*")
     np.testing.assert_allclose(acts["encoder.layer.1"], cpu["encoder.layer.1"], atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("reduce", ["mean", "first", "last", "max", "none"])
+def test_cuda_capture_equals_cpu_for_every_reduction(reduce: str) -> None:  # pragma: no cover - GPU only
+    model, probe = tiny_bert(num_labels=3), tiny_text_probe()
+    cpu = capture_activations(model, probe, layers="bert.encoder.layer.*", reduce=reduce, batch_size=3, with_outputs=True)
+    gpu = capture_activations(model.cuda(), probe, layers="bert.encoder.layer.*", reduce=reduce, batch_size=3, with_outputs=True)
+    assert cpu.outputs is not None and cpu.outputs.shape == (len(probe), 3)
+    for name in cpu:
+        np.testing.assert_allclose(gpu[name], cpu[name], atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(gpu.outputs, cpu.outputs, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_capture_is_a_snapshot_taken_before_later_in_place_ops(device: str) -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=True)).to(device)
+    x = torch.randn(10, 8)
+    acts = capture_activations(model, ProbeSet(x), layers=["0"], batch_size=4)
+    expected = model[0](x.to(device)).detach().cpu().numpy()  # before the in-place ReLU
+    np.testing.assert_allclose(acts["0"], expected, atol=1e-5)
+    assert (acts["0"] < 0).any()
