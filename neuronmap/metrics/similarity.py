@@ -194,8 +194,7 @@ def _centered_on(arrays: Sequence[Any], names: Sequence[str], device: Any) -> tu
     from neuronmap.metrics import _cka_torch  # torch is imported only when a device is asked for
 
     resolved = _cka_torch.resolve_device(device)
-    xs = [_cka_torch.centered(a, name, resolved) for a, name in zip(arrays, names, strict=True)]
-    return xs, _cka_torch.hsic_products
+    return _cka_torch.centered(arrays, names, resolved), _cka_torch.hsic_products
 
 
 def _named(acts: Any, side: str) -> tuple[list[Any], list[Any], bool]:
