@@ -68,7 +68,7 @@ def centered(arrays: Sequence[Any], names: Sequence[str], device: torch.device) 
             )
         tensor = tensor.to(device=device, non_blocking=True)
         tensor = tensor[:, None] if tensor.ndim == 1 else tensor.reshape(tensor.shape[0], -1)
-        tensor = tensor.to(torch.float64)
+        tensor = tensor.to(torch.float64, copy=True)  # centred in place below: never the caller's array
         mean = tensor.mean(dim=0, keepdim=True)
         finite.append(torch.isfinite(mean).all())
         xs.append(tensor.sub_(mean))

@@ -233,6 +233,10 @@ def test_cka_matrix_on_a_torch_device_takes_tensors_and_equals_numpy(device, rng
     on_device = cka_matrix(acts_a, acts_b, debiased=True, device=device)
     on_cpu = cka_matrix(acts_a, acts_b, debiased=True)
     np.testing.assert_allclose(on_device.to_numpy(), on_cpu.to_numpy(), atol=1e-12)
+    before = [a.copy() for a in acts_b]
+    cka_matrix(acts_b, device=device)  # float64 numpy in: centring must not touch the caller's arrays
+    for a, b in zip(acts_b, before, strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.warns(RuntimeWarning, match=r"zero variance: \['b'\]"):
         result = cka_matrix({"a": rng.normal(size=(9, 2)), "b": np.ones((9, 3))}, device=device)
     assert np.isnan(result.loc["a", "b"]) and result.loc["a", "a"] == 1.0
