@@ -44,6 +44,26 @@ __all__ = ["NeuronMapCallback"]
 #: Lightning logger class name -> the tracker NeuronMap reports to through it.
 _LOGGER_TRACKERS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb", "TensorBoardLogger": "tensorboard"}
 
+#: Hooks Lightning calls on every batch. It dispatches each to each callback inside a profiler
+#: context (about 5 us per hook and callback: 1.7 % of a 2 ms training step for a callback that
+#: does nothing) but skips a hook attribute that is not callable (``_call_callback_hooks``).
+#: NeuronMap shadows those it does not use with ``None`` on the instance, so that between
+#: scheduled runs it costs a step at most one hook call (``on_train_batch_end``, and that only
+#: with a step schedule).
+_PER_BATCH_HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+)
+
 
 def _tracker_of(logger: Any) -> str | None:
     # By class name over the MRO, so loggers of both `lightning` and `pytorch_lightning` (and
@@ -134,6 +154,9 @@ class NeuronMapCallback(_Callback):
         self._bound = False
         self._failed = False
         self._resume_dir: str | None = None
+        for hook in _PER_BATCH_HOOKS:
+            if getattr(type(self), hook) is getattr(_Callback, hook):  # a subclass's override stays
+                setattr(self, hook, None)
 
     def __repr__(self) -> str:
         return f"NeuronMapCallback({self.monitor!r})"
@@ -175,6 +198,13 @@ class NeuronMapCallback(_Callback):
             trainer.should_stop = True
 
     # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Listen to every training batch only when the schedule counts steps (see ``_PER_BATCH_HOOKS``)."""
+        self.__dict__.pop("on_train_batch_end", None)
+        own_hook = type(self).on_train_batch_end is NeuronMapCallback.on_train_batch_end
+        if own_hook and self.monitor.schedule.every_n_steps is None:
+            self.on_train_batch_end = None  # type: ignore[assignment]
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run if ``"train_start"`` is scheduled (a baseline before the first step)."""
         self._maybe_run(trainer, pl_module, "train_start")

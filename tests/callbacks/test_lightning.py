@@ -66,6 +66,55 @@ def test_runs_follow_the_schedule_and_no_hook_survives_between_runs(tmp_path: Pa
     assert callback.monitor.history.steps == [0, 3, 4, 6, 8]
 
 
+class _HookRecorder(L.profilers.PassThroughProfiler):
+    """Lightning names every callback hook it dispatches to the profiler: ``[Callback]<key>.<hook>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[str] = []
+
+    def start(self, action_name: str) -> None:
+        self.actions.append(action_name)
+
+
+def _dispatched(recorder: _HookRecorder, callback: NeuronMapCallback) -> list[str]:
+    prefix = f"[Callback]{callback.state_key}."
+    return [a[len(prefix) :] for a in recorder.actions if a.startswith(prefix)]
+
+
+_BATCH_HOOKS = {"on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                "on_before_zero_grad", "on_validation_batch_start", "on_validation_batch_end"}
+
+
+@pytest.mark.parametrize("every_n_steps", [None, 3])
+def test_between_runs_lightning_dispatches_at_most_one_hook_per_step(tmp_path: Path, every_n_steps: int | None) -> None:
+    on = ("validation_end", "train_end")
+    callback, runs = _callback(schedule=nm.Schedule(every_n_steps=every_n_steps, on=on), reporters=[])
+    recorder = _HookRecorder()
+    _fit(callback, tmp_path, profiler=recorder)
+    hooks = _dispatched(recorder, callback)
+    assert not _BATCH_HOOKS & set(hooks)  # shadowed: Lightning skips a hook that is not callable
+    assert hooks.count("on_train_batch_end") == (8 if every_n_steps else 0)
+    assert {"setup", "on_train_start", "on_validation_end", "on_train_end", "teardown"} <= set(hooks)
+    expected = [("validation_end", 4, 0), ("validation_end", 8, 1)]
+    assert runs == ([("step", 3, 0), *expected[:1], ("step", 6, 1), *expected[1:]] if every_n_steps else expected)
+
+
+def test_a_subclass_keeps_the_per_batch_hooks_it_overrides(tmp_path: Path) -> None:
+    class Counting(NeuronMapCallback):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.backwards = 0
+
+        def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: object) -> None:
+            self.backwards += 1
+
+    callback = Counting(probe=tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[])
+    _fit(callback, tmp_path)
+    assert callback.backwards == 8
+    assert callback.on_after_backward is None and callback.monitor.history.steps == [4, 8]
+
+
 def test_without_loggers_results_and_model_card_go_to_a_local_run_under_default_root_dir(tmp_path: Path) -> None:
     callback, _ = _callback(model_card={"model_details": {"name": "lit-mlp"}})
     _fit(callback, tmp_path)
