@@ -89,6 +89,10 @@ class TensorBoardReporter(BaseReporter):
                 self._writer = SummaryWriter(str(self.log_dir))
                 self._owns_writer = True
         writer: SummaryWriter = self._writer
+        if not self._owns_writer and _was_closed(writer):
+            # Its owner closed it (HF's TensorBoardCallback does at train end, before later
+            # callbacks' on_train_end). Writing reopens a new event file, which is ours to close.
+            self._owns_writer = True
         return writer
 
     # ------------------------------------------------------------------ Reporter API
@@ -147,6 +151,11 @@ class TensorBoardReporter(BaseReporter):
         writer.flush()
         if self._owns_writer:
             writer.close()
+
+
+def _was_closed(writer: Any) -> bool:
+    """Whether a torch ``SummaryWriter`` was closed (``close()`` drops its file writer)."""
+    return "file_writer" in vars(writer) and writer.file_writer is None
 
 
 def markdown_table(dataframe: pd.DataFrame, *, max_rows: int = 200) -> str:

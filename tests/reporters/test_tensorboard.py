@@ -85,6 +85,20 @@ def test_borrowed_writer_is_flushed_not_closed(tmp_path: Path) -> None:
     assert set(acc.Tags()["scalars"]) == {"neuronmap/a/l/m", "user/loss"}
 
 
+def test_a_borrowed_writer_its_owner_closed_is_reopened_and_closed_again(tmp_path: Path) -> None:
+    # HF's TensorBoardCallback closes its writer in on_train_end, before NeuronMap's final run
+    writer = SummaryWriter(str(tmp_path))
+    rep = TensorBoardReporter(writer)
+    rep.log_metrics({"neuronmap/a/l/m": 1.0}, step=1)
+    writer.close()
+    rep.log_metrics({"neuronmap/a/l/m": 2.0}, step=2)
+    rep.close()
+    assert writer.file_writer is None  # the event file the late writes opened is closed, not leaked
+    acc = _events(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("neuronmap/a/l/m")] == [(1, 1.0), (2, 2.0)]
+    assert _text(acc, "neuronmap/status") == [(0, "FINISHED")]
+
+
 def test_artifacts_are_copied_next_to_the_events(tmp_path: Path) -> None:
     rep = TensorBoardReporter(tmp_path / "tb")
     src = tmp_path / "gate.json"
