@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # torch is pinned to the CPU wheel through constraints.txt; pyproject.toml keeps torch>=2.2.
 PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-peers lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,19 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/run_all.py
 
+# Question 1 against nnsight and TransformerLens, in a virtual environment of their own.
+.venv-peers/.installed: benchmarks/requirements-peers.txt constraints.txt
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -c constraints.txt
+	.venv-peers/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench-peers: .venv-peers/.installed
+	.venv-peers/bin/python benchmarks/capture_peers.py --n 128 --repeats 3
+
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check neuronmap tests
 	$(PY) -m mypy neuronmap
 
 clean:
-	rm -rf $(VENV) neuronmap-runs .pytest_cache
+	rm -rf $(VENV) .venv-peers neuronmap-runs .pytest_cache

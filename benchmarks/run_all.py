@@ -7,7 +7,8 @@ a baseline measured in the same script run, median of several repeats.
 
 Questions (issue 10): 1 capture cost (``capture.py``), 2 idle callback overhead
 (``callback_overhead.py``), 3 a full scheduled run by stage (``full_run.py``), 4 CKA
-(``cka.py``), 5 probing (``probing.py``).
+(``cka.py``), 5 probing (``probing.py``); 1p capture against nnsight and TransformerLens
+(``capture_peers.py``, run with ``.venv-peers/bin/python`` where that environment exists).
 
     python benchmarks/run_all.py                  # reduced sizes (minutes on 2 cores)
     python benchmarks/run_all.py --full           # the issue's sizes
@@ -35,7 +36,12 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "3": ("full_run.py", ["--quick", "--repeats", "3"], ["--repeats", "3"], True),
     "4": ("cka.py", ["--quick", "--repeats", "3"], ["--repeats", "5"], True),
     "5": ("probing.py", ["--n", "300", "--repeats", "3"], ["--n", "1000", "--repeats", "3"], False),
+    # question 1 against nnsight and TransformerLens: needs .venv-peers (benchmarks/requirements-peers.txt)
+    "1p": ("capture_peers.py", ["--n", "128", "--repeats", "3"], ["--n", "512", "--repeats", "3"], True),
 }
+# The peers live in their own virtual environment, so that they cannot change the main one.
+PEERS_PYTHON = HERE.parent / ".venv-peers" / "bin" / "python"
+DEFAULT_QUESTIONS = [q for q in QUESTIONS if q != "1p" or PEERS_PYTHON.exists()]
 # --gpu-sizes (benchmarks/gpu.sh): the issue's sizes for questions 1 and 4, a larger probe set for 3
 GPU_ARGS: dict[str, list[str]] = {
     "1": ["--n", "512", "--repeats", "5"],
@@ -71,8 +77,9 @@ def _run(question: str, *, full: bool, gpu: bool, device: str | None, timeout: f
         out = Path(tmp) / "rows.json"
         sized = GPU_ARGS.get(question, quick_args) if gpu else full_args if full else quick_args
         script_args = [*sized, *(["--device", device] if takes_device and device else [])]
-        cmd = [sys.executable, str(path), *script_args, "--json", str(out)]
-        shown = " ".join(["python", f"benchmarks/{script}", *script_args])
+        peers = question == "1p" and PEERS_PYTHON.exists()
+        cmd = [str(PEERS_PYTHON) if peers else sys.executable, str(path), *script_args, "--json", str(out)]
+        shown = " ".join([".venv-peers/bin/python" if peers else "python", f"benchmarks/{script}", *script_args])
         print(f"\n=== question {question}: {shown}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -108,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the issue's sizes (much longer)")
     parser.add_argument("--gpu-sizes", action="store_true", help="the sizes of benchmarks/gpu.sh")
-    parser.add_argument("--only", nargs="+", choices=sorted(QUESTIONS), default=sorted(QUESTIONS))
+    parser.add_argument("--only", nargs="+", choices=list(QUESTIONS), default=DEFAULT_QUESTIONS,
+                        help="questions to run (default: all; 1p only where .venv-peers exists)")
     parser.add_argument("--device", default=None, help="passed to the scripts that take --device")
     parser.add_argument("--out", default=str(HERE / "results"), help="writes OUT.json and OUT.md")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per question")
