@@ -33,9 +33,12 @@ from neuronmap.errors import InvalidParameterError
 Form = Literal["auto", "features", "gram"]
 FORMS: tuple[str, ...] = ("auto", "features", "gram")
 
-# Bytes of Gram-matrix blocks held at once by the sample-space form: large enough that
-# each block product is a full-speed GEMM, small enough for a shared training machine.
-_BLOCK_BYTES = 96 * 2**20
+# Bytes of Gram-matrix blocks held at once by the sample-space form: large enough that each
+# block product is a full-speed GEMM (12 layers: 418 x 418 blocks), and well under glibc's
+# 32 MiB mmap threshold, so that repeated calls reuse heap memory instead of page-faulting a
+# fresh mapping in every call. 2 cores, 12 layers, time against numpy's x @ x.T: 96 MiB blocks
+# 1.65x (n=1024, d=256) and 0.87x (n=4096, d=768); 16 MiB blocks 0.93x and 0.76x.
+_BLOCK_BYTES = 16 * 2**20
 _MIN_BLOCK = 256
 
 
