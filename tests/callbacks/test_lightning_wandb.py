@@ -29,20 +29,6 @@ pytestmark = pytest.mark.integration
 EXPECTED_RUNS = [("step", 3, 0), ("validation_end", 4, 0), ("step", 6, 1), ("validation_end", 8, 1)]
 
 
-@pytest.fixture
-def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline, silent W&B writing every folder (runs, cache, config ...) under ``tmp_path``."""
-    for var, sub in (("WANDB_DIR", "runs"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
-                     ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    return tmp_path / "runs"
-
-
 def test_metrics_land_in_the_wandb_loggers_run_beside_lightnings_own(wandb_dir: Path, tmp_path: Path) -> None:
     callback = NeuronMapCallback(
         probe=nm.testing.tiny_probe(n=40), layers=["net.*"], analyses=[nm.ActivationStats(), nm.CKA()],

@@ -134,25 +134,6 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_store_templat
 
 
 @pytest.fixture
-def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline W&B with every folder it writes (runs, cache, artifacts, config) in ``tmp_path``.
-
-    W&B reads these variables once per process, so tests also pass the returned folder as
-    ``dir=`` to each run.
-    """
-    pytest.importorskip("wandb")
-    for var, sub in (("WANDB_DIR", "runs"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
-                     ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    return tmp_path / "runs"
-
-
-@pytest.fixture
 def make_mlflow_server(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Callable[[], MLflowServer]]:
     """A factory of private servers (for tests that kill them); each is stopped at teardown."""
     servers: list[MLflowServer] = []
