@@ -95,7 +95,8 @@ def test_a_borrowed_writer_its_owner_closed_is_reopened_and_closed_again(tmp_pat
     rep.close()
     assert writer.file_writer is None  # the event file the late writes opened is closed, not leaked
     acc = _events(tmp_path)
-    assert [(e.step, e.value) for e in acc.Scalars("neuronmap/a/l/m")] == [(1, 1.0), (2, 2.0)]
+    # two event files, both opened within the same second: TensorBoard may read either first
+    assert sorted((e.step, e.value) for e in acc.Scalars("neuronmap/a/l/m")) == [(1, 1.0), (2, 2.0)]
     assert _text(acc, "neuronmap/status") == [(0, "FINISHED")]
 
 
