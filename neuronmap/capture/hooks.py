@@ -195,11 +195,14 @@ class ActivationCapture:
     def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
         """A snapshot of ``tensor`` (later in-place ops must not change what was captured)."""
         tensor = tensor.detach()
-        if tensor.device.type == "cuda" and self.reduce != "none":
-            # Reduced tensors are small ([batch, d]): they stay on the GPU until collect(), which
-            # moves each layer across in one pinned, non-blocking copy instead of one per batch.
+        on_gpu = tensor.device.type == "cuda"
+        if tensor.device.type == "cpu" or (on_gpu and self.reduce != "none"):
+            # Reduced tensors are small ([batch, d]): on a GPU they stay there until collect(),
+            # which moves each layer across in one pinned, non-blocking copy instead of one per batch.
             return tensor.to(self.dtype, copy=True)
-        return _to_host(tensor.to(self.dtype), copy=True)
+        # Token-level tensors leave the GPU batch by batch, so GPU memory stays bounded; the
+        # copy to host is itself the snapshot.
+        return _to_host(tensor.to(self.dtype), copy=False)
 
     def _record(self, name: str, module: nn.Module, value: Any) -> None:
         hidden = extract_tensor(value, self.output_index)
