@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     warnings.filterwarnings("ignore")
     # A deliberately tiny step, where any callback's dispatch shows, and a step of a more usual size.
     rows = (lightning_overhead(repeats, steps, args.block)
-            + lightning_overhead(repeats, steps // 2, args.block, width=1024, batch=256)
+            + lightning_overhead(repeats, steps, args.block, width=1024, batch=256)
             + hf_overhead(repeats, steps, args.block))
     print_rows(rows, "NeuronMap callback overhead between scheduled runs")
     write_json(rows, args.json)

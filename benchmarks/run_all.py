@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 # question -> (script, quick arguments, full arguments, takes --device)
 QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "1": ("capture.py", ["--n", "256", "--repeats", "5"], ["--n", "512", "--repeats", "5"], True),
-    "2": ("callback_overhead.py", ["--repeats", "2"], ["--repeats", "5"], False),
+    "2": ("callback_overhead.py", ["--repeats", "3"], ["--repeats", "5"], False),
     "3": ("full_run.py", ["--quick", "--repeats", "3"], ["--repeats", "3"], True),
     "4": ("cka.py", ["--quick", "--repeats", "3"], ["--repeats", "5"], True),
     "5": ("probing.py", ["--n", "300", "--repeats", "3"], ["--n", "1000", "--repeats", "3"], False),
