@@ -1,5 +1,5 @@
 """What people open in a browser renders there: report.html, the HTML model card, and
-NeuronMap's metrics in TensorBoard's own UI.
+NeuronMap's metrics in TensorBoard's and MLflow's own UIs (real servers on 127.0.0.1).
 
 Uses Debian's headless Chromium when it is installed (skipped otherwise); the pages must be
 self-contained, so the browser runs with networking features off.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _servers import MLflowServer, free_port
 
 import neuronmap as nm
 from neuronmap.cli import main
@@ -68,12 +68,6 @@ def test_html_model_card_renders(run_dir, tmp_path) -> None:
     assert shot.stat().st_size > 10_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_tensorboard_ui_shows_the_neuronmap_scalars(tmp_path) -> None:
     pytest.importorskip("tensorboard")
     from neuronmap.reporters import TensorBoardReporter
@@ -84,7 +78,7 @@ def test_tensorboard_ui_shows_the_neuronmap_scalars(tmp_path) -> None:
     for step in (0, 10):
         monitor.run(tiny_mlp(seed=step), step=step)
     monitor.close()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logs), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -106,4 +100,27 @@ def test_tensorboard_ui_shows_the_neuronmap_scalars(tmp_path) -> None:
     assert "neuronmap/activation_stats/net.0/dead_fraction" in dom
     cards = [int(n) for n in re.findall(r"(\d+) cards", dom)]
     assert cards and max(cards) >= len(tags)  # the neuronmap group: a card per scalar (and per figure)
+    assert shot.stat().st_size > 50_000
+
+
+def test_mlflow_ui_shows_the_neuronmap_metrics_of_a_run(tmp_path) -> None:
+    pytest.importorskip("mlflow")
+    from neuronmap.reporters import MLflowReporter
+
+    server = MLflowServer(tmp_path / "mlflow")
+    server.start()
+    try:
+        reporter = MLflowReporter(tracking_uri=server.uri, experiment_name="browser")
+        monitor = nm.NeuronMap(tiny_probe(n=60), layers="net.*", analyses=[nm.ActivationStats()], reporters=[reporter])
+        for step in (0, 10):
+            monitor.run(tiny_mlp(seed=step), step=step)
+        monitor.close()
+        run = reporter.run_id
+        experiment = reporter.client.get_run(run).info.experiment_id
+        dom, shot = _render(f"{server.uri}/#/experiments/{experiment}/runs/{run}", tmp_path, wait_ms=20000)
+    finally:
+        server.stop()
+    assert "neuronmap/activation_stats/net.0/dead_fraction" in dom
+    listed = re.search(r"Metrics \((\d+)\)", dom)  # the run page's metrics table: 5 layers x 6 statistics
+    assert listed is not None and int(listed.group(1)) == 30
     assert shot.stat().st_size > 50_000
