@@ -157,8 +157,7 @@ def _block_size(n: int, n_layers: int, device: str | None = None) -> int:
         from neuronmap.metrics import _cka_torch
 
         return _cka_torch.block_size(n, n_layers, torch.device(device))
-    block = int(np.sqrt(_cka._BLOCK_BYTES / (8 * n_layers)))
-    return min(n, max(_cka._MIN_BLOCK, block))
+    return _cka.block_size(n, n_layers)
 
 
 def cka_matrix_flops(n: int, d: int, n_layers: int, device: str | None = None) -> float:

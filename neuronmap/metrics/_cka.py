@@ -148,6 +148,13 @@ def products_features(
     return out
 
 
+def block_size(n: int, n_layers: int, budget: int | None = None) -> int:
+    """Side of the square Gram blocks that :func:`products_gram` holds ``n_layers`` of at once
+    in ``budget`` bytes (default :data:`_BLOCK_BYTES`), at least :data:`_MIN_BLOCK`, at most ``n``."""
+    fitting = int(np.sqrt((_BLOCK_BYTES if budget is None else budget) / (8 * n_layers)))
+    return min(n, max(_MIN_BLOCK, fitting))
+
+
 def products_gram(xs: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
     """``P_ij = <K_i, K_j>_F`` for all pairs, from blocks of the Gram matrices ``K_i = X_i X_i^T``.
 
@@ -157,8 +164,7 @@ def products_gram(xs: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
     ``L * b^2`` doubles instead of ``L * n^2``.
     """
     n_layers, n = len(xs), xs[0].shape[0]
-    block = int(np.sqrt(_BLOCK_BYTES / (8 * n_layers)))
-    block = min(n, max(_MIN_BLOCK, block))
+    block = block_size(n, n_layers)
     flat = np.empty(n_layers * block * block)
     out = np.zeros((n_layers, n_layers))
     starts = range(0, n, block)

@@ -13,7 +13,6 @@ turns seconds of CPU BLAS into milliseconds (``benchmarks/cka.py --device cuda``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -73,14 +72,9 @@ def centered(arrays: Sequence[Any], names: Sequence[str], device: torch.device) 
         finite.append(torch.isfinite(mean).all())
         xs.append(tensor.sub_(mean))
     if not bool(torch.stack(finite).all()):
-        for x, centred, name, ok in zip(arrays, xs, names, finite, strict=True):
-            if not bool(ok):  # count in the input: centring spread the NaN over its column
-                raw = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-                bad = int(raw.numel() - torch.isfinite(raw).sum())
-                raise InvalidParameterError(
-                    f"{name} must contain only finite values; got {bad} NaN or infinite entries "
-                    f"in an array of shape {tuple(centred.shape)}."
-                )
+        for x, name, ok in zip(arrays, names, finite, strict=True):
+            if not bool(ok):  # the numpy path's check and message, on the input (centring spread the NaN)
+                _cka.as_float64_matrix(x, name)
     return xs
 
 
@@ -110,7 +104,7 @@ def block_size(n: int, n_layers: int, device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         budget = max(budget, min(_GPU_BLOCK_BYTES, free // 4))
-    return min(n, max(_cka._MIN_BLOCK, int(math.sqrt(budget / (8 * n_layers)))))
+    return _cka.block_size(n, n_layers, budget)
 
 
 def _products_gram(xs: Sequence[torch.Tensor]) -> NDArray[np.float64]:
