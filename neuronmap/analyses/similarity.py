@@ -109,7 +109,6 @@ class CKA(Analysis):
 
             resolve_device(device)  # a bad device fails here, not at the first scheduled run
         self.device = device
-        self._device: Any = None
         self._first: dict[str, NDArray[np.float32]] = {}
         self._previous: dict[str, NDArray[np.float32]] = {}
         self._first_step: int | None = None
@@ -121,21 +120,23 @@ class CKA(Analysis):
         if not acts:
             return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         notes: list[str] = []
-        self._device = _cka_device(self.device, ctx)
+        device = _cka_device(self.device, ctx)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            matrix = cast(pd.DataFrame, cka_matrix(acts, debiased=self.debiased, device=self._device))
+            matrix = cast(pd.DataFrame, cka_matrix(acts, debiased=self.debiased, device=device))
         notes += sorted({str(w.message) for w in caught})
         title = f"{'Debiased' if self.debiased else 'Linear'} CKA between layers (step {ctx.step})"
         figures: dict[str, Figure] = {"heatmap": cka_heatmap(matrix, title=title)}
         metrics = MetricSet()
         if self.drift:
-            notes += self._drift(acts, ctx.step, metrics)
+            notes += self._drift(acts, ctx.step, metrics, device)
             figures["drift"] = _drift_figure(ctx, metrics, list(acts))
         table = matrix.rename_axis("layer").reset_index()
         return AnalysisResult(self.name, metrics=metrics, tables={"cka": table}, figures=figures, notes=tuple(notes))
 
-    def _drift(self, acts: Mapping[str, NDArray[np.float64]], step: int, metrics: MetricSet) -> list[str]:
+    def _drift(
+        self, acts: Mapping[str, NDArray[np.float64]], step: int, metrics: MetricSet, device: Any
+    ) -> list[str]:
         notes = []
         if self._first and not _compatible(self._first, acts):
             notes.append(f"The probe set or a layer's width changed; the drift reference restarts at step {step}.")
@@ -153,10 +154,10 @@ class CKA(Analysis):
             warnings.simplefilter("ignore", RuntimeWarning)  # zero-variance layers: NaN, noted by cka_matrix
             for layer, x in acts.items():
                 if layer in self._first:
-                    drift = linear_cka(x, self._first[layer], debiased=self.debiased, device=self._device)
+                    drift = linear_cka(x, self._first[layer], debiased=self.debiased, device=device)
                     metrics.add(layer, "drift_first", drift)
                 if layer in self._previous:
-                    drift = linear_cka(x, self._previous[layer], debiased=self.debiased, device=self._device)
+                    drift = linear_cka(x, self._previous[layer], debiased=self.debiased, device=device)
                     metrics.add(layer, "drift_previous", drift)
         self._previous = {k: v.astype(np.float32) for k, v in acts.items()}
         self._previous_step = step
