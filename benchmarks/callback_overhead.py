@@ -68,7 +68,6 @@ class _Toggle:
 
     def __init__(self, callbacks: list[Any], variants: dict[str, Any], *, position: int, block: int) -> None:
         self.callbacks, self.variants, self.position, self.block = callbacks, variants, position, block
-        self.times: dict[str, list[float]] = {name: [] for name in variants}
         #: Per round (one block of each variant, in shuffled order): variant -> step times.
         self.rounds: list[dict[str, list[float]]] = []
         self._plan: list[str] = []
@@ -95,7 +94,6 @@ class _Toggle:
         elapsed = time.perf_counter() - self._t0
         self._step += 1
         if self._step > WARMUP:
-            self.times[self._current].append(elapsed)
             self.rounds[-1][self._current].append(elapsed)
 
 
@@ -110,7 +108,12 @@ def _paired_ratio(rounds: list[dict[str, list[float]]], variant: str, baseline: 
     return statistics.median(ratios)
 
 
-def _rows(label: str, times: dict[str, list[float]], rounds: list[dict[str, list[float]]], hook_s: float,
+def _pooled(rounds: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Every timed step of each variant, over all rounds."""
+    return {name: [t for r in rounds for t in r[name]] for name in rounds[0]}
+
+
+def _rows(label: str, rounds: list[dict[str, list[float]]], hook_s: float,
           extra: dict[str, Any], *, stress: bool = False) -> list[Row]:
     """The rows of one trainer configuration.
 
@@ -118,6 +121,7 @@ def _rows(label: str, times: dict[str, list[float]], rounds: list[dict[str, list
     visible share of it. Its with/without ratio is shown without a target; what NeuronMap must
     not exceed there is a do-nothing callback's cost (the second row) and its own hook's.
     """
+    times = _pooled(rounds)
     median = {name: statistics.median(t) for name, t in times.items()}
     paired = {"none": _paired_ratio(rounds, "neuronmap", "none"), "bare": _paired_ratio(rounds, "neuronmap", "bare")}
     # The 10th percentile is less exposed to other processes' bursts than the median.
@@ -185,7 +189,6 @@ def lightning_overhead(repeats: int, steps: int, block: int, *, width: int = 256
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(steps * batch, 64, generator=gen)
     data = DataLoader(TensorDataset(x, torch.randint(0, 10, (len(x),), generator=gen)), batch_size=batch)
-    times: dict[str, list[float]] = {"none": [], "bare": [], "neuronmap": []}
     rounds: list[dict[str, list[float]]] = []
     for _ in range(repeats):
         callback = NeuronMapCallback(_monitor(nm.ProbeSet(x[:128]), ["net.*"]))
@@ -197,14 +200,12 @@ def lightning_overhead(repeats: int, steps: int, block: int, *, width: int = 256
         torch.manual_seed(0)
         trainer.fit(Net(), data)
         assert callback.monitor.schedule.state.runs == 0
-        for key in times:
-            times[key] += begin.toggle.times[key]
         rounds += begin.toggle.rounds
     hook = _hook_cost(lambda: callback.on_train_batch_end(trainer, trainer.lightning_module, None, None, 0))
-    step_ms = statistics.median(times["none"]) * 1e3
+    step_ms = statistics.median(_pooled(rounds)["none"]) * 1e3
     stress = width == 256
     label = f"Lightning, {step_ms:.3g} ms step (MLP width {width}, batch {batch}{'; stress case' if stress else ''})"
-    return _rows(label, times, rounds, hook, {"repeats": repeats, "steps": steps, "block": block, "width": width,
+    return _rows(label, rounds, hook, {"repeats": repeats, "steps": steps, "block": block, "width": width,
                                               "batch": batch}, stress=stress)
 
 
@@ -242,7 +243,6 @@ def hf_overhead(repeats: int, steps: int, block: int) -> list[Row]:
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             self.begin.toggle.end()
 
-    times: dict[str, list[float]] = {"none": [], "bare": [], "neuronmap": []}
     rounds: list[dict[str, list[float]]] = []
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(out, max_steps=steps, per_device_train_batch_size=8, report_to="none",
@@ -257,12 +257,10 @@ def hf_overhead(repeats: int, steps: int, block: int) -> list[Row]:
             begin.toggle = _Toggle(handler, variants, position=1, block=block)
             trainer.train()
             assert callback.monitor.schedule.state.runs == 0
-            for key in times:
-                times[key] += begin.toggle.times[key]
             rounds += begin.toggle.rounds
     state, control = trainer.state, trainer.control
     hook = _hook_cost(lambda: callback.on_step_end(args, state, control, model=trainer.model))
-    return _rows("HF Trainer", times, rounds, hook, {"repeats": repeats, "steps": steps, "block": block})
+    return _rows("HF Trainer", rounds, hook, {"repeats": repeats, "steps": steps, "block": block})
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
