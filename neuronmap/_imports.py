@@ -22,6 +22,7 @@ from neuronmap.errors import MissingDependencyError
 
 __all__ = [
     "CAPTUM_AVAILABLE",
+    "CRYPTOGRAPHY_AVAILABLE",
     "LIGHTNING_AVAILABLE",
     "MLFLOW_AVAILABLE",
     "PLOTLY_AVAILABLE",
@@ -85,6 +86,7 @@ TRANSFORMERS_AVAILABLE = RequirementCache("transformers", "hf")
 MLFLOW_AVAILABLE = RequirementCache("mlflow", "mlflow")
 WANDB_AVAILABLE = RequirementCache("wandb", "wandb")
 TENSORBOARD_AVAILABLE = RequirementCache("tensorboard", "tensorboard")
+CRYPTOGRAPHY_AVAILABLE = RequirementCache("cryptography", "audit")
 UMAP_AVAILABLE = RequirementCache("umap", "viz")
 PLOTLY_AVAILABLE = RequirementCache("plotly", "viz")
 CAPTUM_AVAILABLE = RequirementCache("captum", "captum")
