@@ -20,6 +20,7 @@ __all__ = [
     "ProbeSetError",
     "ReporterError",
     "ReporterWarning",
+    "TornLineWarning",
 ]
 
 
@@ -72,3 +73,7 @@ class AnalysisFailedWarning(NeuronMapWarning):
 
 class ReporterWarning(NeuronMapWarning):
     """A reporter could not write; the payload is kept and retried."""
+
+
+class TornLineWarning(NeuronMapWarning):
+    """A run-folder file held unreadable records (cut short by a crash); they were skipped."""

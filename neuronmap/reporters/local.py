@@ -14,11 +14,14 @@ Layout of ``neuronmap-runs/<run-name>/``::
     report.html            a self-contained page (metrics over steps, latest figures and tables)
 
 ``neuronmap report RUN_DIR`` re-renders ``report.html`` from these files.
+
+The folder survives a crash (see :mod:`neuronmap._files`): ``metrics.jsonl`` appends start on a
+new line, readers skip a torn record with a :class:`~neuronmap.errors.TornLineWarning`, and
+every whole-file JSON write is atomic (temporary file, fsync, rename).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -31,6 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from neuronmap._files import (
+    append_jsonl,
+    check_run_name,
+    read_json,
+    read_jsonl_numbered,
+    write_json_atomic,
+    write_text_atomic,
+)
 from neuronmap.reporters.base import BaseReporter, RunStatus
 from neuronmap.results import HISTORY_COLUMNS, split_key
 
@@ -63,12 +74,16 @@ class LocalReporter(BaseReporter):
 
     Args:
         root: Folder holding runs (default ``neuronmap-runs``).
-        run_name: Name of this run's folder (default: UTC time plus a short random id).
+        run_name: Name of this run's folder (default: UTC time plus a short random id): one
+            folder name, without path separators, ``..`` or control characters.
         run_dir: Use this exact folder instead of ``root/run_name`` (resuming appends to it).
         render_html: Keep ``report.html`` current: re-rendered at ``close`` and on ``flush``
             at most once per ``render_interval_s`` (a page with many curves takes seconds to
             draw, which must not be paid at every scheduled run).
         render_interval_s: Minimum seconds between re-renders on ``flush`` (0: every flush).
+
+    Raises:
+        InvalidParameterError: ``run_name`` is not a single safe folder name.
 
     Example:
         >>> import tempfile
@@ -90,6 +105,8 @@ class LocalReporter(BaseReporter):
         render_html: bool = True,
         render_interval_s: float = 60.0,
     ) -> None:
+        if run_dir is None and run_name is not None:
+            check_run_name(run_name)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(root) / (run_name or new_run_name())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.render_html = render_html
@@ -103,15 +120,14 @@ class LocalReporter(BaseReporter):
 
     # ------------------------------------------------------------------ helpers
     def _write_json(self, name: str, data: Any) -> None:
-        (self.run_dir / name).write_text(json.dumps(data, indent=2, default=str, sort_keys=True))
+        write_json_atomic(self.run_dir / name, data)
 
     def _read_json(self, name: str) -> dict[str, Any]:
-        path = self.run_dir / name
-        return json.loads(path.read_text()) if path.exists() else {}
+        data = read_json(self.run_dir / name)
+        return data if isinstance(data, dict) else {}
 
     def _append_line(self, record: Mapping[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=float, allow_nan=False) + "\n")
+        append_jsonl(self.run_dir / "metrics.jsonl", record, default=float, allow_nan=False)
 
     # ------------------------------------------------------------------ Reporter API
     def log_report(self, report: Report) -> None:
@@ -127,7 +143,7 @@ class LocalReporter(BaseReporter):
         status = {n: {"status": r.status, "error": r.error, "notes": list(r.notes)} for n, r in report.results.items()}
         reports_dir = self.run_dir / "reports"
         reports_dir.mkdir(exist_ok=True)
-        (reports_dir / f"{report.step}.json").write_text(report.to_json(indent=2))
+        write_text_atomic(reports_dir / f"{report.step}.json", report.to_json(indent=2))
         if any(s["status"] == "failed" for s in status.values()):
             self._write_json("failures.json", self._read_json("failures.json") | {str(report.step): status})
 
@@ -163,8 +179,7 @@ class LocalReporter(BaseReporter):
         self._write_json("tags.json", self._read_json("tags.json") | {str(k): str(v) for k, v in tags.items()})
 
     def flush(self) -> None:
-        history = read_history(self.run_dir)
-        history.to_csv(self.run_dir / "history.csv", index=False)
+        self._write_history()
         now = time.monotonic()
         if self.render_html and (self._last_render is None or now - self._last_render >= self.render_interval_s):
             self.render()
@@ -179,9 +194,12 @@ class LocalReporter(BaseReporter):
     def close(self, status: RunStatus = "FINISHED") -> None:
         self._run_info.update(status=status, ended=_now())
         self._write_json("run.json", self._run_info)
-        read_history(self.run_dir).to_csv(self.run_dir / "history.csv", index=False)
+        self._write_history()
         if self.render_html:
             self.render()
+
+    def _write_history(self) -> None:
+        write_text_atomic(self.run_dir / "history.csv", read_history(self.run_dir).to_csv(index=False))
 
     @property
     def report_path(self) -> Path:
@@ -195,22 +213,26 @@ def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
 def read_history(run_dir: str | Path) -> pd.DataFrame:
     """The long-format History of a run folder, rebuilt from ``metrics.jsonl``.
 
-    Keys that are not NeuronMap keys (a user's own metrics) get empty analysis and layer.
+    Keys that are not NeuronMap keys (a user's own metrics) get empty analysis and layer. A torn
+    line (a record cut short by a crash) is skipped with a
+    :class:`~neuronmap.errors.TornLineWarning` naming it; every other record is read.
+
+    Raises:
+        ValueError: A line is valid JSON but not a metrics record (``step`` and ``metrics``).
     """
     path = Path(run_dir) / "metrics.jsonl"
     rows: list[list[Any]] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            for key, value in record["metrics"].items():
-                try:
-                    analysis, layer, metric = split_key(key)
-                except ValueError:
-                    analysis, layer, metric = "", "", key
-                rows.append([record["step"], record.get("epoch"), record.get("event"), analysis, layer, metric,
-                             math.nan if value is None else float(value), key])
+    for number, record in read_jsonl_numbered(path, stacklevel=3):
+        if not (isinstance(record, dict) and isinstance(record.get("metrics"), dict) and "step" in record):
+            raise ValueError(f"line {number} of {path} is not a metrics record (an object with 'step' and "
+                             f"'metrics'): {str(record)[:80]!r}")
+        for key, value in record["metrics"].items():
+            try:
+                analysis, layer, metric = split_key(key)
+            except ValueError:
+                analysis, layer, metric = "", "", key
+            rows.append([record["step"], record.get("epoch"), record.get("event"), analysis, layer, metric,
+                         math.nan if value is None else float(value), key])
     frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     frame["value"] = frame["value"].astype(float)
     return frame

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronmap._imports import MLFLOW_AVAILABLE
 from neuronmap.errors import InvalidParameterError
+from neuronmap.reporters._mlflow_http import bounded_http
 from neuronmap.reporters._spool import is_retryable
 from neuronmap.reporters.base import BaseReporter, RunStatus
 from neuronmap.reporters.local import DEFAULT_ROOT, new_run_name, safe_name
@@ -131,19 +131,9 @@ class MLflowReporter(BaseReporter):
         where = self._run_id or ("new run" if self._logger is None else "logger's run")
         return f"MLflowReporter({where!r})"
 
-    @contextmanager
-    def _limits(self) -> Iterator[None]:
+    def _limits(self) -> AbstractContextManager[None]:
         """Bound MLflow's HTTP retries for the duration of one call (user settings win)."""
-        wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.request_retries),
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, self.request_timeout)))}
-        added = [k for k in wanted if k not in os.environ]
-        os.environ.update({k: wanted[k] for k in added})
-        try:
-            yield
-        finally:
-            for key in added:
-                os.environ.pop(key, None)
+        return bounded_http(self.request_retries, self.request_timeout)
 
     @property
     def tracking_uri(self) -> str:
