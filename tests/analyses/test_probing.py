@@ -238,7 +238,21 @@ def test_missing_target_values_are_left_out_with_a_note() -> None:
 
 def test_few_permutations_for_many_layers_are_flagged() -> None:
     report, _ = _run(Probing(n_permutations=19, control_task=False), planted_probe(n=60), planted_model(), LAYERS)
-    assert any("no corrected p-value can fall below alpha=0.05" in n for n in report.results["probing"].notes)
+    result = report.results["probing"]
+    assert any("p-value resolution: with n_permutations=19 no p-value is below 1/20" in n
+               and "none can fall below alpha=0.05" in n for n in result.notes)
+    assert (result.tables["probing"]["p_resolution"] == 0.05).all()
+
+
+def test_auto_permutations_reach_the_resolution_the_correction_needs() -> None:
+    report, _ = _run(Probing(n_permutations="auto", control_task=False), planted_probe(n=60), planted_model(), LAYERS)
+    table = report.results["probing"].tables["probing"].set_index("layer")
+    assert not any("resolution" in n for n in report.results["probing"].notes)
+    # the signal layer runs to permutation_count(3) = 599 and clears Holm over 3 layers;
+    # null layers stop after 10 exceedances (Besag & Clifford 1991)
+    assert table.loc["signal", "n_permutations"] == 599
+    assert table.loc["signal", "p_adj"] == pytest.approx(3 / 600)
+    assert (table.loc[["noise_a", "noise_b"], "n_permutations"] < 599).all()
 
 
 @pytest.mark.parametrize(
