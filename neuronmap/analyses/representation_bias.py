@@ -4,9 +4,13 @@ For every monitored layer and sensitive attribute, :class:`RepresentationBias` r
 
 * **decodability**: the cross-validated accuracy of a linear probe predicting the attribute
   from the activations (a ridge classifier on standardised activations, stratified k-fold),
-  beside the majority-class baseline, with a Wilson (1927) score interval and a permutation
-  p-value (labels permuted within test folds, Ojala & Garriga 2010, test 1; Phipson & Smyth
-  2010), corrected across layers x attributes. Accuracy well above the baseline means a
+  beside the majority-class baseline, with a Wilson (1927) score interval on the effective
+  number of examples (the count divided by the cross-validation *design effect*, measured as
+  the variance of the permuted CV accuracies over the binomial variance; Kish 1965) and a
+  permutation p-value (labels permuted within test folds, Ojala & Garriga 2010, test 1;
+  Phipson & Smyth 2010), corrected across layers x attributes. A plain Wilson interval treats
+  the out-of-fold predictions as independent and missed chance accuracy on 12 % of noise
+  layers at a nominal 95 % (Bengio & Grandvalet 2004). Accuracy well above the baseline means a
   downstream head *can* use the attribute (Elazar & Goldberg 2018).
 * **centroid distance**: the largest Euclidean distance between two group centroids, divided
   by the pooled within-group root-mean-square spread ``sqrt(mean_g tr(Cov_g))`` so it is
@@ -28,6 +32,9 @@ For every monitored layer and sensitive attribute, :class:`RepresentationBias` r
 References:
     Elazar & Goldberg (2018). Adversarial Removal of Demographic Attributes from Text Data. EMNLP.
     Wilson (1927). Probable inference, the law of succession, and statistical inference. JASA 22.
+    Kish (1965). Survey Sampling. Wiley, sec. 8.2.
+    Bengio & Grandvalet (2004). No Unbiased Estimator of the Variance of K-Fold
+    Cross-Validation. JMLR 5.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError, ProbeSetError
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+from neuronmap.findings import Finding
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, wilson_interval
 
 __all__ = ["RepresentationBias", "weat_effect_size", "weat_test"]
 
@@ -158,6 +166,13 @@ class RepresentationBias(Analysis):
     """
 
     name = "representation_bias"
+    headline_metrics = ("*_decodability", "weat_effect_size")
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """See :func:`neuronmap.analyses._findings.representation_bias_findings`."""
+        from neuronmap.analyses._findings import representation_bias_findings
+
+        return representation_bias_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
 
     def __init__(
         self,
@@ -217,6 +232,13 @@ class RepresentationBias(Analysis):
                                       random_state=int(rng.integers(2**31)))
                 rows.append(_Row(layer, "weat", {"weat_effect_size": effect, "weat_effect_size_p": p}))
         table = self._table(rows)
+        n_tests = int(table["decodability_p"].notna().sum()) if "decodability_p" in table else len(table)
+        if rows and n_tests / (self.n_permutations + 1) > self.alpha:
+            notes.append(
+                f"p-value resolution: with n_permutations={self.n_permutations} no p-value is below "
+                f"1/{self.n_permutations + 1} = {1 / (self.n_permutations + 1):.3g}, so after correcting over "
+                f"{n_tests} tests none can fall below alpha={self.alpha}; raise n_permutations."
+            )
         return AnalysisResult(
             self.name, metrics=_metrics(table), tables={"representation_bias": table},
             figures={"decodability": _figure(table, self.confidence)} if "decodability" in table else {},
@@ -266,18 +288,23 @@ class RepresentationBias(Analysis):
         self, x: NDArray[np.float64], keep: NDArray[np.bool_], y: NDArray[np.int64],
         seed: int, rng: np.random.Generator,
     ) -> dict[str, float]:  # fmt: skip
-        from scipy.stats import binomtest
-
         x = x[keep]
         folds = stratified_folds(y, self.cv, random_state=seed)
         data = prepare_folds(x, folds, max_components=self.max_components, random_state=seed)
-        perms = within_fold_permutations(folds, len(y), self.n_permutations, rng)
+        # at least 200 relabellings for the design effect, whatever n_permutations is
+        perms = within_fold_permutations(folds, len(y), max(self.n_permutations, 200), rng)
         counts = ridge_correct_counts(data, y, np.vstack([np.arange(len(y)), perms]))
-        ci = binomtest(int(counts[0]), len(y)).proportion_ci(self.confidence, method="wilson")
+        null = counts[1:]
+        mean = float(null.mean()) / len(y)
+        binomial = mean * (1 - mean) / len(y)
+        deff = max(1.0, float(np.var(null / len(y), ddof=1)) / binomial) if binomial > 0 else 1.0
+        ci = wilson_interval(float(counts[0]), len(y), confidence=self.confidence, design_effect=deff)
         distance, distance_p = _centroid_distance_test(x, y, self.n_permutations, rng)
+        tested = null[: self.n_permutations]
         return {
             "decodability": counts[0] / len(y), "decodability_ci_low": ci.low, "decodability_ci_high": ci.high,
-            "decodability_p": (1 + np.count_nonzero(counts[1:] >= counts[0])) / (1 + len(perms)),
+            "decodability_p": (1 + np.count_nonzero(tested >= counts[0])) / (1 + len(tested)),
+            "design_effect": deff, "p_resolution": 1.0 / (1 + self.n_permutations),
             "majority_baseline": np.bincount(y).max() / len(y),
             "centroid_distance": distance, "centroid_distance_p": distance_p,
         }  # fmt: skip
