@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuronmap._console import announce_run
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, model_device, run_probe
 from neuronmap.capture.reduce import Reduction, check_reduction
@@ -39,6 +40,7 @@ from neuronmap.errors import (
 )
 from neuronmap.probe import ProbeSet
 from neuronmap.reporters.base import Reporter, RunStatus
+from neuronmap.findings import attach_findings
 from neuronmap.results import History, Report
 from neuronmap.schedule import Schedule, ScheduleState
 
@@ -146,7 +148,10 @@ class NeuronMap:
         self.distributed: DistributedMode = distributed
         self.history = History()
         self._listeners: list[Callable[[Report, nn.Module], None]] = []
-        self._params_logged = False
+        #: Set once :meth:`preflight` passed: from then on a capture failure skips the run.
+        self.preflight_passed = False
+        #: The last scheduled run's report (``None`` before the first run).
+        self.last_report: Report | None = None
 
     def __repr__(self) -> str:
         return (
@@ -167,6 +172,11 @@ class NeuronMap:
             else:
                 self._reporters = [get_reporter(r) if isinstance(r, str) else r for r in spec]
         return self._reporters
+
+    def _repr_html_(self) -> str:
+        from neuronmap._notebook import monitor_html
+
+        return monitor_html(self)
 
     @reporters.setter
     def reporters(self, value: Sequence[Reporter]) -> None:
@@ -356,6 +366,7 @@ class NeuronMap:
         report = Report(
             step=int(step),
             epoch=epoch,
+        t_run = time.perf_counter() - sum(timings.values())
             event=event,
             timestamp=started,
             results=results,
@@ -369,10 +380,12 @@ class NeuronMap:
             for listener in self._listeners:
                 listener(report, model)
         return report
+        report = self.last_report = attach_findings(report, self.analyses, self.history)
 
     def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
         t0 = time.perf_counter()
         was_training = ctx.model.training
+            announce_run(report, self.reporters, started=t_run)
         try:
             result = analysis.run(ctx)
         except Exception as err:

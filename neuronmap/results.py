@@ -7,7 +7,6 @@ Metric keys are stable, slash-separated and tracker-safe:
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -17,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from neuronmap.analyses.base import AnalysisResult
+if TYPE_CHECKING:  # a run-time import would load every analysis (torch, scipy) for the CLI
+    from neuronmap.analyses.base import AnalysisResult
+    from neuronmap.findings import Finding
 
 __all__ = ["HISTORY_COLUMNS", "PREFIX", "History", "Report", "metric_key", "split_key"]
 
@@ -54,6 +55,27 @@ class Report:
     probe_fingerprint: str = ""
     #: Seconds spent per stage (``capture``, then one entry per analysis).
     timings: Mapping[str, float] = field(default_factory=dict)
+    #: Ranked findings (failures, crossed thresholds, significant effects, changes since the
+    #: previous run); filled in by the engine, see :mod:`neuronmap.findings`.
+    findings: tuple[Finding, ...] = ()
+    #: Headline metric patterns per analysis (what trackers chart; see ``neuronmap._headline``).
+    headline: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def summary(self, *, limit: int | None = None) -> str:
+        """The findings as text: a header line, then one ``- analysis: claim`` line each.
+
+        Example:
+            >>> print(Report(3, 0, "validation_end", "").summary())
+            NeuronMap step 3 (epoch 0, validation_end): 0 findings
+            - No findings: nothing significant, no threshold crossed.
+        """
+        from neuronmap.findings import findings_of, summary_text
+
+        found = findings_of(self)
+        where = ", ".join(str(x) for x in (f"epoch {self.epoch}" if self.epoch is not None else None, self.event)
+                          if x is not None)
+        header = f"NeuronMap step {self.step}" + (f" ({where})" if where else "") + f": {len(found)} findings"
+        return summary_text(found, header=header, limit=limit)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -85,6 +107,7 @@ class Report:
             "timestamp": self.timestamp,
             "probe_fingerprint": self.probe_fingerprint,
             "timings": dict(self.timings),
+            "findings": [f.to_dict() for f in self.findings],
             "metrics": {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()},
             "analyses": {
                 n: {"status": r.status, "error": r.error, "notes": list(r.notes), "duration_s": r.duration_s,
@@ -98,16 +121,10 @@ class Report:
         return json.dumps(self.to_dict(), **kwargs)
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(n)}</td><td>{html.escape(r.status)}</td>"
-            f"<td>{len(r.metrics)}</td><td>{html.escape(r.error or '; '.join(r.notes)[:200])}</td></tr>"
-            for n, r in self.results.items()
-        )
-        return (
-            f"<div><b>NeuronMap report</b> step {self.step}, epoch {self.epoch}, event {html.escape(str(self.event))}"
-            "<table><tr><th>analysis</th><th>status</th><th>metrics</th><th>notes</th></tr>"
-            f"{rows}</table></div>"
-        )
+        """Findings, a values table per analysis and the figures (for notebooks)."""
+        from neuronmap._notebook import report_html
+
+        return report_html(self)
 
 
 class History:
@@ -164,6 +181,12 @@ class History:
             return {}
         last = f.drop_duplicates("key", keep="last")
         return dict(zip(last["key"], last["value"].astype(float), strict=True))
+
+    def _repr_html_(self) -> str:
+        """The latest value of each headline metric and its trend (for notebooks)."""
+        from neuronmap._notebook import history_html
+
+        return history_html(self)
 
     def to_csv(self, path: str | Path) -> Path:
         path = Path(path)

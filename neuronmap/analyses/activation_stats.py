@@ -14,6 +14,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.findings import Finding
 from neuronmap.metrics.neurons import activation_summary
 
 __all__ = ["ActivationStats"]
@@ -40,6 +41,13 @@ class ActivationStats(Analysis):
     """
 
     name = "activation_stats"
+    headline_metrics = ("std", "sparsity", "effective_rank", "nonfinite_fraction")
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """See :func:`neuronmap.analyses._findings.activation_findings`."""
+        from neuronmap.analyses._findings import activation_findings
+
+        return activation_findings(result)
 
     def __init__(self, *, dead_threshold: float = 0.0, eps: float = 1e-6, layers: Any = None) -> None:
         super().__init__(layers=layers)

@@ -36,6 +36,7 @@ from neuronmap.analyses.base import (
 )
 from neuronmap.capture.layers import glob_to_regex
 from neuronmap.errors import InvalidParameterError, NeuronMapError, ProbeSetError
+from neuronmap.findings import Finding
 from neuronmap.metrics.attention import (
     attention_entropy,
     mean_attention_distance,
@@ -96,6 +97,13 @@ class AttentionAnalysis(Analysis):
     """
 
     name = "attention"
+    headline_metrics = ("normalized_entropy", "special_mass")
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """See :func:`neuronmap.analyses._findings.attention_findings`."""
+        from neuronmap.analyses._findings import attention_findings
+
+        return attention_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
 
     def __init__(
         self,

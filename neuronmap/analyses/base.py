@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from neuronmap.capture.hooks import Activations
+    from neuronmap.findings import Finding
     from neuronmap.probe import ProbeSet
     from neuronmap.results import History
 
@@ -153,6 +154,9 @@ class Analysis(ABC):
 
     name: ClassVar[str] = "analysis"
     needs_outputs: ClassVar[bool] = False
+    #: ``fnmatch`` patterns of the metrics trackers chart by default (empty: every metric that
+    #: is not a CI/p-value sibling and not per head); the rest stays in the history and tables.
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, layers: str | list[str] | None = None, name: str | None = None) -> None:
         self.layers = [layers] if isinstance(layers, str) else layers
@@ -174,6 +178,18 @@ class Analysis(ABC):
             wanted = [re.compile(s[3:]) if s.startswith("re:") else glob_to_regex(s) for s in self.layers]
             names = [n for n in names if any(w.fullmatch(n) for w in wanted)]
         return [(n, np.asarray(ctx.activations[n])) for n in names]
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """A few ranked claims about ``result`` (see :mod:`neuronmap.findings`).
+
+        The default reports a failure, or the metrics whose corrected p-value (``_p_adj``)
+        is below ``alpha``; changes since the previous run are added by the engine. Override
+        to say what matters for this analysis (which layers encode a target, which bias
+        metric crossed a threshold).
+        """
+        from neuronmap.findings import default_findings
+
+        return default_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
 
     def config(self) -> dict[str, Any]:
         """JSON-able parameters of this analysis (for config.json and the audit trail)."""

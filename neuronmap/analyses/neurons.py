@@ -63,6 +63,7 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError
+from neuronmap.findings import Finding
 from neuronmap.metrics.neurons import dead_fraction, participation_ratio, sparsity
 from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
 
@@ -115,6 +116,13 @@ class NeuronStats(Analysis):
     """
 
     name = "neuron_stats"
+    headline_metrics = ("dead_fraction", "saturated_fraction", "outlier_dims", "selective_fraction")
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """See :func:`neuronmap.analyses._findings.neuron_findings`."""
+        from neuronmap.analyses._findings import neuron_findings
+
+        return neuron_findings(result)
 
     def __init__(
         self,

@@ -72,6 +72,7 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError
+from neuronmap.findings import Finding
 from neuronmap.stats import (
     PVALUE_METHODS,
     adjust_pvalues,
@@ -177,6 +178,13 @@ class Probing(Analysis):
     """
 
     name = "probing"
+    headline_metrics = ("accuracy", "selectivity")
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """See :func:`neuronmap.analyses._findings.probing_findings`."""
+        from neuronmap.analyses._findings import probing_findings
+
+        return probing_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError, LayerNotFoundError
+from neuronmap.findings import Finding
 from neuronmap.metrics.similarity import cka_matrix, linear_cka, rdm, rsa
 from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
 
@@ -92,6 +93,13 @@ class CKA(Analysis):
     """
 
     name = "cka"
+    headline_metrics = ("drift_first", "drift_previous")
+
+    def findings(self, result: AnalysisResult) -> list[Finding]:
+        """See :func:`neuronmap.analyses._findings.cka_findings`."""
+        from neuronmap.analyses._findings import cka_findings
+
+        return cka_findings(result)
 
     def __init__(
         self,
