@@ -24,6 +24,7 @@ from neuronmap.analyses.fairness import Fairness
 from neuronmap.analyses.information import Information
 from neuronmap.analyses.neurons import NeuronStats
 from neuronmap.analyses.patching import ActivationPatching
+from neuronmap.analyses.performance import ModelPerformance
 from neuronmap.analyses.probing import Probing
 from neuronmap.analyses.projection import Projection
 from neuronmap.analyses.representation_bias import RepresentationBias
@@ -50,6 +51,7 @@ __all__ = [
     "Fairness",
     "Information",
     "MetricSet",
+    "ModelPerformance",
     "NeuronStats",
     "Probing",
     "Projection",
