@@ -12,48 +12,118 @@ Example:
     >>> report = monitor.run(tiny_mlp(), step=0)
 """
 
-from neuronmap.analyses import (
-    CKA,
-    RSA,
-    TCAV,
-    ActivationMaximization,
-    ActivationPatching,
-    ActivationStats,
-    Analysis,
-    AnalysisContext,
-    AnalysisResult,
-    AttentionAnalysis,
-    Attribution,
-    CausalTracing,
-    CircuitDiscovery,
-    ConceptAlgebra,
-    ConceptExtraction,
-    CounterfactualBias,
-    Fairness,
-    Information,
-    MetricSet,
-    NeuronStats,
-    Probing,
-    Projection,
-    RepresentationBias,
-)
-from neuronmap.audit import AuditTrail
-from neuronmap.capture import ActivationCapture, Activations, capture_activations
-from neuronmap.cards import ModelCard, render_card
-from neuronmap.engine import NeuronMap
-from neuronmap.errors import (
-    InvalidParameterError,
-    LayerNotFoundError,
-    NeuronMapError,
-    ProbeSetError,
-)
-from neuronmap.gates import GateMonitor
-from neuronmap.gates import evaluate as evaluate_gates
-from neuronmap.probe import ProbeSet
-from neuronmap.results import History, Report
-from neuronmap.schedule import Schedule
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: Public name -> ``"module"`` (same attribute name) or ``"module:attribute"``. Each is imported
+#: on first access (PEP 562 ``__getattr__``), so ``import neuronmap`` and ``neuronmap --version``
+#: import neither torch nor scipy. To export a new name: one line here, one in ``__all__`` and
+#: one under ``TYPE_CHECKING`` (tests/test_import.py checks that the three agree).
+_LAZY: dict[str, str] = {
+    "CKA": "neuronmap.analyses",
+    "RSA": "neuronmap.analyses",
+    "TCAV": "neuronmap.analyses",
+    "ActivationCapture": "neuronmap.capture",
+    "ActivationMaximization": "neuronmap.analyses",
+    "ActivationPatching": "neuronmap.analyses",
+    "ActivationStats": "neuronmap.analyses",
+    "Activations": "neuronmap.capture",
+    "Analysis": "neuronmap.analyses",
+    "AnalysisContext": "neuronmap.analyses",
+    "AnalysisResult": "neuronmap.analyses",
+    "AttentionAnalysis": "neuronmap.analyses",
+    "Attribution": "neuronmap.analyses",
+    "AuditTrail": "neuronmap.audit",
+    "CausalTracing": "neuronmap.analyses",
+    "CircuitDiscovery": "neuronmap.analyses",
+    "ConceptAlgebra": "neuronmap.analyses",
+    "ConceptExtraction": "neuronmap.analyses",
+    "CounterfactualBias": "neuronmap.analyses",
+    "Fairness": "neuronmap.analyses",
+    "GateMonitor": "neuronmap.gates",
+    "History": "neuronmap.results",
+    "Information": "neuronmap.analyses",
+    "InvalidParameterError": "neuronmap.errors",
+    "LayerNotFoundError": "neuronmap.errors",
+    "MetricSet": "neuronmap.analyses",
+    "ModelCard": "neuronmap.cards",
+    "ModelPerformance": "neuronmap.analyses",
+    "NeuronMap": "neuronmap.engine",
+    "NeuronMapError": "neuronmap.errors",
+    "NeuronStats": "neuronmap.analyses",
+    "ProbeSet": "neuronmap.probe",
+    "ProbeSetError": "neuronmap.errors",
+    "Probing": "neuronmap.analyses",
+    "Projection": "neuronmap.analyses",
+    "Report": "neuronmap.results",
+    "RepresentationBias": "neuronmap.analyses",
+    "Schedule": "neuronmap.schedule",
+    "capture_activations": "neuronmap.capture",
+    "evaluate_gates": "neuronmap.gates:evaluate",
+    "render_card": "neuronmap.cards",
+}
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from neuronmap.analyses import (
+        CKA,
+        RSA,
+        TCAV,
+        ActivationMaximization,
+        ActivationPatching,
+        ActivationStats,
+        Analysis,
+        AnalysisContext,
+        AnalysisResult,
+        AttentionAnalysis,
+        Attribution,
+        CausalTracing,
+        CircuitDiscovery,
+        ConceptAlgebra,
+        ConceptExtraction,
+        CounterfactualBias,
+        Fairness,
+        Information,
+        MetricSet,
+        ModelPerformance,
+        NeuronStats,
+        Probing,
+        Projection,
+        RepresentationBias,
+    )
+    from neuronmap.audit import AuditTrail
+    from neuronmap.capture import ActivationCapture, Activations, capture_activations
+    from neuronmap.cards import ModelCard, render_card
+    from neuronmap.engine import NeuronMap
+    from neuronmap.errors import (
+        InvalidParameterError,
+        LayerNotFoundError,
+        NeuronMapError,
+        ProbeSetError,
+    )
+    from neuronmap.gates import GateMonitor
+    from neuronmap.gates import evaluate as evaluate_gates
+    from neuronmap.probe import ProbeSet
+    from neuronmap.results import History, Report
+    from neuronmap.schedule import Schedule
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'neuronmap' has no attribute {name!r}")
+    module, _, attribute = target.partition(":")
+    value = getattr(import_module(module), attribute or name)
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CKA",
@@ -83,6 +153,7 @@ __all__ = [
     "LayerNotFoundError",
     "MetricSet",
     "ModelCard",
+    "ModelPerformance",
     "NeuronMap",
     "NeuronMapError",
     "NeuronStats",

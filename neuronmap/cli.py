@@ -129,8 +129,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``neuronmap`` command."""
+#: Modules that register subcommands beside the features they drive (cards, gates, audit ...).
+#: Each has ``add_parser(subparsers)`` and keeps its heavy imports (torch, scipy, transformers)
+#: inside the command handlers, so that ``neuronmap --help`` imports neither torch nor scipy
+#: (tests/test_import.py checks). To add a command: an ``add_parser`` in its module, one line here.
+COMMAND_MODULES: tuple[str, ...] = (
+    "neuronmap.cards.cli",
+    "neuronmap.gates",
+    "neuronmap.audit",
+    "neuronmap.analyze",
+)
+
+
+def _top_parser() -> argparse.ArgumentParser:
     from neuronmap import __version__
 
     parser = argparse.ArgumentParser(
@@ -138,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="NeuronMap: interpretability analyses on a schedule, logged to your tracker.",
     )
     parser.add_argument("--version", action="version", version=f"neuronmap {__version__}")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``neuronmap`` command."""
+    parser = _top_parser()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("layers", help="list a model's modules, types and output shapes")
@@ -172,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(sub: Any) -> None:
-    """Subcommands that live beside the features they drive (cards, gates, audit ...)."""
-    for module_name in ("neuronmap.cards.cli", "neuronmap.gates", "neuronmap.audit", "neuronmap.analyze"):
+    """Subcommands that live beside the features they drive (:data:`COMMAND_MODULES`)."""
+    for module_name in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
@@ -187,6 +204,10 @@ def _register_extensions(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``neuronmap`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:
+        # Answered before the subcommands' modules are imported: `--version` costs ~no imports.
+        _top_parser().parse_args(argv[:1])
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
