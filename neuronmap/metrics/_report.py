@@ -5,8 +5,23 @@
 percentile bootstrap intervals (Efron & Tibshirani 1993, eq. 13.5) from resamples drawn
 *within* each sensitive group, so every replicate keeps each group's size (a stratified
 bootstrap, Davison & Hinkley 1997, sec. 3.8), as the group sizes of a probe set are fixed
-by design. Percentile intervals of a max - min difference are biased away from zero when
-the true difference is near zero: to test "no difference", use a permutation test.
+by design.
+
+A percentile interval of a max - min difference (or of a min / max ratio) never contains 0
+(1) when the groups are equal, because every replicate's gap is positive. The intervals of
+the between-group differences and ratios are therefore built from *simultaneous* intervals
+of every pairwise difference ``r_i - r_j`` (of ``log r_i - log r_j`` for ratios): a
+studentised max-|t| bootstrap band (Efron & Tibshirani 1993, sec. 12.5; the max-t method of
+Westfall & Young 1993 applied to bootstrap replicates), whose critical value is the
+``confidence`` quantile over replicates of ``max_ij |d*_ij - d_ij| / se_ij``. When every
+pairwise difference lies in its band, the largest gap lies in
+``[max(0, max_ij |d_ij| - q se_ij), max_ij |d_ij| + q' se_ij]``. The lower bound needs the
+simultaneous ``q`` (with equal groups the gap is 0 and any pair may overshoot it); the upper
+bound fails only when the pair that holds the gap is underestimated, so ``q'`` is the normal
+one-sided quantile at the level the lower bound leaves, ``alpha - P(Z > q)``. With two groups
+this is the signed-difference interval folded to absolute values; with one dominant pair or
+equal groups the coverage is nominal (tests/calibration). ``interval="percentile"`` keeps the
+plain percentile interval.
 """
 
 from __future__ import annotations
@@ -73,6 +88,60 @@ def _columns(ev: _Evaluation, has_truth: bool) -> list[tuple[str, str, int]]:
 def _matrix(rates: dict[str, np.ndarray], cols: list[tuple[str, str, int]]) -> np.ndarray:
     """Stack the chosen rate columns into ``[..., G, M]``."""
     return np.stack([rates[m][..., j] for _, m, j in cols], axis=-1)
+
+
+Interval = Literal["simultaneous", "percentile"]
+_INTERVALS = ("simultaneous", "percentile")
+
+
+def _pairwise(values: np.ndarray, kind: Literal["difference", "ratio"]) -> np.ndarray:
+    """``[..., P, M]`` pairwise differences ``v_i - v_j`` (``i < j``) over the group axis (-2)."""
+    if kind == "ratio":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.log(values)
+    i, j = np.triu_indices(values.shape[-2], k=1)
+    with np.errstate(invalid="ignore"):  # -inf - -inf: both rates 0 in a replicate, no ratio
+        return values[..., i, :] - values[..., j, :]
+
+
+def _simultaneous(
+    point: np.ndarray, reps: np.ndarray, columns: list[int], confidence_level: float,
+    kind: Literal["difference", "ratio"],
+) -> tuple[float, float] | None:  # fmt: skip
+    """Interval of the worst between-group gap over ``columns`` from a max-|t| bootstrap band.
+
+    ``point`` is ``[G, M]`` group values and ``reps`` ``[B, G, M]`` their replicates. Returns
+    the bounds of ``max |d|`` (difference) or ``exp(-max |log ratio|)`` (ratio); NaN when no
+    pair of groups is defined, ``None`` for a ratio with a zero group value.
+    """
+    if kind == "ratio" and np.any(point[:, columns] <= 0):
+        return None  # a zero rate has no log ratio: the caller falls back to the percentile interval
+    d = _pairwise(point[:, columns], kind).ravel()
+    d_reps = _pairwise(reps[:, :, columns], kind).reshape(len(reps), -1)
+    finite = np.isfinite(d) & (np.isfinite(d_reps).mean(axis=0) > 0.5 if len(reps) else False)
+    if not finite.any():
+        return float("nan"), float("nan")
+    d, d_reps = d[finite], d_reps[:, finite]
+    with np.errstate(invalid="ignore"):
+        se = np.nanstd(np.where(np.isfinite(d_reps), d_reps, np.nan), axis=0, ddof=1)
+    se = np.where(np.isfinite(se), se, 0.0)
+    dev = np.abs(d_reps - d)
+    t = np.where(se > 0, dev / np.where(se > 0, se, 1.0), np.where(dev > 0, np.inf, 0.0))
+    t_max = np.max(np.where(np.isfinite(d_reps), t, 0.0), axis=1)
+    q = float(np.quantile(t_max, confidence_level, method="higher"))
+    if not np.isfinite(q):  # a pair with zero spread but moving replicates: fall back to the spread
+        q = float(np.quantile(t_max[np.isfinite(t_max)], confidence_level)) if np.isfinite(t_max).any() else 0.0
+    # The lower bound must clear every pair at once (equal groups: the gap is 0 and any pair may
+    # exceed it); the upper bound only fails when the pair holding the true gap is under-
+    # estimated, so its critical value spends what the lower bound leaves of alpha on that side.
+    from scipy.stats import norm
+
+    q_high = float(norm.isf(max((1.0 - confidence_level) - float(norm.sf(q)), 1e-12)))
+    low = max(0.0, float(np.max(np.abs(d) - q * se)))
+    high = float(np.max(np.abs(d) + min(q, q_high) * se))
+    if kind == "difference":
+        return low, high
+    return float(np.exp(-high)), float(np.exp(-low))
 
 
 def _interval(replicates: np.ndarray, confidence_level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -155,17 +224,63 @@ class GroupReport:
         """Max - min over groups per metric (``to_overall``: largest gap to the pooled value)."""
         return pd.Series(self._aggregates("difference", method)[0], index=self.by_group.columns)
 
-    def difference_ci(self, method: Method = "between_groups") -> pd.DataFrame:
-        """Bootstrap bounds of :meth:`difference`, columns ``low`` / ``high``."""
-        return self._series_ci(self._aggregates("difference", method)[1])
+    def difference_ci(self, method: Method = "between_groups", *, interval: Interval = "simultaneous") -> pd.DataFrame:
+        """Bootstrap bounds of :meth:`difference`, columns ``low`` / ``high``.
+
+        ``interval="simultaneous"`` (``between_groups`` only) folds the max-|t| band of the
+        pairwise differences (module docs), which covers 0 when the groups are equal;
+        ``"percentile"`` is the percentile interval of the replicated max - min gap.
+        """
+        return self._gap_ci("difference", method, interval)
 
     def ratio(self, method: Method = "between_groups") -> pd.Series:
         """Min / max over groups per metric (``to_overall``: smallest ratio with the pooled value)."""
         return pd.Series(self._aggregates("ratio", method)[0], index=self.by_group.columns)
 
-    def ratio_ci(self, method: Method = "between_groups") -> pd.DataFrame:
-        """Bootstrap bounds of :meth:`ratio`, columns ``low`` / ``high``."""
-        return self._series_ci(self._aggregates("ratio", method)[1])
+    def ratio_ci(self, method: Method = "between_groups", *, interval: Interval = "simultaneous") -> pd.DataFrame:
+        """Bootstrap bounds of :meth:`ratio`, columns ``low`` / ``high`` (see :meth:`difference_ci`)."""
+        return self._gap_ci("ratio", method, interval)
+
+    def _gap_ci(self, kind: Literal["difference", "ratio"], method: Method, interval: Interval) -> pd.DataFrame:
+        _check_choice("interval", interval, _INTERVALS)
+        frame = self._series_ci(self._aggregates(kind, method)[1])
+        if interval == "simultaneous" and method == "between_groups":
+            point = self.by_group.to_numpy(float)
+            for j, col in enumerate(self.by_group.columns):
+                bounds = _simultaneous(point, self._group_replicates, [j], self.confidence_level, kind)
+                if bounds is not None:
+                    frame.loc[col] = bounds
+        return frame
+
+    def signed_difference(self, metric: str) -> pd.DataFrame:
+        """Every pairwise difference of one group metric, with simultaneous max-|t| bounds.
+
+        Args:
+            metric: A column of :attr:`by_group` (``"true_positive_rate"``, ...).
+
+        Returns:
+            One row per pair ``(group_a, group_b)`` with ``difference = a - b``, ``low``
+            and ``high``; with two groups the single row is the signed difference.
+
+        Raises:
+            InvalidParameterError: ``metric`` is not a column of :attr:`by_group`.
+        """
+        cols = list(self.by_group.columns)
+        if metric not in cols:
+            raise InvalidParameterError(f"Unknown group metric {metric!r}; this report has {cols!r}.")
+        j = cols.index(metric)
+        point = self.by_group.to_numpy(float)[:, [j]]
+        reps = self._group_replicates[:, :, [j]]
+        d, d_reps = _pairwise(point, "difference")[:, 0], _pairwise(reps, "difference")[..., 0]
+        with np.errstate(invalid="ignore"):
+            se = np.nanstd(d_reps, axis=0, ddof=1) if len(reps) > 1 else np.full(d.shape, np.nan)
+        dev = np.abs(d_reps - d)
+        t_max = np.nanmax(np.where(se > 0, dev / np.where(se > 0, se, 1.0), 0.0), axis=1) if len(reps) else []
+        q = float(np.quantile(t_max, self.confidence_level, method="higher")) if len(reps) else np.nan
+        i, k = np.triu_indices(len(point), k=1)
+        keys = list(self.by_group.index)
+        return pd.DataFrame({"group_a": [keys[a] for a in i], "group_b": [keys[b] for b in k], "difference": d,
+                             "low": d - q * se, "high": d + q * se})
 
     def _named(self, name: str, method: Method, average: Average) -> tuple[float, np.ndarray]:
         metrics, kind = _SUMMARY[name]
@@ -184,8 +299,9 @@ class GroupReport:
         return float(collapse(point)), collapse(reps)
 
     def summary(
-        self, method: Method = "between_groups", *, average: Average = "worst"
-    ) -> pd.DataFrame:
+        self, method: Method = "between_groups", *, average: Average = "worst",
+        interval: Interval = "simultaneous",
+    ) -> pd.DataFrame:  # fmt: skip
         """Named fairness metrics (``demographic_parity_difference`` ...) with CI bounds.
 
         Equalized odds takes the worst of the TPR and FPR disparities, as fairlearn's
@@ -194,29 +310,44 @@ class GroupReport:
         Args:
             method: ``"between_groups"`` or ``"to_overall"``.
             average: ``"worst"`` or ``"macro"`` over classes (multiclass only).
+            interval: ``"simultaneous"`` (default; module docs) or ``"percentile"``. The
+                simultaneous interval needs ``between_groups`` and, for multiclass
+                reports, ``average="worst"``; otherwise the percentile interval is used.
 
         Returns:
             One row per available metric; columns ``estimate``, ``low``, ``high``.
         """
         _check_choice("average", average, [a for a in _AVERAGES if a is not None])
+        _check_choice("interval", interval, _INTERVALS)
+        joint = interval == "simultaneous" and method == "between_groups" and (
+            not self.multiclass or average == "worst"
+        )
         present = {c.split("/")[0] for c in self.by_group.columns}
         rows = {}
-        for name, (metrics, _) in _SUMMARY.items():
+        cols = list(self.by_group.columns)
+        for name, (metrics, kind) in _SUMMARY.items():
             if set(metrics) <= present:
                 point, reps = self._named(name, method, average)
                 low, high = _interval(reps[:, None], self.confidence_level)
-                rows[name] = (point, float(low[0]), float(high[0]))
+                bounds = (float(low[0]), float(high[0]))
+                if joint:
+                    picked = [i for i, c in enumerate(cols) if c.split("/")[0] in metrics]
+                    joint_bounds = _simultaneous(self.by_group.to_numpy(float), self._group_replicates, picked,
+                                                 self.confidence_level, kind)
+                    bounds = bounds if joint_bounds is None or not np.isfinite(point) else joint_bounds
+                rows[name] = (point, *bounds)
         return pd.DataFrame.from_dict(rows, orient="index", columns=["estimate", "low", "high"])
 
     def interval(
-        self, name: str, method: Method = "between_groups", *, average: Average = "worst"
-    ) -> ConfidenceInterval:
+        self, name: str, method: Method = "between_groups", *, average: Average = "worst",
+        interval: Interval = "simultaneous",
+    ) -> ConfidenceInterval:  # fmt: skip
         """One named fairness metric of :meth:`summary` as a ``ConfidenceInterval``.
 
         Raises:
             InvalidParameterError: ``name`` is not a named metric available in this report.
         """
-        table = self.summary(method, average=average)
+        table = self.summary(method, average=average, interval=interval)
         if name not in table.index:
             raise InvalidParameterError(
                 f"Unknown or unavailable fairness metric {name!r}; this report has "
@@ -225,7 +356,7 @@ class GroupReport:
         row = table.loc[name]
         return ConfidenceInterval(
             estimate=float(row["estimate"]), low=float(row["low"]), high=float(row["high"]),
-            confidence=self.confidence_level, method="percentile",
+            confidence=self.confidence_level, method=interval,
             note="stratified by group",
         )  # fmt: skip
 
