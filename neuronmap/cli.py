@@ -138,6 +138,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "neuronmap.gates",
     "neuronmap.audit",
     "neuronmap.analyze",
+    "neuronmap.service.cli",
 )
 
 
