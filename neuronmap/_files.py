@@ -149,7 +149,10 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, encoding: str 
         OSError: The folder cannot be written (the target is left as it was).
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:  # name the file the caller asked for, not the temporary one
+        raise type(err)(err.errno, err.strerror, str(target)) from err
     try:
         with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
             fh.write(text)

@@ -4,12 +4,14 @@ JUnit XML follows the schema that Jenkins, GitLab (``artifacts:reports:junit``) 
 test-report actions read: ``<testsuites>/<testsuite>/<testcase>``; a failed check carries
 ``<failure message=...>``, a check that could not run ``<error>``, an optional one with nothing to
 check ``<skipped>``; every testcase has the value and threshold in its message or
-``<system-out>``.
+``<system-out>``. Characters that XML 1.0 cannot carry (control characters in a check's name
+or message) are written as ``\\xNN`` escapes, so the file always parses.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -17,9 +19,29 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from neuronmap.gates import CheckResult, GateReport
 
-__all__ = ["report_to_dict", "to_junit_xml", "to_markdown"]
+__all__ = ["report_to_dict", "to_junit_xml", "to_markdown", "xml_safe", "xml_safe_tree"]
+
+#: What XML 1.0 forbids even as character references (its ``Char`` production).
+_XML_INVALID = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 _ICONS = {"passed": "✅ passed", "failed": "❌ failed", "error": "⚠️ error", "skipped": "⏭️ skipped"}
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with characters XML 1.0 cannot hold replaced by visible ``\\xNN`` escapes."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
+def xml_safe_tree(root: ET.Element) -> ET.Element:
+    """Apply :func:`xml_safe` to every attribute value and text of ``root``'s tree (in place)."""
+    for element in root.iter():
+        element.attrib = {k: xml_safe(v) for k, v in element.attrib.items()}
+        if element.text:
+            element.text = xml_safe(element.text)
+        if element.tail:
+            element.tail = xml_safe(element.tail)
+    return root
 
 
 def _finite(value: float | None) -> float | None:
@@ -85,6 +107,7 @@ def to_junit_xml(report: GateReport) -> str:
         elif result.status == "skipped":
             ET.SubElement(case, "skipped", message=message)
         ET.SubElement(case, "system-out").text = _details(result)
+    xml_safe_tree(suites)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

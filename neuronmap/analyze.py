@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from neuronmap._files import check_run_name
 from neuronmap.errors import InvalidParameterError, NeuronMapError
 
 __all__ = ["add_parser", "load_config", "run_config"]
@@ -62,6 +63,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for key in ("probe", "layers", "analyses"):
         if key not in config and not (key == "layers" and "activations" in config):
             raise InvalidParameterError(f"{path} lacks the required key {key!r}.")
+    if config.get("run_name") is not None:
+        check_run_name(config["run_name"], parameter=f"run_name in {path}")
     config["_base"] = path.parent
     return config
 
@@ -69,6 +72,15 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def _resolve(config: dict[str, Any], value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else config["_base"] / p
+
+
+def _existing(config: dict[str, Any], value: str, what: str) -> Path:
+    """The resolved path of a file the config names, or a clear error before anything is written."""
+    path = _resolve(config, value)
+    if not path.is_file():
+        raise NeuronMapError(f"The {what} file {value!r} does not exist (looked for {str(path)!r}; relative "
+                             "paths are read from the config file's folder).")
+    return path
 
 
 def _build_analyses(specs: list[Any]) -> list[Any]:
@@ -100,18 +112,22 @@ def _load_probe(config: dict[str, Any], tokenizer: Any) -> Any:
         spec = {"npz": spec} if spec.endswith(".npz") else {"texts": spec}
     max_length = int(spec.get("max_length", 128))
     if "npz" in spec:
-        return ProbeSet.load(_resolve(config, spec["npz"]))
+        return ProbeSet.load(_existing(config, spec["npz"], "probe npz"))
     if tokenizer is None:
         raise NeuronMapError("The probe set is given as text, which needs a tokenizer in the model folder.")
     if "csv" in spec:
-        df = pd.read_csv(_resolve(config, spec["csv"]))
+        csv = _existing(config, spec["csv"], "probe csv")
+        try:
+            df = pd.read_csv(csv)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise NeuronMapError(f"The probe csv file {str(csv)!r} cannot be read as CSV: {err}") from err
         return ProbeSet.from_pandas(
             df, text_column=spec.get("text_column", "text"), tokenizer=tokenizer,
             label_column=spec.get("label_column", "label"), group_columns=spec.get("group_columns", []),
             max_length=max_length, name=Path(spec["csv"]).stem,
         )
     if "texts" in spec:
-        lines = _resolve(config, spec["texts"]).read_text(encoding="utf-8").splitlines()
+        lines = _existing(config, spec["texts"], "probe texts").read_text(encoding="utf-8").splitlines()
         return ProbeSet.from_texts([t for t in lines if t.strip()], tokenizer, max_length=max_length,
                                    name=Path(spec["texts"]).stem)
     raise InvalidParameterError(f"probe must give one of 'csv', 'texts' or 'npz'; got keys {sorted(spec)}.")
@@ -128,19 +144,24 @@ def _load_model(config: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def run_config(config: dict[str, Any]) -> Path:
-    """Run the configured analyses once and return the run folder."""
+    """Run the configured analyses once and return the run folder.
+
+    Everything the config names (analyses, model, probe set, activations) is loaded before the
+    run folder is created, so that a mistake in the config leaves no empty folder behind.
+    """
     from neuronmap.capture.hooks import Activations
     from neuronmap.engine import NeuronMap
     from neuronmap.reporters.local import LocalReporter
 
-    reporter = LocalReporter(_resolve(config, config.get("out", "neuronmap-runs")), run_name=config.get("run_name"))
     analyses = _build_analyses(config["analyses"])
     if "model" in config:
         model, tokenizer = _load_model(config)
     else:
         model, tokenizer = None, None
     probe = _load_probe(config, tokenizer)
-    acts = Activations.load(_resolve(config, config["activations"])) if "activations" in config else None
+    acts = Activations.load(_existing(config, config["activations"], "activations")) if "activations" in config \
+        else None
+    reporter = LocalReporter(_resolve(config, config.get("out", "neuronmap-runs")), run_name=config.get("run_name"))
     monitor = NeuronMap(
         probe,
         layers=config.get("layers") or (acts.layers if acts is not None else []),

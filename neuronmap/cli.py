@@ -12,11 +12,12 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neuronmap.errors import NeuronMapError
+from neuronmap.errors import NeuronMapError, NeuronMapWarning
 
 __all__ = ["build_parser", "main"]
 
@@ -216,12 +217,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
+            return handler(args)
     except NeuronMapError as err:
+        print(f"neuronmap {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output path that cannot be written (or an input that cannot be read)
         print(f"neuronmap {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line_warning(command: str, default: Callable[..., None]) -> Callable[..., None]:
+    """Show NeuronMap's own warnings (a skipped torn record ...) as one line, like its errors."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, NeuronMapWarning):
+            print(f"neuronmap {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AnalysisError",
     "AnalysisFailedWarning",
+    "CorruptFileError",
     "ForwardError",
     "InvalidParameterError",
     "LayerNotFoundError",
@@ -41,6 +42,10 @@ class LayerNotFoundError(NeuronMapError, KeyError):
 
 class ProbeSetError(NeuronMapError, ValueError):
     """A probe set is empty or its columns disagree in length."""
+
+
+class CorruptFileError(NeuronMapError, ValueError):
+    """A saved file (activations, probe set) is truncated, corrupt or not in NeuronMap's format."""
 
 
 class MemoryBudgetError(NeuronMapError, MemoryError):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuronmap.errors import InvalidParameterError, ProbeSetError
+from neuronmap.errors import CorruptFileError, InvalidParameterError, ProbeSetError
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -56,7 +58,22 @@ def _column(name: str, values: Any, n: int) -> np.ndarray:
             f"{name} has {len(arr)} entries but the probe set has {n} inputs; "
             "they must have one entry per input."
         )
+    bad = _first_non_scalar(arr)
+    if bad is not None:
+        raise ProbeSetError(f"{name} must hold one scalar (number, string, bool, None) per example; row {bad[0]} "
+                            f"holds a {bad[1]}. Store such values as one column per element, or as a string.")
     return arr
+
+
+def _first_non_scalar(arr: np.ndarray) -> tuple[int, str] | None:
+    """``(row, type name)`` of the first list/dict/array cell: the fingerprint and the saved
+    format hold one scalar per cell, so such a column would fail later, at the first scheduled run."""
+    if arr.dtype != object:
+        return None
+    for row, value in enumerate(arr):
+        if not pd.api.types.is_scalar(value):
+            return row, type(value).__name__
+    return None
 
 
 class ProbeSet:
@@ -203,7 +220,8 @@ class ProbeSet:
         """Build a text probe set from a DataFrame; other columns become metadata.
 
         Raises:
-            ProbeSetError: A named column is missing (the message lists the columns there are).
+            ProbeSetError: A named column is missing (the message lists the columns there are), or
+                a column other than the text holds lists, dicts or arrays (the message names them).
         """
         needed = [text_column, *group_columns] + ([label_column] if label_column else [])
         missing = [c for c in needed if c not in df.columns]
@@ -215,6 +233,14 @@ class ProbeSet:
                 f"Column(s) {missing} not found in the DataFrame; it has {list(df.columns)}."
             )
         df = df.reset_index(drop=True)
+        found = {str(c): _first_non_scalar(df[c].to_numpy()) for c in df.columns if c != text_column}
+        bad = {c: f"row {r[0]}: {r[1]}" for c, r in found.items() if r is not None}
+        if bad:
+            raise ProbeSetError(
+                f"Column(s) {sorted(bad)} of the DataFrame hold non-scalar values ({bad}); every column but the "
+                "text must hold one number, string, bool or None per row. Split them into one column per "
+                "element or store them as strings."
+            )
         used = {text_column, *group_columns} | ({label_column} if label_column else set())
         meta = df[[c for c in df.columns if c not in used]].copy()
         meta.insert(0, "text", df[text_column].astype(str).to_numpy())
@@ -413,10 +439,22 @@ class ProbeSet:
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeSet:
-        """Read a probe set written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(bytes(data["__meta__"]).decode())
-            inputs = {k[len("input__") :]: torch.from_numpy(data[k].copy()) for k in data.files if k.startswith("input__")}
+        """Read a probe set written by :meth:`save` (``allow_pickle=False``).
+
+        Raises:
+            FileNotFoundError: There is no file at ``path``.
+            CorruptFileError: The file is truncated, corrupt or not a probe-set ``.npz``.
+        """
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No probe-set file at {str(path)!r} (write one with ProbeSet.save).")
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                meta = json.loads(bytes(data["__meta__"]).decode())
+                inputs = {k[len("input__") :]: torch.from_numpy(data[k].copy())
+                          for k in data.files if k.startswith("input__")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise CorruptFileError(f"Cannot read a probe set from {str(path)!r}: it is truncated, corrupt or not a "
+                                   f"file written by ProbeSet.save ({type(err).__name__}: {err}).") from err
         frame_info = json.loads(meta["frame"])
         frame = pd.DataFrame(frame_info["data"], columns=frame_info["columns"])
         groups = frame_info["groups"]

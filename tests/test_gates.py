@@ -15,6 +15,7 @@ from compliance_runs import append_metrics, copy_run, make_run
 
 import neuronmap as nm
 from neuronmap.audit import verify
+from neuronmap.errors import TornLineWarning
 from neuronmap.gates import (
     GateConfigError,
     GateMonitor,
@@ -210,8 +211,13 @@ def test_unreadable_runs(tmp_path: Path) -> None:
         evaluate(tmp_path / "nope", [{"metric": "a", "min": 0}])
     with pytest.raises(RunReadError, match=r"no metrics\.jsonl"):
         evaluate(tmp_path, [{"metric": "a", "min": 0}])
+    # a torn line (a crash mid-write) is skipped with a warning; a line that is JSON but not a
+    # metrics record is an error (tests/reporters/test_crash_safety.py covers torn runs end to end)
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "metrics": {"a": 1}}\n{broken\n')
-    with pytest.raises(RunReadError, match="Cannot read"):
+    with pytest.warns(TornLineWarning, match="line 2"):
+        assert evaluate(tmp_path, [{"metric": "a", "min": 0}], audit=False).exit_code == 0
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "metrics": {"a": 1}}\n[1, 2]\n')
+    with pytest.raises(RunReadError, match=r"Cannot read.*line 2.*not a metrics record"):
         evaluate(tmp_path, [{"metric": "a", "min": 0}])
 
 

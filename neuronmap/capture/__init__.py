@@ -1,5 +1,6 @@
 """Activation capture: layer selectors, forward hooks and on-device reductions."""
 
+from neuronmap.capture.checks import available_devices, check_device, check_max_bytes
 from neuronmap.capture.hooks import (
     ActivationCapture,
     Activations,
@@ -13,7 +14,10 @@ __all__ = [
     "REDUCTIONS",
     "ActivationCapture",
     "Activations",
+    "available_devices",
     "capture_activations",
+    "check_device",
+    "check_max_bytes",
     "glob_to_regex",
     "model_device",
     "module_names",

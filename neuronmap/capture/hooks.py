@@ -9,6 +9,8 @@ the reduced tensor to the host. :func:`capture_activations` runs a whole probe s
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuronmap.capture.checks import check_device, check_max_bytes
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.capture.reduce import Reduction, check_reduction, reduce_tokens
-from neuronmap.errors import ForwardError, InvalidParameterError, MemoryBudgetError, NeuronMapError
+from neuronmap.errors import (
+    CorruptFileError,
+    ForwardError,
+    InvalidParameterError,
+    MemoryBudgetError,
+    NeuronMapError,
+)
 from neuronmap.probe import POSITIONAL_KEY, ProbeSet
 
 __all__ = ["ActivationCapture", "Activations", "capture_activations", "model_device"]
@@ -135,11 +144,28 @@ class Activations(Mapping[str, np.ndarray]):
 
     @classmethod
     def load(cls, path: str | Path) -> Activations:
-        """Read activations written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            arrays = {k[len("layer:") :]: data[k] for k in data.files if k.startswith("layer:")}
-            outputs = data["__outputs__"] if "__outputs__" in data.files else None
-            reduce = bytes(data["__reduce__"]).decode() if "__reduce__" in data.files else "mean"
+        """Read activations written by :meth:`save` (``allow_pickle=False``).
+
+        Raises:
+            FileNotFoundError: There is no file at ``path``.
+            CorruptFileError: The file is truncated, corrupt or not an activations ``.npz``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No activations file at {str(path)!r} (write one with Activations.save or "
+                                    "`neuronmap extract`).")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k[len("layer:") :]: data[k] for k in data.files if k.startswith("layer:")}
+                outputs = data["__outputs__"] if "__outputs__" in data.files else None
+                reduce = bytes(data["__reduce__"]).decode() if "__reduce__" in data.files else "mean"
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as err:
+            # np.load raises whichever its reader hits first; one error type names the file instead
+            raise CorruptFileError(f"Cannot read activations from {str(path)!r}: it is truncated, corrupt or not an "
+                                   f"activations .npz written by Activations.save ({type(err).__name__}: {err}).") from err
+        if not arrays:
+            raise CorruptFileError(f"{str(path)!r} holds no activations (no 'layer:' arrays); it is not a file "
+                                   "written by Activations.save.")
         return cls(arrays, reduce=reduce, outputs=outputs)
 
 
@@ -429,6 +455,8 @@ def capture_activations(
     """
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise InvalidParameterError(f"dtype must be a floating torch dtype; got {dtype}.")
+    device = check_device(device)
+    max_bytes = check_max_bytes(max_bytes)  # type: ignore[assignment]
     cap = ActivationCapture(
         model,
         layers,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from neuronmap._files import read_jsonl_numbered
 from neuronmap._run_source import load_run
 
 __all__ = ["metric_rows", "read_run_folder"]
@@ -149,11 +150,8 @@ def _audit(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[st
     summary = {"present": True, "path": "audit.jsonl", "ok": result.ok, "entries": result.entries,
                "head": result.head, "signed": result.signed, "problems": [str(p) for p in result.problems]}
     gates, first_run = [], None
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
+    # unreadable lines are already among the verification's problems: no second warning
+    for lineno, entry in read_jsonl_numbered(path, warn=False):
         if not isinstance(entry, dict):
             continue
         if entry.get("kind") == "engine_run" and first_run is None:
@@ -172,10 +170,9 @@ def _audit(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[st
 def _test_log(run_dir: Path, gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     log = []
     path = run_dir / "metrics.jsonl"
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except ValueError:
+    # torn records were reported (TornLineWarning) when load_run read the history
+    for lineno, record in read_jsonl_numbered(path, warn=False):
+        if not isinstance(record, dict):
             continue
         metrics = record.get("metrics") or {}
         log.append({"date": record.get("time"), "kind": "evaluation on the probe set", "step": record.get("step"),

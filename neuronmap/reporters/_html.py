@@ -14,6 +14,7 @@ from jinja2 import FileSystemLoader, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from matplotlib.figure import Figure
 
+from neuronmap._files import read_json, write_text_atomic
 from neuronmap.reporters.local import read_history
 
 __all__ = ["render_run_html"]
@@ -74,7 +75,7 @@ def _table(path: Path, root: Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path)
 
 
 def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -124,7 +125,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         table_step=table_dir.name if table_dir else None,
     )
     out_path = Path(out) if out else run_dir / "report.html"
-    out_path.write_text(page, encoding="utf-8")
+    write_text_atomic(out_path, page)
     return out_path
 
 
