@@ -105,7 +105,9 @@ def verify(path: str | os.PathLike[str], *, key: str | bytes | None = None, head
     entries: dict[int, dict[str, Any]] = {}
     first_line_of: dict[str, int] = {}
     signed_seen = False
-    for lineno, raw in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    # bytes that are not UTF-8 (a binary file, a torn multi-byte character) make malformed lines
+    text = file.read_bytes().decode("utf-8", errors="replace")
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         entry = _parse(raw)
         if entry is None:
             problems.append(AuditProblem(lineno, "malformed", f"not a JSON audit entry: {raw[:80]!r}"))
@@ -122,6 +124,10 @@ def verify(path: str | os.PathLike[str], *, key: str | bytes | None = None, head
         if key_bytes is not None:
             problems += _check_signature(lineno, entry, key_bytes)
     problems += _check_chain(entries, first_line_of)
+    if not text.strip():
+        problems.append(AuditProblem(0, "truncated", f"{file} holds no entries: AuditTrail writes the first entry "
+                                                     "when it creates the file, so every entry was removed (or the "
+                                                     "file was not written by AuditTrail)"))
     order = sorted(entries)
     last_hash = entries[order[-1]]["hash"] if order else None
     if head is not None and head != last_hash:

@@ -64,9 +64,16 @@ def run_gate(args: argparse.Namespace) -> int:
                           audit=not args.no_audit)
     except NeuronMapError as err:
         if args.junit:  # CI still gets a report that shows why nothing was checked
-            _write_error_junit(args.junit, err)
+            try:
+                _write_error_junit(args.junit, err)
+            except OSError as write_err:
+                raise NeuronMapError(f"{err} (and --junit {args.junit!r} cannot be written: {write_err})") from err
         raise
-    report.write(junit=args.junit, json=args.json_out, markdown=args.markdown)
+    try:
+        report.write(junit=args.junit, json=args.json_out, markdown=args.markdown)
+    except OSError as err:
+        # Exit 2, not the gate's verdict: CI must not read a report it never got as "the model failed".
+        raise NeuronMapError(f"cannot write the gate report: {err} (the checks gave exit {report.exit_code})") from err
     for result in report.checks:
         if not args.quiet or result.status != "passed":
             print(f"[{result.status.upper():7}] {result.name}: {result.message}")
@@ -79,11 +86,14 @@ def _write_error_junit(path: str, err: Exception) -> None:
     import xml.etree.ElementTree as ET
     from pathlib import Path
 
+    from neuronmap._gate_output import xml_safe_tree
+
     suites = ET.Element("testsuites", name="neuronmap", tests="1", failures="0", errors="1")
     suite = ET.SubElement(suites, "testsuite", name="neuronmap-gates", tests="1", failures="0", errors="1",
                           skipped="0", time="0")
     case = ET.SubElement(suite, "testcase", classname="neuronmap.gates", name="gate configuration and run", time="0")
     ET.SubElement(case, "error", message=str(err), type=type(err).__name__).text = str(err)
+    xml_safe_tree(suites)
     ET.indent(suites)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n", encoding="utf-8")

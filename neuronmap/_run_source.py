@@ -5,7 +5,9 @@ Gates, model cards and the audit CLI accept a *run* in one of two spellings:
 * a local run folder written by :class:`~neuronmap.reporters.LocalReporter`
   (``metrics.jsonl`` inside it), or
 * ``mlflow:<run_id>``, read through ``MlflowClient(tracking_uri).get_metric_history`` with the
-  tracking URI given explicitly or taken from ``MLFLOW_TRACKING_URI``.
+  tracking URI given explicitly or taken from ``MLFLOW_TRACKING_URI``. HTTP retries and timeouts
+  are bounded as the reporters bound them (:mod:`neuronmap.reporters._mlflow_http`), so an
+  unreachable tracker is an error within seconds, not after MLflow's minutes of back-off.
 
 Both give the same long-format History table (``step, epoch, event, analysis, layer, metric,
 value, key``), so everything downstream is tracker-agnostic.
@@ -22,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from neuronmap.errors import NeuronMapError
+from neuronmap.reporters._mlflow_http import READ_RETRIES, READ_TIMEOUT_S, bounded_http
 from neuronmap.reporters.local import read_history
 from neuronmap.results import HISTORY_COLUMNS, split_key
 
@@ -99,14 +102,16 @@ def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None) -> Loade
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     client = MlflowClient(tracking_uri=uri)
     try:
-        run = client.get_run(run_id)
-        rows: list[list[object]] = []
-        for key in sorted(run.data.metrics):
-            for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
-                rows.append(_row(key, int(m.step), float(m.value)))
+        with bounded_http(READ_RETRIES, READ_TIMEOUT_S):
+            run = client.get_run(run_id)
+            rows: list[list[object]] = []
+            for key in sorted(run.data.metrics):
+                for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+                    rows.append(_row(key, int(m.step), float(m.value)))
     except Exception as err:  # MLflow raises its own MlflowException and OSError subclasses
         raise RunReadError(
-            f"Cannot read MLflow run {run_id!r} from tracking URI {uri or '(MLflow default ./mlruns)'!r}: {err}"
+            f"Cannot read MLflow run {run_id!r} from tracking URI {uri or '(MLflow default ./mlruns)'!r}: "
+            + " ".join(str(err).split())
         ) from err
     frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     frame["value"] = frame["value"].astype(float)

@@ -19,6 +19,7 @@ from torch import nn
 
 from neuronmap._console import announce_run
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
+from neuronmap.capture.checks import check_device, check_max_bytes
 from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, model_device, run_probe
 from neuronmap.capture.reduce import Reduction, check_reduction
 from neuronmap.distributed import (
@@ -138,10 +139,11 @@ class NeuronMap:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidParameterError(f"batch_size must be a positive int; got {batch_size!r}.")
         self.batch_size = batch_size
+        check_device(device)  # a CUDA device on a CPU-only machine fails here, not hours into training
         self.device = device
         self.capture = capture
         self.output_index = output_index
-        self.max_bytes = max_bytes
+        self.max_bytes = check_max_bytes(max_bytes)
         self.random_state = random_state
         self.name = name
         current_world(distributed)  # validates the mode
