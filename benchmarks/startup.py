@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "engine": [py, "-c", "import neuronmap; neuronmap.NeuronMap"],
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
-    for name, cmd in cases.items():  # one unmeasured round: file cache warm for every case
+    for cmd in cases.values():  # one unmeasured round: file cache warm for every case
         _wall(cmd)
     for _ in range(args.repeats):
         for name, cmd in cases.items():
