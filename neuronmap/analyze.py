@@ -83,6 +83,21 @@ def _existing(config: dict[str, Any], value: str, what: str) -> Path:
     return path
 
 
+def _check_input_files(config: dict[str, Any]) -> None:
+    """Fail on a missing probe or activations file before the (slow) model load."""
+    spec = config["probe"]
+    if isinstance(spec, str):
+        spec = {"npz": spec} if spec.endswith(".npz") else {"texts": spec}
+    if not isinstance(spec, dict):
+        raise InvalidParameterError(f"probe must be a file name or a mapping with 'csv', 'texts' or 'npz'; "
+                                    f"got {spec!r}.")
+    for kind in ("csv", "texts", "npz"):
+        if kind in spec:
+            _existing(config, spec[kind], f"probe {kind}")
+    if "activations" in config:
+        _existing(config, config["activations"], "activations")
+
+
 def _build_analyses(specs: list[Any]) -> list[Any]:
     from neuronmap.analyses import get_analysis
 
@@ -153,6 +168,7 @@ def run_config(config: dict[str, Any]) -> Path:
     from neuronmap.engine import NeuronMap
     from neuronmap.reporters.local import LocalReporter
 
+    _check_input_files(config)
     analyses = _build_analyses(config["analyses"])
     if "model" in config:
         model, tokenizer = _load_model(config)
