@@ -39,9 +39,9 @@ from neuronmap.errors import (
     InvalidParameterError,
     ReporterWarning,
 )
+from neuronmap.findings import attach_findings
 from neuronmap.probe import ProbeSet
 from neuronmap.reporters.base import Reporter, RunStatus
-from neuronmap.findings import attach_findings
 from neuronmap.results import History, Report
 from neuronmap.schedule import Schedule, ScheduleState
 
@@ -84,6 +84,13 @@ class NeuronMap:
             are gathered, and analyses and reporting happen once, on rank zero (see
             :mod:`neuronmap.distributed`). ``"off"``: run the whole probe set in this process
             alone (for code that calls the monitor on one rank only).
+        close_timeout: Seconds :meth:`close` waits for the trackers to take what is still
+            queued; the rest stays in the run folder's ``spool/`` for ``neuronmap replay``.
+
+    Results are published on background threads (:class:`~neuronmap.reporters.publisher.Publisher`):
+    :meth:`run` returns once the analyses are done, and a slow or hung tracker never holds up
+    the caller. :meth:`flush` waits for the reporters; :meth:`close` ends their runs.
+    :meth:`preflight` checks the set-up before training starts (the callbacks call it).
 
     Example:
         >>> import neuronmap as nm
@@ -113,6 +120,7 @@ class NeuronMap:
         random_state: int = 0,
         name: str = "neuronmap",
         distributed: DistributedMode = "auto",
+        close_timeout: float = 30.0,
     ) -> None:
         if not isinstance(probe, ProbeSet):
             raise InvalidParameterError(f"probe must be a neuronmap.ProbeSet; got {type(probe).__name__}.")
@@ -132,10 +140,10 @@ class NeuronMap:
         if len(set(names)) != len(names):
             raise InvalidParameterError(f"Two analyses share a name (metric keys would collide): {names}.")
         self.schedule = schedule or Schedule()
-        self._reporter_spec = reporters
-        self._reporters: list[Reporter] | None = None
-        self._spooled: list[Reporter] | None = None
         self.strict = strict
+        from neuronmap.reporters.publisher import Publisher
+
+        self.publisher = Publisher(reporters, strict=strict, close_timeout=close_timeout)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidParameterError(f"batch_size must be a positive int; got {batch_size!r}.")
         self.batch_size = batch_size
@@ -161,37 +169,33 @@ class NeuronMap:
             f"analyses={[a.name for a in self.analyses]}, schedule={self.schedule})"
         )
 
-    # ------------------------------------------------------------------ reporters
-    @property
-    def reporters(self) -> list[Reporter]:
-        """The reporters, created on first use (the default local folder appears only when used)."""
-        if self._reporters is None:
-            from neuronmap.reporters import LocalReporter, get_reporter
-
-            spec = self._reporter_spec
-            if spec is None:
-                self._reporters = [LocalReporter()]
-            else:
-                self._reporters = [get_reporter(r) if isinstance(r, str) else r for r in spec]
-        return self._reporters
-
     def _repr_html_(self) -> str:
         from neuronmap._notebook import monitor_html
 
         return monitor_html(self)
 
+    # ------------------------------------------------------------------ reporters
+    @property
+    def reporters(self) -> list[Reporter]:
+        """The reporters, created on first use (the default local folder appears only when used)."""
+        return self.publisher.reporters
+
     @reporters.setter
     def reporters(self, value: Sequence[Reporter]) -> None:
-        self._reporters = list(value)
-        self._spooled = None
+        self.publisher.reporters = value
+
+    @property
+    def _reporter_spec(self) -> Sequence[Reporter | str] | None:
+        # kept for code written against 0.1, which read the engine's private fields
+        return self.publisher.spec
+
+    @property
+    def _reporters(self) -> list[Reporter] | None:
+        return self.publisher.reporters if self.publisher.resolved else None
 
     def _guarded_reporters(self) -> list[Reporter]:
         """The reporters, each behind its own spool (outage tolerance lives in ``reporters._spool``)."""
-        if self._spooled is None:
-            from neuronmap.reporters._spool import guard_reporters
-
-            self._spooled = guard_reporters(self.reporters, strict=self.strict)
-        return self._spooled
+        return self.publisher.guarded
 
     def add_listener(self, listener: Callable[[Report, nn.Module], None]) -> None:
         """Call ``listener(report, model)`` after every run (audit trail, gates)."""
@@ -211,7 +215,8 @@ class NeuronMap:
                 "on": list(self.schedule.on),
                 "max_runs": self.schedule.max_runs,
             },
-            "probe": {"name": self.probe.name, "n": len(self.probe), "fingerprint": self.probe.fingerprint()},
+            "probe": {"name": self.probe.name, "n": len(self.probe), "fingerprint": self.probe.fingerprint(),
+                      "description": self.probe.description, "groups": list(self.probe.group_columns)},
             "analyses": {a.name: {"class": type(a).__name__, **a.config()} for a in self.analyses},
         }
 
@@ -361,6 +366,7 @@ class NeuronMap:
             batch_size=self.batch_size,
             random_state=self.random_state,
         )
+        t_run = time.perf_counter() - sum(timings.values())
         results: dict[str, AnalysisResult] = {}
         for analysis in self.analyses:
             results[analysis.name] = self._run_analysis(analysis, ctx)
@@ -368,26 +374,25 @@ class NeuronMap:
         report = Report(
             step=int(step),
             epoch=epoch,
-        t_run = time.perf_counter() - sum(timings.values())
             event=event,
             timestamp=started,
             results=results,
             probe_fingerprint=self.probe.fingerprint(),
             timings=timings,
         )
+        report = self.last_report = attach_findings(report, self.analyses, self.history)
         self.schedule.record(step=int(step), epoch=epoch)
         self.history.append(report)
         if reporting:
             self._publish(report)
+            announce_run(report, self.reporters, started=t_run)
             for listener in self._listeners:
                 listener(report, model)
         return report
-        report = self.last_report = attach_findings(report, self.analyses, self.history)
 
     def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
         t0 = time.perf_counter()
         was_training = ctx.model.training
-            announce_run(report, self.reporters, started=t_run)
         try:
             result = analysis.run(ctx)
         except Exception as err:
@@ -415,31 +420,37 @@ class NeuronMap:
         )
 
     def _publish(self, report: Report) -> None:
-        # Each reporter is a SpooledReporter (or guards itself): a failing tracker spools its
-        # payload and warns once per outage; only strict=True lets a ReporterError through.
-        for reporter in self._guarded_reporters():
-            if not self._params_logged:
-                reporter.log_params(self.config())
-            log_report = getattr(reporter, "log_report", None)
-            if log_report is not None:
-                log_report(report)
-            else:
-                from neuronmap.reporters.base import publish_report
+        # Queued for the reporters' own threads; each reporter is spooled, so a failing
+        # tracker keeps its payload and warns once per outage (strict=True publishes here).
+        self.publisher.publish(report, params=self.config())
 
-                publish_report(reporter, report)
-            reporter.flush()
-        self._params_logged = True
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every result so far reached its reporters (or their spools).
 
-    def close(self, status: RunStatus = "FINISHED") -> None:
+        Returns:
+            ``False`` if ``timeout`` seconds passed first.
+        """
+        return self.publisher.flush(timeout)
+
+    def close(self, status: RunStatus = "FINISHED", *, timeout: float | None = None) -> None:
         """Close every reporter with ``status`` (``FAILED`` when training raised).
 
-        Spooled payloads are replayed first; what a tracker still cannot take stays in the
-        run folder's ``spool/`` with a warning.
+        Waits at most ``timeout`` seconds (default: ``close_timeout``) for the trackers;
+        spooled payloads are replayed first, and what a tracker still cannot take stays in
+        the run folder's ``spool/`` with one warning naming ``neuronmap replay``. Listeners with an
+        ``on_close(status)`` method (the audit trail) are called after the reporters closed.
         """
-        if self._reporters is None:
-            return
-        for reporter in self._guarded_reporters():
-            reporter.close(status)
+        self.publisher.close(status, timeout=timeout)
+        for listener in self._listeners:
+            # After the reporters, so that a listener sees the closed run folder (the audit
+            # trail records run.json's end time and the final files).
+            on_close = getattr(listener, "on_close", None)
+            if on_close is not None:
+                on_close(status)
+        for listener in self._listeners:
+            on_close = getattr(listener, "on_close", None)
+            if on_close is not None:
+                on_close(status)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

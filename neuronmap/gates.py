@@ -424,16 +424,10 @@ class GateMonitor:
             return
         metrics = {f"neuronmap/gates/{re.sub(r'[^A-Za-z0-9._-]+', '_', c.name)}/passed": float(c.status == "passed")
                    for c in result.checks if c.ran}
-        for reporter in self._monitor.reporters:
-            try:
-                reporter.log_metrics(metrics, report.step)
-            except Exception as err:  # a tracker outage must not stop training
-                import warnings
-
-                from neuronmap.errors import ReporterWarning
-
-                warnings.warn(f"Reporter {reporter!r} could not log gate results ({err}).", ReporterWarning,
-                              stacklevel=2)
+        # queued like every result (spooled when a tracker is down, never blocking training),
+        # and kept in the monitor's history, which the gates and the model card read
+        self._monitor.publisher.log_metrics(metrics, report.step)
+        self._monitor.history.add_metrics(metrics, step=report.step, epoch=report.epoch, event=report.event)
 
 
 def add_parser(sub: Any) -> None:

@@ -151,6 +151,20 @@ class History:
         self._frames.extend(f[HISTORY_COLUMNS] for f in frames)
         self._cache = None
 
+    def add_metrics(self, metrics: Mapping[str, float], *, step: int, epoch: int | None = None,
+                    event: str | None = None) -> None:
+        """Add metrics logged beside a report (gate outcomes) at ``step``."""
+        rows = []
+        for key, value in metrics.items():
+            try:
+                analysis, layer, metric = split_key(key)
+            except ValueError:
+                analysis, layer, metric = "", "", key
+            rows.append([int(step), epoch, event, analysis, layer, metric, float(value), key])
+        if rows:
+            self._frames.append(pd.DataFrame(rows, columns=HISTORY_COLUMNS))
+            self._cache = None
+
     @property
     def frame(self) -> pd.DataFrame:
         """The whole history (a copy-free concatenation, cached)."""

@@ -192,8 +192,10 @@ def test_report_html_is_rendered_at_close_and_throttled_on_flush(tmp_path) -> No
     reporter = LocalReporter(tmp_path, run_name="t", render_interval_s=3600)
     monitor = nm.NeuronMap(tiny_probe(), layers="net.0", analyses=[nm.ActivationStats()], reporters=[reporter])
     monitor.run(tiny_mlp(), step=0)
+    monitor.flush()  # results are published on background threads
     first = (tmp_path / "t" / "report.html").stat().st_mtime_ns
     monitor.run(tiny_mlp(), step=1)
+    monitor.flush()
     assert (tmp_path / "t" / "report.html").stat().st_mtime_ns == first  # throttled
     monitor.close()
     assert "2 analysed step(s)" in (tmp_path / "t" / "report.html").read_text()

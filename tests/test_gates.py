@@ -296,10 +296,14 @@ def test_gate_monitor_logs_results_and_requests_stop(tmp_path: Path) -> None:
                         stop_on_failure=True).attach(monitor)
     monitor.run(tiny_mlp(), step=4)
     assert gates.should_stop and gates.last_report is not None and gates.last_report.exit_code == 1
+    monitor.flush()  # gate outcomes are published like every result, on background threads
     frame = read_history(reporter.run_dir)
     logged = dict(zip(frame["key"], frame["value"], strict=True))
     assert logged["neuronmap/gates/finite/passed"] == 1.0
     assert logged["neuronmap/gates/impossible/passed"] == 0.0
+    # ... and they are in the monitor's own history too
+    in_memory = monitor.history.frame.set_index("key")["value"]
+    assert in_memory["neuronmap/gates/finite/passed"] == 1.0
 
 
 def test_history_object_and_frame_inputs(run_dir: Path) -> None:

@@ -17,6 +17,13 @@ Spool layout (``<run_dir>/spool/<i>-<reporter>/``)::
     files/<seq>/     what JSON cannot hold: figures as PNG, tables as CSV, copied artifacts
     done             seq of the last delivered line (a new process resumes after it)
     rejected.jsonl   calls the tracker refused, with the error, kept for inspection
+    reporter.json    how to rebuild the reporter in another process (``neuronmap replay``):
+                     ``{"class": "module:Class", "spec": {...}}`` from the reporter's
+                     ``replay_spec()``, written when the first call is spooled
+
+Metrics carry the time they were produced (the last argument of a spooled ``log_metrics``),
+so a call replayed after its first attempt half-arrived logs the same points again, which
+MLflow stores once.
 
 Nothing is pickled: a spooled figure comes back as a figure showing its PNG, a table as
 the DataFrame read back from its CSV, and non-finite floats are written as
@@ -40,8 +47,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronmap._files import append_jsonl, write_text_atomic
 from neuronmap.errors import InvalidParameterError, ReporterError, ReporterWarning
-from neuronmap.reporters.base import BaseReporter, Reporter, RunStatus, publish_report
+from neuronmap.reporters.base import (
+    BaseReporter,
+    Reporter,
+    RunStatus,
+    log_metrics_at,
+    publish_report,
+    render_png,
+)
 from neuronmap.reporters.local import DEFAULT_ROOT, LocalReporter, new_run_name, safe_name
 
 if TYPE_CHECKING:
@@ -119,7 +134,10 @@ class SpooledReporter(BaseReporter):
         self.strict = strict
         self.retry_after = float(retry_after)
         self.max_retry_after = float(max_retry_after)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one call at a time reaches the tracker
+        # spool files and counters: never held across a tracker call, so a publisher can spill
+        # payloads into the spool while a call hangs on the tracker
+        self._spool_lock = threading.RLock()
         self._failures = 0
         self._next_try = 0.0
         self._in_outage = False
@@ -145,6 +163,13 @@ class SpooledReporter(BaseReporter):
     def _entries(self) -> list[dict[str, Any]]:
         done = _read_done(self.spool_dir)
         return [e for e in _read_jsonl(self.spool_dir / "spool.jsonl") if e["seq"] > done]
+
+    def _invoke(self, method: str, args: Sequence[Any]) -> None:
+        """Call the reporter; a spooled ``log_metrics`` carries its timestamp as a third argument."""
+        if method == "log_metrics" and len(args) == 3:
+            log_metrics_at(self.reporter, args[0], args[1], timestamp=args[2])
+        else:
+            getattr(self.reporter, method)(*args)
 
     def _retryable(self, error: BaseException) -> bool:
         rule: Callable[[BaseException], bool] = getattr(self.reporter, "is_retryable", is_retryable)
@@ -180,7 +205,7 @@ class SpooledReporter(BaseReporter):
                     )
                 return
             try:
-                getattr(self.reporter, method)(*args)
+                self._invoke(method, args)
             except Exception as err:
                 if self._retryable(err):
                     self._spool(method, args)
@@ -193,14 +218,40 @@ class SpooledReporter(BaseReporter):
                 self._failures = 0
 
     def _spool(self, method: str, args: Sequence[Any], *, file: str = "spool.jsonl", **extra: Any) -> None:
-        self._seq += 1
-        entry = {"seq": self._seq, "method": method, "time": time.time(), **extra,
-                 "args": _Codec(self.spool_dir, self._seq, folder=Path(file).stem).encode_args(args)}
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        with (self.spool_dir / file).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, allow_nan=False) + "\n")
-        if file == "spool.jsonl":
-            self._pending += 1
+        with self._spool_lock:
+            self._seq += 1
+            entry = {"seq": self._seq, "method": method, "time": time.time(), **extra,
+                     "args": _Codec(self.spool_dir, self._seq, folder=Path(file).stem).encode_args(args)}
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            self._write_spec()
+            append_jsonl(self.spool_dir / file, entry, allow_nan=False)
+            if file == "spool.jsonl":
+                self._pending += 1
+
+    def spool_call(self, method: str, *args: Any) -> None:
+        """Write a call to the spool without trying the tracker (it is delivered by the next replay).
+
+        This never waits for a call in progress, so a publisher can put its undelivered
+        payloads here while the tracker hangs. Spool failures are contained as in every call.
+        """
+        with self._contained(method):
+            self._spool(method, args)
+            self._in_outage = True
+
+    def _write_spec(self) -> None:
+        """Record how to rebuild the reporter, so ``neuronmap replay`` can deliver the spool later."""
+        spec = getattr(self.reporter, "replay_spec", None)
+        if spec is None:
+            return
+        try:
+            body = {"class": f"{type(self.reporter).__module__}:{type(self.reporter).__qualname__}", "spec": spec()}
+            text = json.dumps(body, indent=2, default=str, sort_keys=True)
+        except Exception as err:  # a reporter that cannot describe itself still spools
+            _log.warning("Reporter %r gave no replay spec (%s); replay it from Python.", self.name, err)
+            return
+        path = self.spool_dir / "reporter.json"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            write_text_atomic(path, text)
 
     def _back_off(self, err: Exception, method: str) -> None:
         """A transient failure: wait twice as long before the next try; warn once per outage."""
@@ -247,26 +298,32 @@ class SpooledReporter(BaseReporter):
                 self._set_aside(entry, err)
                 continue
             try:
-                getattr(self.reporter, method)(*args)
+                self._invoke(method, args)
             except Exception as err:
                 if self._retryable(err):
                     self._back_off(err, method)
                     return False
                 self._reject(err, method, args)
-            (self.spool_dir / "done").write_text(str(entry["seq"]))
-            self._pending -= 1
-        if entries:
-            _log.info("NeuronMap reporter %r answers again; replayed %d spooled call(s).", self.name, len(entries))
-            shutil.rmtree(self.spool_dir / "files", ignore_errors=True)
-            (self.spool_dir / "spool.jsonl").unlink(missing_ok=True)
-        self._pending = 0
-        self._failures = 0
-        self._in_outage = False
+            with self._spool_lock:
+                (self.spool_dir / "done").write_text(str(entry["seq"]))
+                self._pending -= 1
+        with self._spool_lock:
+            if self._entries():  # spilled by a publisher while this replay ran: deliver them next
+                return self._replay()
+            if entries:
+                _log.info("NeuronMap reporter %r answers again; replayed %d spooled call(s).", self.name,
+                          len(entries))
+                shutil.rmtree(self.spool_dir / "files", ignore_errors=True)
+                (self.spool_dir / "spool.jsonl").unlink(missing_ok=True)
+            self._pending = 0
+            self._failures = 0
+            self._in_outage = False
         return True
 
     # ------------------------------------------------------------------ Reporter API
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._call("log_metrics", dict(metrics), int(step))
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        """Log ``metrics``; stamped now when no ``timestamp`` is given, so every replay logs the same points."""
+        self._call("log_metrics", dict(metrics), int(step), time.time() if timestamp is None else float(timestamp))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._call("log_params", dict(params))
@@ -409,7 +466,7 @@ class _Codec:
         if hasattr(value, "savefig"):
             path, rel = self._new_file(".png")
             # fixed geometry (no bbox cropping), so the PNG is exactly dpi * size pixels
-            value.savefig(path, format="png", dpi=value.dpi)
+            path.write_bytes(render_png(value, dpi=value.dpi, tight=False))
             return {"$figure": rel, "dpi": float(value.dpi)}
         if hasattr(value, "item"):  # numpy / torch scalars
             return self.encode(value.item())

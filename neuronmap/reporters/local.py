@@ -42,7 +42,7 @@ from neuronmap._files import (
     write_json_atomic,
     write_text_atomic,
 )
-from neuronmap.reporters.base import BaseReporter, RunStatus
+from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
 from neuronmap.results import HISTORY_COLUMNS, split_key
 
 if TYPE_CHECKING:
@@ -108,6 +108,8 @@ class LocalReporter(BaseReporter):
         if run_dir is None and run_name is not None:
             check_run_name(run_name)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(root) / (run_name or new_run_name())
+        # absolute: the publisher writes from another thread, after the caller may have changed directory
+        self.run_dir = self.run_dir.absolute()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.render_html = render_html
         self.render_interval_s = render_interval_s
@@ -147,8 +149,10 @@ class LocalReporter(BaseReporter):
         if any(s["status"] == "failed" for s in status.values()):
             self._write_json("failures.json", self._read_json("failures.json") | {str(report.step): status})
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._append_line({"step": int(step), "epoch": None, "event": None, "time": _now(), "metrics": _finite(metrics)})
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        when = _now() if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(
+            timespec="seconds")
+        self._append_line({"step": int(step), "epoch": None, "event": None, "time": when, "metrics": _finite(metrics)})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._write_json("config.json", self._read_json("config.json") | dict(params))
@@ -156,7 +160,7 @@ class LocalReporter(BaseReporter):
     def log_figure(self, name: str, figure: Figure, step: int) -> None:
         path = self.run_dir / "figures" / str(int(step)) / f"{safe_name(name)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        path.write_bytes(render_png(figure))  # drawn once for every reporter (render_png)
 
     def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
         path = self.run_dir / "tables" / str(int(step)) / f"{safe_name(name)}.csv"
@@ -200,6 +204,10 @@ class LocalReporter(BaseReporter):
 
     def _write_history(self) -> None:
         write_text_atomic(self.run_dir / "history.csv", read_history(self.run_dir).to_csv(index=False))
+
+    def where(self) -> str:
+        """Where to look (the per-run console line)."""
+        return f"report {self.report_path}"
 
     @property
     def report_path(self) -> Path:

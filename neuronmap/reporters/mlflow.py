@@ -24,17 +24,21 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronmap._headline import Scalars, check_scalars
 from neuronmap._imports import MLFLOW_AVAILABLE
 from neuronmap.errors import InvalidParameterError
 from neuronmap.reporters._mlflow_http import bounded_http
+from neuronmap.reporters._present import RunMirror
 from neuronmap.reporters._spool import is_retryable
-from neuronmap.reporters.base import BaseReporter, RunStatus
+from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
 from neuronmap.reporters.local import DEFAULT_ROOT, new_run_name, safe_name
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
+
+    from neuronmap.results import Report
 
 __all__ = ["MLflowReporter"]
 
@@ -51,7 +55,8 @@ class MLflowReporter(BaseReporter):
     this reporter is created, if ``tracking_uri`` is not given or names the same store);
     else a new run, started on first use, in ``experiment_name`` at ``tracking_uri``, else
     at ``MLFLOW_TRACKING_URI`` / ``mlflow.set_tracking_uri``, else in an embedded store
-    ``sqlite:///<run_dir>/mlflow.db``.
+    ``sqlite:///<root>/mlflow.db`` (default ``neuronmap-runs/mlflow.db``, shared by the project's
+    runs so that ``mlflow ui`` compares them over time).
 
     Args:
         run: The run to log into (see above).
@@ -59,12 +64,18 @@ class MLflowReporter(BaseReporter):
         experiment_name: Experiment of a new run.
         run_name: Name of a new run.
         tags: Tags of a new run.
-        run_dir: Folder of the embedded store (default ``neuronmap-runs/<new run>``).
+        run_dir: Folder of this run's embedded store (default: the project's shared store,
+            ``<root>/mlflow.db``).
         request_retries: HTTP retries per request while this reporter talks to the server.
             MLflow's default (7 retries with exponential back-off) stalls training for
             minutes when the server is down; NeuronMap spools and retries on its own
             schedule instead. An ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` set by the user wins.
         request_timeout: HTTP timeout in seconds (``MLFLOW_HTTP_REQUEST_TIMEOUT`` wins).
+        root: Folder of the project's embedded store ``mlflow.db`` (and ``mlartifacts/``),
+            shared by every run that does not name a ``run_dir``.
+        scalars: ``"headline"`` (default): charts get each analysis' headline metrics;
+            ``"all"``: every statistic as a scalar too. The full record is always in the
+            artifact ``neuronmap/metrics.jsonl``.
 
     Only a run this reporter started is ended by :meth:`close`.
 
@@ -92,8 +103,11 @@ class MLflowReporter(BaseReporter):
         run_dir: str | Path | None = None,
         request_retries: int = 1,
         request_timeout: float = 10.0,
+        root: str | Path = DEFAULT_ROOT,
+        scalars: Scalars = "headline",
     ) -> None:
         mlflow = MLFLOW_AVAILABLE.require("MLflowReporter")
+        self.scalars = check_scalars(scalars, "MLflowReporter")
         if not isinstance(request_retries, int) or request_retries < 0:
             raise InvalidParameterError(f"request_retries must be an int >= 0; got {request_retries!r}.")
         self._logger: Any | None = None
@@ -120,7 +134,11 @@ class MLflowReporter(BaseReporter):
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = dict(tags or {})
-        self.run_dir = Path(run_dir) if run_dir is not None else Path(DEFAULT_ROOT) / new_run_name()
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(root) / new_run_name()
+        #: Folder of the embedded store: ``run_dir`` when given, else ``root`` (shared by a project's
+        #: runs, so ``mlflow ui`` compares them).
+        self.store_dir = Path(run_dir) if run_dir is not None else Path(root)
+        self._mirror: RunMirror | None = None
         self.request_retries = request_retries
         self.request_timeout = request_timeout
         self._client: MlflowClient | None = None
@@ -145,7 +163,7 @@ class MLflowReporter(BaseReporter):
 
         if is_tracking_uri_set():
             return mlflow.get_tracking_uri()
-        return f"sqlite:///{self.run_dir.resolve() / 'mlflow.db'}"
+        return f"sqlite:///{self.store_dir.resolve() / 'mlflow.db'}"
 
     def _ensure(self) -> tuple[MlflowClient, str]:
         """The client and run id, starting the run on first use (so a server outage at start is spooled)."""
@@ -166,8 +184,8 @@ class MLflowReporter(BaseReporter):
             else:
                 location = None
                 if uri.startswith("sqlite:///") and self._tracking_uri is None:
-                    self.run_dir.mkdir(parents=True, exist_ok=True)
-                    location = (self.run_dir.resolve() / "mlartifacts").as_uri()
+                    self.store_dir.mkdir(parents=True, exist_ok=True)
+                    location = (self.store_dir.resolve() / "mlartifacts").as_uri()
                 experiment_id = client.create_experiment(self.experiment_name, artifact_location=location)
             tags = {"neuronmap.version": _version(), **self.tags}
             run_id = client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
@@ -194,13 +212,18 @@ class MLflowReporter(BaseReporter):
         return is_retryable(error)
 
     # ------------------------------------------------------------------ Reporter API
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log ``metrics`` at ``step`` with ``log_batch`` (MLflow's 1000-per-request limit respected)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        """Log ``metrics`` at ``step`` with ``log_batch`` (MLflow's 1000-per-request limit respected).
+
+        ``timestamp`` is when the values were produced (default: now). MLflow stores a metric
+        once per (key, value, timestamp, step), so a retried call with the same timestamp,
+        after an answer was lost, adds no duplicate row.
+        """
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-        timestamp = int(time.time() * 1000)
-        batch = [Metric(mlflow_key(k), float(v), timestamp, int(step)) for k, v in metrics.items()]
+        millis = int((time.time() if timestamp is None else timestamp) * 1000)
+        batch = [Metric(mlflow_key(k), float(v), millis, int(step)) for k, v in metrics.items()]
         with self._limits():
             client, run_id = self._ensure()
             for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
@@ -228,10 +251,16 @@ class MLflowReporter(BaseReporter):
 
     def log_figure(self, name: str, figure: Figure, step: int) -> None:
         """Log ``figure`` as ``neuronmap/figures/<step>/<name>.png``."""
-        with self._limits():
+        import tempfile
+
+        target = Path(f"neuronmap/figures/{int(step)}/{safe_name(name)}.png")
+        # drawn once for every reporter and never concurrently with another thread (render_png)
+        png = render_png(figure)
+        with self._limits(), tempfile.TemporaryDirectory() as tmp:
             client, run_id = self._ensure()
-            client.log_figure(run_id, figure, f"neuronmap/figures/{int(step)}/{safe_name(name)}.png",
-                              save_kwargs={"dpi": 100, "bbox_inches": "tight"})
+            local = Path(tmp) / target.name
+            local.write_bytes(png)
+            client.log_artifact(run_id, str(local), target.parent.as_posix())
 
     def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
         """Log a CSV artifact, then an MLflow table (``.json``) of the same data.
@@ -277,10 +306,66 @@ class MLflowReporter(BaseReporter):
             client, run_id = self._ensure()
             client.log_batch(run_id, tags=batch, synchronous=True)
 
+    def log_report(self, report: Report) -> None:
+        """Log a report the way MLflow's UI reads best.
+
+        Headline scalars keyed ``neuronmap/<analysis>/<metric>/<layer>`` (MLflow files charts
+        under the prefix before the last ``/``: one section per metric, a chart per layer;
+        ``scalars="all"`` adds every CI and p-value), the figures and tables, the full record
+        as ``neuronmap/metrics.jsonl`` and ``neuronmap/reports/<step>.json`` (what
+        ``neuronmap gate|report mlflow:ID`` read), and the findings as the run description
+        (``mlflow.note.content``) and tags.
+        """
+        from neuronmap._headline import tracker_metrics
+        from neuronmap.reporters._present import finding_tags, findings_markdown
+        from neuronmap.reporters.base import report_time
+
+        metrics = tracker_metrics(report, scalars=self.scalars)
+        if metrics:
+            self.log_metrics(metrics, report.step, timestamp=report_time(report))
+        for analysis, result in report.results.items():
+            for fig_name, figure in result.figures.items():
+                self.log_figure(f"{analysis}/{fig_name}", figure, report.step)
+            for table_name, table in result.tables.items():
+                self.log_table(f"{analysis}/{table_name}", table, report.step)
+        jsonl, report_json = self.mirror.add(report)
+        with self._limits():
+            client, run_id = self._ensure()
+            client.log_artifact(run_id, str(jsonl), "neuronmap")
+            client.log_artifact(run_id, str(report_json), "neuronmap/reports")
+        self.set_tags({**finding_tags(report), "mlflow.note.content": findings_markdown(report)})
+
+    @property
+    def mirror(self) -> RunMirror:
+        """The run-folder copy behind ``neuronmap/metrics.jsonl`` and ``report.html`` (a temp folder)."""
+        if self._mirror is None:
+            import tempfile
+
+            self._mirror = RunMirror(tempfile.mkdtemp(prefix="neuronmap-mlflow-"))
+        return self._mirror
+
+    def where(self) -> str:
+        """Where to look: the run, and the ``mlflow ui`` command for an embedded store."""
+        uri = self._tracking_uri or self.tracking_uri
+        run = f"MLflow run {self._run_id}" if self._run_id else "MLflow"
+        if uri.startswith("sqlite:///"):
+            return f"{run}: mlflow ui --backend-store-uri {uri}"
+        return f"{run} at {uri}"
+
     def close(self, status: RunStatus = "FINISHED") -> None:
-        """End the run with ``status`` if this reporter started it; a borrowed run is left to its owner."""
+        """Upload ``neuronmap/report.html``, then end the run with ``status`` if this reporter started it.
+
+        A borrowed run is left to its owner.
+        """
         if status not in _STATUSES:
             raise InvalidParameterError(f"status must be one of {list(_STATUSES)}; got {status!r}.")
+        if self._mirror is not None:
+            self._mirror.set_json("run.json", {"status": status, "run_id": self._run_id or ""})
+            self._mirror.set_json("config.json", self._config)
+            page = self._mirror.render()
+            with self._limits():
+                client, run_id = self._ensure()
+                client.log_artifact(run_id, str(page), "neuronmap")
         if not self._owns_run:
             return
         with self._limits():

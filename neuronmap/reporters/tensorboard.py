@@ -7,6 +7,7 @@ copied next to the event files under ``neuronmap-artifacts/``.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -14,15 +15,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronmap._headline import Scalars, check_scalars
 from neuronmap._imports import TENSORBOARD_AVAILABLE
 from neuronmap.errors import InvalidParameterError
-from neuronmap.reporters.base import BaseReporter, RunStatus
+from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
 from neuronmap.reporters.local import DEFAULT_ROOT, new_run_name
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
     from torch.utils.tensorboard import SummaryWriter
+
+    from neuronmap.results import Report
 
 __all__ = ["TensorBoardReporter"]
 
@@ -37,6 +41,8 @@ class TensorBoardReporter(BaseReporter):
             Lightning ``TensorBoardLogger`` (its ``.experiment`` is the writer), or the log
             folder of a new writer (default ``neuronmap-runs/<new run>/tensorboard``).
         max_table_rows: Rows of a table shown as text (the rest is summarised).
+        scalars: ``"headline"`` (default): each analysis' headline metrics as scalars;
+            ``"all"``: every CI and p-value too.
 
     A borrowed writer is flushed, never closed, by :meth:`close`.
 
@@ -55,6 +61,7 @@ class TensorBoardReporter(BaseReporter):
         writer: SummaryWriter | str | Path | Any | None = None,
         *,
         max_table_rows: int = 200,
+        scalars: Scalars = "headline",
     ) -> None:
         TENSORBOARD_AVAILABLE.require("TensorBoardReporter")
         is_path = isinstance(writer, (str, Path))
@@ -71,6 +78,8 @@ class TensorBoardReporter(BaseReporter):
         self._owns_writer = False
         self.log_dir = Path(writer) if isinstance(writer, (str, Path)) else None
         self.max_table_rows = max_table_rows
+        self.scalars = check_scalars(scalars, "TensorBoardReporter")
+        self._layout_written = False
 
     def __repr__(self) -> str:
         return f"TensorBoardReporter({str(self.log_dir) if self.log_dir else 'borrowed writer'!r})"
@@ -96,11 +105,11 @@ class TensorBoardReporter(BaseReporter):
         return writer
 
     # ------------------------------------------------------------------ Reporter API
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """One scalar per key (NaN is kept; TensorBoard draws a gap)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        """One scalar per key (NaN is kept; TensorBoard draws a gap), at wall time ``timestamp``."""
         writer = self.writer
         for key, value in metrics.items():
-            writer.add_scalar(str(key), float(value), int(step))
+            writer.add_scalar(str(key), float(value), int(step), walltime=timestamp)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """The configuration as a JSON code block under ``neuronmap/config``."""
@@ -109,7 +118,13 @@ class TensorBoardReporter(BaseReporter):
 
     def log_figure(self, name: str, figure: Figure, step: int) -> None:
         """``add_figure`` under ``neuronmap/figures/<name>`` (the caller's figure is left open)."""
-        self.writer.add_figure(f"neuronmap/figures/{name}", figure, int(step), close=False)
+        import numpy as np
+        from matplotlib.image import imread
+
+        # drawn once for every reporter (render_png), never concurrently with another thread
+        image = imread(io.BytesIO(render_png(figure, dpi=figure.dpi, tight=False)), format="png")
+        self.writer.add_image(f"neuronmap/figures/{name}", np.asarray(image[..., :3] * 255, dtype=np.uint8),
+                              int(step), dataformats="HWC")
 
     def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
         """A markdown table under ``neuronmap/tables/<name>``."""
@@ -136,6 +151,38 @@ class TensorBoardReporter(BaseReporter):
         """Tags as a JSON code block under ``neuronmap/tags``."""
         body = json.dumps({str(k): str(v) for k, v in tags.items()}, indent=2, sort_keys=True)
         self.writer.add_text("neuronmap/tags", _code_block(body))
+
+    def log_report(self, report: Report) -> None:
+        """Headline scalars, a custom-scalars layout, the findings as text, then figures and tables.
+
+        Scalars are keyed ``neuronmap/<analysis>/<metric>/<layer>`` (``scalars="all"`` adds every
+        CI and p-value); the Custom Scalars tab gets one multi-line chart per metric with a
+        line per layer (written with the first report: TensorBoard keeps a run's first
+        layout); the findings go to the text tab under ``neuronmap/findings`` at this step.
+        """
+        from neuronmap._headline import tracker_metrics
+        from neuronmap.reporters._present import custom_scalars_layout, findings_markdown
+        from neuronmap.reporters.base import report_time
+
+        metrics = tracker_metrics(report, scalars=self.scalars)
+        if metrics:
+            self.log_metrics(metrics, report.step, timestamp=report_time(report))
+        if not self._layout_written and metrics:
+            self.writer.add_custom_scalars(custom_scalars_layout(report, metrics))
+            self._layout_written = True
+        self.writer.add_text("neuronmap/findings", findings_markdown(
+            report, footer="One chart per metric across layers: Custom Scalars tab. Every statistic: "
+            "the run folder's metrics.jsonl and report.html."), int(report.step))
+        for analysis, result in report.results.items():
+            for fig_name, figure in result.figures.items():
+                self.log_figure(f"{analysis}/{fig_name}", figure, report.step)
+            for table_name, table in result.tables.items():
+                self.log_table(f"{analysis}/{table_name}", table, report.step)
+
+    def where(self) -> str:
+        """Where to look (the per-run console line)."""
+        folder = self.log_dir if self.log_dir is not None else "(the trainer's log folder)"
+        return f"tensorboard --logdir {folder}"
 
     def flush(self) -> None:
         self.writer.flush()

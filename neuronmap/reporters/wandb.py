@@ -22,13 +22,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronmap._headline import Scalars, check_scalars
 from neuronmap._imports import WANDB_AVAILABLE
 from neuronmap.errors import InvalidParameterError
-from neuronmap.reporters.base import BaseReporter, RunStatus
+from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
+    from neuronmap.reporters._present import RunMirror
+    from neuronmap.results import Report
 
 __all__ = ["WandbReporter"]
 
@@ -56,6 +60,8 @@ class WandbReporter(BaseReporter):
             has ``settings``; W&B's default of 90 s would stall training at every retry
             while the server is down.
         step_metric: The x-axis key of NeuronMap's metrics.
+        scalars: ``"headline"`` (default): each analysis' headline metrics as charts;
+            ``"all"``: every CI and p-value too.
 
     Only a run this reporter started is finished by :meth:`close` (``FAILED`` and
     ``KILLED`` finish it with exit code 1, which W&B shows as failed).
@@ -82,6 +88,7 @@ class WandbReporter(BaseReporter):
         init_kwargs: Mapping[str, Any] | None = None,
         init_timeout: float = 30.0,
         step_metric: str = "neuronmap/step",
+        scalars: Scalars = "headline",
     ) -> None:
         WANDB_AVAILABLE.require("WandbReporter")
         if run is not None and not (hasattr(run, "experiment") or callable(getattr(run, "log", None))):
@@ -106,6 +113,8 @@ class WandbReporter(BaseReporter):
             **dict(init_kwargs or {}),
         }
         self.init_timeout = init_timeout
+        self.scalars = check_scalars(scalars, "WandbReporter")
+        self._mirror: RunMirror | None = None
 
     def __repr__(self) -> str:
         run_id = getattr(self._run, "id", None)
@@ -145,8 +154,11 @@ class WandbReporter(BaseReporter):
         self._row_step = run.step
 
     # ------------------------------------------------------------------ Reporter API
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log ``metrics`` with ``neuronmap/step = step`` (no ``step=``, so nothing is dropped)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        """Log ``metrics`` with ``neuronmap/step = step`` (no ``step=``, so nothing is dropped).
+
+        W&B stamps rows itself; ``timestamp`` is accepted for the reporter interface.
+        """
         self._log({**{str(k): float(v) for k, v in metrics.items()}, self.step_metric: int(step)})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -158,11 +170,9 @@ class WandbReporter(BaseReporter):
         import wandb
         from PIL import Image
 
-        buffer = io.BytesIO()
-        # rendered here rather than by wandb.Image(figure), which needs pyplot
-        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-        buffer.seek(0)
-        with Image.open(buffer) as image:
+        # rendered here rather than by wandb.Image(figure), which needs pyplot; drawn once
+        # for every reporter and never concurrently with another thread (render_png)
+        with Image.open(io.BytesIO(render_png(figure))) as image:
             self._log({f"neuronmap/figures/{name}": wandb.Image(image.convert("RGBA")), self.step_metric: int(step)})
 
     def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
@@ -205,10 +215,54 @@ class WandbReporter(BaseReporter):
         run.tags = tuple(dict.fromkeys([*(run.tags or ()), *new]))
         run.config.update({"neuronmap_tags": {str(k): str(v) for k, v in tags.items()}}, allow_val_change=True)
 
+    def log_report(self, report: Report) -> None:
+        """Headline scalars, the findings in the run summary, figures, tables and the full record.
+
+        Scalars are keyed ``neuronmap/<analysis>/<metric>/<layer>`` against ``neuronmap/step``
+        (``scalars="all"`` adds every CI and p-value). The run summary gets
+        ``neuronmap/findings`` (the ranked lines) and ``neuronmap/top_finding``. The full
+        record goes to ``<run dir>/files/neuronmap/`` (``metrics.jsonl``, ``reports/``,
+        ``report.html`` at close), which W&B uploads with the run and ``neuronmap gate|report``
+        read from an offline run folder.
+        """
+        from neuronmap._headline import tracker_metrics
+        from neuronmap.findings import findings_of, summary_text
+        from neuronmap.reporters._present import RunMirror
+
+        metrics = tracker_metrics(report, scalars=self.scalars)
+        if metrics:
+            self.log_metrics(metrics, report.step)
+        found = findings_of(report)
+        run = self.run
+        run.summary["neuronmap/findings"] = summary_text(found)
+        run.summary["neuronmap/findings_count"] = len(found)
+        if found:
+            run.summary["neuronmap/top_finding"] = found[0].line()
+        for analysis, result in report.results.items():
+            for fig_name, figure in result.figures.items():
+                self.log_figure(f"{analysis}/{fig_name}", figure, report.step)
+            for table_name, table in result.tables.items():
+                self.log_table(f"{analysis}/{table_name}", table, report.step)
+        if self._mirror is None:
+            self._mirror = RunMirror(Path(run.dir) / "neuronmap")
+        self._mirror.add(report)
+
+    def where(self) -> str:
+        """Where to look (the per-run console line)."""
+        run = self._run
+        url = getattr(run, "url", None) if run is not None else None
+        return f"W&B run {url}" if url else f"W&B run folder {getattr(run, 'dir', '(not started)')}"
+
     def close(self, status: RunStatus = "FINISHED") -> None:
         """Finish a run this reporter started (exit code 1 unless ``FINISHED``)."""
         if status not in _STATUSES:
             raise InvalidParameterError(f"status must be one of {list(_STATUSES)}; got {status!r}.")
+        if self._mirror is not None:
+            self._mirror.set_json("run.json", {"status": status})
+            page = self._mirror.render()
+            import wandb
+
+            self.run.log({"neuronmap/report": wandb.Html(page.read_text(encoding="utf-8"), inject=False)})
         if self._owns_run and self._run is not None:
             self._run.finish(exit_code=0 if status == "FINISHED" else 1)
 
