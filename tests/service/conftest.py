@@ -1,0 +1,56 @@
+"""A served world: two runs, a tiny BERT to run jobs on, read and write tokens, a live server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # _service.py, shared with the other service tests
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("httpx")
+
+from _service import LiveServer, make_models, make_runs
+
+from neuronmap.client import Client
+from neuronmap.service.app import ServiceConfig
+from neuronmap.service.tokens import TokenStore
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("service")
+    runs, models = root / "runs", root / "models"
+    make_runs(runs)
+    make_models(models)
+    store = TokenStore(root / "tokens.json")
+    return {"root": root, "runs": runs, "models": models, "tokens": root / "tokens.json",
+            "read": store.create("read", name="reader"), "write": store.create("write", name="writer")}
+
+
+@pytest.fixture(scope="session")
+def server(world) -> Any:
+    config = ServiceConfig(runs=world["runs"], tokens=world["tokens"], model_roots=[world["models"]], workers=1)
+    with LiveServer(config) as live:
+        yield live
+
+
+@pytest.fixture()
+def reader(server, world) -> Any:
+    with Client(server.url, token=world["read"], retries=0, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture()
+def writer(server, world) -> Any:
+    with Client(server.url, token=world["write"], retries=0, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture()
+def models(world) -> Path:
+    return world["models"]
