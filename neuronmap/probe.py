@@ -47,7 +47,12 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
 
 
 def _column(name: str, values: Any, n: int) -> np.ndarray:
-    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    try:
+        arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    except ValueError:  # ragged nesting (lists of different lengths): keep the cells, reported below
+        arr = np.empty(len(values), dtype=object)
+        for i, value in enumerate(values):
+            arr[i] = value
     if arr.ndim != 1:
         arr = arr.reshape(len(arr), -1)
         if arr.shape[1] != 1:

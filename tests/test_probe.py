@@ -54,6 +54,32 @@ def test_from_pandas_names_missing_columns() -> None:
         ProbeSet.from_pandas(df, text_column="sentence", tokenizer=tiny_tokenizer(), group_columns=["race"])
 
 
+
+def test_from_pandas_rejects_list_valued_columns_at_construction(tmp_path) -> None:
+    df = pd.DataFrame({"text": ["a b", "c", "d"], "label": [1, 0, 1], "tags": [["x"], [], ["y", "z"]],
+                       "spans": [None, {"s": 1}, None], "tid": [1, 2, 3]})
+    with pytest.raises(ProbeSetError, match=r"Column\(s\) \['spans', 'tags'\] of the DataFrame hold non-scalar "
+                                            r"values \(\{'tags': 'row 0: list', 'spans': 'row 1: dict'\}\)"):
+        ProbeSet.from_pandas(df, tokenizer=tiny_tokenizer())
+    probe = ProbeSet.from_pandas(df.drop(columns=["tags", "spans"]), tokenizer=tiny_tokenizer())
+    probe.save(tmp_path / "p.npz")  # what a list column used to break: the fingerprint and the saved format
+    assert ProbeSet.load(tmp_path / "p.npz").fingerprint() == probe.fingerprint()
+    with pytest.raises(ProbeSetError, match=r"metadata column 'tags' must hold one scalar .* row 1 holds a ndarray"):
+        ProbeSet(torch.zeros(2, 3), metadata={"tags": [1, np.zeros(2)]})
+
+
+def test_load_of_a_corrupt_file_is_a_clear_error(tmp_path) -> None:
+    from neuronmap.errors import CorruptFileError
+
+    path = tmp_path / "p.npz"
+    tiny_text_probe(n=8).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match=r"Cannot read a probe set from .*p\.npz.*truncated, corrupt"):
+        ProbeSet.load(path)
+    with pytest.raises(FileNotFoundError, match="No probe-set file"):
+        ProbeSet.load(tmp_path / "missing.npz")
+
+
 def test_fingerprint_is_deterministic_and_content_sensitive() -> None:
     a, b = tiny_text_probe(seed=1), tiny_text_probe(seed=1)
     assert a.fingerprint() == b.fingerprint()
