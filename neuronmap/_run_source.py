@@ -4,7 +4,9 @@ Gates, model cards and the audit CLI accept a *run* in one of two spellings:
 
 * a local run folder written by :class:`~neuronmap.reporters.LocalReporter`
   (``metrics.jsonl`` inside it), or
-* ``mlflow:<run_id>``, read through ``MlflowClient(tracking_uri).get_metric_history`` with the
+* a W&B run folder (``wandb/offline-run-*``) whose ``files/neuronmap/`` a WandbReporter wrote, or
+* ``mlflow:<run_id>``: the full record NeuronMap uploaded (``neuronmap/metrics.jsonl``), else
+  ``MlflowClient(tracking_uri).get_metric_history`` (tracker keys mapped back), with the
   tracking URI given explicitly or taken from ``MLFLOW_TRACKING_URI``. HTTP retries and timeouts
   are bounded as the reporters bound them (:mod:`neuronmap.reporters._mlflow_http`), so an
   unreachable tracker is an error within seconds, not after MLflow's minutes of back-off.
@@ -20,9 +22,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from neuronmap._headline import LAYOUT, LAYOUT_TAG, history_key_of
 from neuronmap.errors import NeuronMapError
 from neuronmap.reporters._mlflow_http import READ_RETRIES, READ_TIMEOUT_S, bounded_http
 from neuronmap.reporters.local import read_history
@@ -54,12 +58,18 @@ class LoadedRun:
         return sorted(set(self.frame["key"]))
 
 
-def load_run(source: str | os.PathLike[str], *, tracking_uri: str | None = None) -> LoadedRun:
+def load_run(
+    source: str | os.PathLike[str], *, tracking_uri: str | None = None, materialize: bool = False
+) -> LoadedRun:
     """Read the metrics of a run folder or of ``mlflow:<run_id>``.
 
     Args:
         source: A run folder path, or ``mlflow:<run_id>``.
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``); ignored for folders.
+        materialize: For a tracker run, download its whole ``neuronmap/`` artifact folder (a
+            run folder in LocalReporter's format: figures, tables, reports) into a temporary
+            folder, returned as ``run_dir`` (``neuronmap report mlflow:ID``); by default only the
+            metrics record is fetched.
 
     Returns:
         The run's long-format History.
@@ -75,8 +85,10 @@ def load_run(source: str | os.PathLike[str], *, tracking_uri: str | None = None)
     """
     text = os.fspath(source)
     if text.startswith(MLFLOW_PREFIX):
-        return _load_mlflow(text, text[len(MLFLOW_PREFIX) :], tracking_uri=tracking_uri)
+        return _load_mlflow(text, text[len(MLFLOW_PREFIX) :], tracking_uri=tracking_uri, materialize=materialize)
     run_dir = Path(text)
+    if (run_dir / "files" / "neuronmap" / "metrics.jsonl").is_file():  # a W&B (offline) run folder
+        run_dir = run_dir / "files" / "neuronmap"
     if not run_dir.is_dir():
         raise RunReadError(f"Run folder {text!r} does not exist; pass a LocalReporter run folder or mlflow:<run_id>.")
     if not (run_dir / "metrics.jsonl").is_file():
@@ -91,7 +103,7 @@ def load_run(source: str | os.PathLike[str], *, tracking_uri: str | None = None)
     return LoadedRun(text, frame, run_dir)
 
 
-def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None) -> LoadedRun:
+def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None, materialize: bool = False) -> LoadedRun:
     from neuronmap._imports import MLFLOW_AVAILABLE
 
     MLFLOW_AVAILABLE.require("Reading an MLflow run")
@@ -104,10 +116,15 @@ def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None) -> Loade
     try:
         with bounded_http(READ_RETRIES, READ_TIMEOUT_S):
             run = client.get_run(run_id)
+            mirrored = _mirrored(client, run_id, materialize=materialize)
+            if mirrored is not None:  # the full record NeuronMap wrote beside the headline scalars
+                return LoadedRun(source, read_history(mirrored), mirrored if materialize else None)
+            translate = run.data.tags.get(LAYOUT_TAG) == LAYOUT
             rows: list[list[object]] = []
             for key in sorted(run.data.metrics):
+                name = history_key_of(key) if translate else key
                 for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
-                    rows.append(_row(key, int(m.step), float(m.value)))
+                    rows.append(_row(name, int(m.step), float(m.value)))
     except Exception as err:  # MLflow raises its own MlflowException and OSError subclasses
         raise RunReadError(
             f"Cannot read MLflow run {run_id!r} from tracking URI {uri or '(MLflow default ./mlruns)'!r}: "
@@ -116,6 +133,19 @@ def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None) -> Loade
     frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     frame["value"] = frame["value"].astype(float)
     return LoadedRun(source, frame, None)
+
+
+def _mirrored(client: Any, run_id: str, *, materialize: bool) -> Path | None:
+    """The run's ``neuronmap/`` artifact folder downloaded (all of it, or the record only), if any."""
+    import tempfile
+
+    names = {Path(a.path).name for a in client.list_artifacts(run_id, "neuronmap")}
+    if "metrics.jsonl" not in names:
+        return None
+    target = Path(tempfile.mkdtemp(prefix="neuronmap-run-"))
+    if materialize:
+        return Path(client.download_artifacts(run_id, "neuronmap", str(target)))
+    return Path(client.download_artifacts(run_id, "neuronmap/metrics.jsonl", str(target))).parent
 
 
 def _row(key: str, step: int, value: float) -> list[object]:

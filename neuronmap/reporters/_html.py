@@ -13,8 +13,10 @@ import pandas as pd
 from jinja2 import FileSystemLoader, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from neuronmap._files import read_json, write_text_atomic
+from neuronmap.reporters._plotly import analysis_rank, metric_charts, plotly_js
 from neuronmap.reporters.local import read_history
 
 __all__ = ["render_run_html"]
@@ -26,7 +28,7 @@ _MAX_TABLE_ROWS = 50
 
 def _png(fig: Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -37,8 +39,9 @@ def _metric_plots(history: pd.DataFrame) -> list[dict[str, str]]:
     for (analysis, metric), group in main.groupby(["analysis", "metric"], sort=True):
         if group["step"].nunique() < 2:
             continue
-        fig = Figure(figsize=(5.2, 3.0))
+        fig = Figure(figsize=(7.0, 4.0))
         ax = fig.add_subplot()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         layers = list(dict.fromkeys(group["layer"]))
         for layer in layers[:12]:
             series = group[group["layer"] == layer].sort_values("step")
@@ -78,6 +81,17 @@ def _read_json(path: Path) -> Any:
     return read_json(path)
 
 
+def _latest_findings(run_dir: Path) -> list[dict[str, Any]]:
+    """The findings of the last analysed step (``reports/<step>.json``), ranked as the engine ranked them."""
+    reports = run_dir / "reports"
+    steps = [p for p in reports.glob("*.json") if p.stem.lstrip("-").isdigit()] if reports.is_dir() else []
+    if not steps:
+        return []
+    latest = max(steps, key=lambda p: int(p.stem))
+    found = _read_json(latest).get("findings") or []
+    return [{**f, "step": int(latest.stem)} for f in found if isinstance(f, dict)]
+
+
 def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.html`` for a run folder and return its path.
 
@@ -110,6 +124,8 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
+    charts = metric_charts(history) if not history.empty and plotly_js() is not None else []
+    figures.sort(key=lambda f: analysis_rank(f["name"].split("/")[0]))
     page = env.get_template("report.html.j2").render(
         run_name=run_dir.name,
         run=_read_json(run_dir / "run.json"),
@@ -117,8 +133,11 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         tags=_read_json(run_dir / "tags.json"),
         failures=_read_json(run_dir / "failures.json"),
         steps=sorted({int(s) for s in history["step"]}) if not history.empty else [],
-        summary=summary_rows,
-        plots=_metric_plots(history) if not history.empty else [],
+        summary=sorted(summary_rows, key=lambda r: analysis_rank(str(r["analysis"]))),
+        findings=_latest_findings(run_dir),
+        charts=charts,
+        plotly_js=plotly_js() if charts else None,
+        plots=_metric_plots(history) if not history.empty and not charts else [],
         figures=figures,
         figure_step=fig_dir.name if fig_dir else None,
         tables=tables,

@@ -138,6 +138,7 @@ class MLflowReporter(BaseReporter):
         #: Folder of the embedded store: ``run_dir`` when given, else ``root`` (shared by a project's
         #: runs, so ``mlflow ui`` compares them).
         self.store_dir = Path(run_dir) if run_dir is not None else Path(root)
+        self._run_dir_given = run_dir is not None
         self._mirror: RunMirror | None = None
         self.request_retries = request_retries
         self.request_timeout = request_timeout

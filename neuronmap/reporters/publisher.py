@@ -262,6 +262,9 @@ class Publisher:
                 self._reporters = [LocalReporter()]
             else:
                 self._reporters = [get_reporter(r) if isinstance(r, str) else r for r in self.spec]
+            from neuronmap.reporters._present import share_run_folder
+
+            share_run_folder(self._reporters)  # one run folder per monitor, one MLflow store per project
         return self._reporters
 
     @reporters.setter
