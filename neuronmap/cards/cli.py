@@ -64,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
         raise NeuronMapError(f"template {args.template!r} failed: {type(err).__name__}: {err}") from err
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise NeuronMapError(f"cannot write --out {args.out!r}: {err}") from err
         print(f"Wrote {out} ({args.fmt}, template {args.template})", file=sys.stderr)
     else:
         sys.stdout.write(text)
