@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "ActivationMaximization": "neuronmap.analyses",
     "ActivationPatching": "neuronmap.analyses",
     "ActivationStats": "neuronmap.analyses",
+    "AdversarialRobustness": "neuronmap.analyses",
     "Activations": "neuronmap.capture",
     "Analysis": "neuronmap.analyses",
     "AnalysisContext": "neuronmap.analyses",
@@ -43,6 +44,7 @@ _LAZY: dict[str, str] = {
     "ConceptAlgebra": "neuronmap.analyses",
     "ConceptExtraction": "neuronmap.analyses",
     "CounterfactualBias": "neuronmap.analyses",
+    "CrossLingualAlignment": "neuronmap.analyses",
     "Fairness": "neuronmap.analyses",
     "GateMonitor": "neuronmap.gates",
     "History": "neuronmap.results",
@@ -59,15 +61,20 @@ _LAZY: dict[str, str] = {
     "ProbeSetError": "neuronmap.errors",
     "Probing": "neuronmap.analyses",
     "Projection": "neuronmap.analyses",
+    "RegressionProbing": "neuronmap.analyses",
     "Report": "neuronmap.results",
     "RepresentationBias": "neuronmap.analyses",
     "Schedule": "neuronmap.schedule",
+    "WorldModelProbe": "neuronmap.analyses",
     "capture_activations": "neuronmap.capture",
+    "data": "neuronmap",
     "evaluate_gates": "neuronmap.gates:evaluate",
+    "presets": "neuronmap",
     "render_card": "neuronmap.cards",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from neuronmap import data, presets
     from neuronmap.analyses import (
         CKA,
         RSA,
@@ -75,6 +82,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         ActivationMaximization,
         ActivationPatching,
         ActivationStats,
+        AdversarialRobustness,
         Analysis,
         AnalysisContext,
         AnalysisResult,
@@ -85,6 +93,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         ConceptAlgebra,
         ConceptExtraction,
         CounterfactualBias,
+        CrossLingualAlignment,
         Fairness,
         Information,
         MetricSet,
@@ -92,7 +101,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         NeuronStats,
         Probing,
         Projection,
+        RegressionProbing,
         RepresentationBias,
+        WorldModelProbe,
     )
     from neuronmap.audit import AuditTrail
     from neuronmap.capture import ActivationCapture, Activations, capture_activations
@@ -116,6 +127,8 @@ def __getattr__(name: str) -> Any:
     if target is None:
         raise AttributeError(f"module 'neuronmap' has no attribute {name!r}")
     module, _, attribute = target.partition(":")
+    if module == __name__:  # a subpackage (nm.data, nm.presets); importing it binds the attribute
+        return import_module(f"{__name__}.{name}")
     value = getattr(import_module(module), attribute or name)
     globals()[name] = value  # later accesses skip __getattr__
     return value
@@ -134,6 +147,7 @@ __all__ = [
     "ActivationPatching",
     "ActivationStats",
     "Activations",
+    "AdversarialRobustness",
     "Analysis",
     "AnalysisContext",
     "AnalysisResult",
@@ -145,6 +159,7 @@ __all__ = [
     "ConceptAlgebra",
     "ConceptExtraction",
     "CounterfactualBias",
+    "CrossLingualAlignment",
     "Fairness",
     "GateMonitor",
     "History",
@@ -161,11 +176,15 @@ __all__ = [
     "ProbeSetError",
     "Probing",
     "Projection",
+    "RegressionProbing",
     "Report",
     "RepresentationBias",
     "Schedule",
+    "WorldModelProbe",
     "__version__",
     "capture_activations",
+    "data",
     "evaluate_gates",
+    "presets",
     "render_card",
 ]

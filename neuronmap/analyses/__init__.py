@@ -5,6 +5,7 @@ Importing this package registers the built-in analyses (see :func:`available_ana
 
 from neuronmap.analyses.activation_max import ActivationMaximization
 from neuronmap.analyses.activation_stats import ActivationStats
+from neuronmap.analyses.adversarial import AdversarialRobustness
 from neuronmap.analyses.attention import AttentionAnalysis
 from neuronmap.analyses.attribution import Attribution
 from neuronmap.analyses.base import (
@@ -20,6 +21,7 @@ from neuronmap.analyses.causal_tracing import CausalTracing
 from neuronmap.analyses.circuits import CircuitDiscovery
 from neuronmap.analyses.concepts import ConceptAlgebra, ConceptExtraction
 from neuronmap.analyses.counterfactual import CounterfactualBias
+from neuronmap.analyses.crosslingual import CrossLingualAlignment
 from neuronmap.analyses.fairness import Fairness
 from neuronmap.analyses.information import Information
 from neuronmap.analyses.neurons import NeuronStats
@@ -27,9 +29,11 @@ from neuronmap.analyses.patching import ActivationPatching
 from neuronmap.analyses.performance import ModelPerformance
 from neuronmap.analyses.probing import Probing
 from neuronmap.analyses.projection import Projection
+from neuronmap.analyses.regression_probing import RegressionProbing
 from neuronmap.analyses.representation_bias import RepresentationBias
 from neuronmap.analyses.similarity import CKA, RSA
 from neuronmap.analyses.tcav import TCAV
+from neuronmap.analyses.world_model import WorldModelProbe
 
 __all__ = [
     "CKA",
@@ -38,6 +42,7 @@ __all__ = [
     "ActivationMaximization",
     "ActivationPatching",
     "ActivationStats",
+    "AdversarialRobustness",
     "Analysis",
     "AnalysisContext",
     "AnalysisResult",
@@ -48,6 +53,7 @@ __all__ = [
     "ConceptAlgebra",
     "ConceptExtraction",
     "CounterfactualBias",
+    "CrossLingualAlignment",
     "Fairness",
     "Information",
     "MetricSet",
@@ -55,7 +61,9 @@ __all__ = [
     "NeuronStats",
     "Probing",
     "Projection",
+    "RegressionProbing",
     "RepresentationBias",
+    "WorldModelProbe",
     "available_analyses",
     "get_analysis",
     "register_analysis",

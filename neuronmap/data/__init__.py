@@ -1,4 +1,4 @@
-"""Built-in probe-set data: EEC-style templated sentences and counterfactual term swaps.
+"""Built-in probe-set data: EEC-style templated sentences, counterfactual term swaps, text perturbations.
 
 Pure data and pandas: nothing here downloads anything, and nothing imports torch, so a
 frame can be built anywhere and handed to ``ProbeSet.from_pandas``.
@@ -14,6 +14,13 @@ Example:
 
 from __future__ import annotations
 
+from neuronmap.data.perturb import (
+    PERTURBATIONS,
+    SYNONYMS,
+    char_swap,
+    perturb_texts,
+    synonym_swap,
+)
 from neuronmap.data.swaps import (
     BUILTIN_SWAPS,
     GENDER_NAME_SWAPS,
@@ -48,12 +55,17 @@ __all__ = [
     "GENDER_NAME_SWAPS",
     "GENDER_SWAPS",
     "GENDER_WORD_SWAPS",
+    "PERTURBATIONS",
     "RACE_NAME_SWAPS",
     "SENTIMENT_LABELS",
+    "SYNONYMS",
     "PersonTerm",
     "Template",
+    "char_swap",
     "counterfactual_pairs",
     "eec_frame",
+    "perturb_texts",
     "sentiment_frame",
     "swap_terms",
+    "synonym_swap",
 ]
