@@ -140,6 +140,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "neuronmap.audit",
     "neuronmap.analyze",
     "neuronmap.service.cli",
+    "neuronmap.generate",
 )
 
 
