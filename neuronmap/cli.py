@@ -232,11 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line_warning(command: str, default: Callable[..., None]) -> Callable[..., None]:
-    """Show NeuronMap's own warnings (a skipped torn record ...) as one line, like its errors."""
+    """Show NeuronMap's own warnings (a skipped torn record ...) as one line, like its errors,
+    each text once (a command may read the same file twice, e.g. the history and the report)."""
+    shown: set[str] = set()
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, NeuronMapWarning):
-            print(f"neuronmap {command}: warning: {message}", file=sys.stderr)
+            if str(message) not in shown:
+                shown.add(str(message))
+                print(f"neuronmap {command}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, *args, **kwargs)
 
