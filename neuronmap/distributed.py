@@ -186,6 +186,24 @@ def _failed_ranks(world: World, *, failed: bool) -> list[int]:
     return [rank for rank, f in enumerate(flags) if int(f.item())]
 
 
+def any_rank(decision: bool, mode: DistributedMode = "auto") -> bool:
+    """``True`` on every rank when ``decision`` is true on any rank (Lightning's ``reduce_boolean_decision``).
+
+    Decisions that stop training must be the same on every rank, or the ranks that go on wait
+    forever for the ones that stopped. A collective: every rank must call it at the same point.
+
+    Example:
+        >>> any_rank(True)  # one process: the decision itself
+        True
+    """
+    world = current_world(mode)
+    if world is None:
+        return bool(decision)
+    flag = torch.tensor([int(bool(decision))], device=_collective_device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(int(flag.item()))
+
+
 # ---------------------------------------------------------------------- wrapped models
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module to hook and run: through DDP / DataParallel / DeepSpeed and a compiled root.

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from neuronmap._console import announce_run
+from neuronmap._preflight import Preflight
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.capture.checks import check_device, check_max_bytes
 from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, model_device, run_probe
@@ -38,6 +39,7 @@ from neuronmap.errors import (
     AnalysisFailedWarning,
     InvalidParameterError,
     ReporterWarning,
+    RunSkippedWarning,
 )
 from neuronmap.findings import attach_findings
 from neuronmap.probe import ProbeSet
@@ -239,6 +241,36 @@ class NeuronMap:
             return None
         return self.run(model, step=step, epoch=epoch, event=event)
 
+    # ------------------------------------------------------------------ preflight
+    def preflight(self, model: nn.Module) -> Preflight:
+        """Check the set-up against ``model`` before training starts; list every problem at once.
+
+        Resolves every layer selector, runs one probe batch through the real capture path
+        (eval mode, no gradients, the training mode restored), fingerprints the probe set and
+        checks each analysis' requirements (columns, model outputs). The callbacks call it
+        when training starts; a plain loop calls it before its first step. Once it passed, a
+        capture failure in a scheduled run warns and skips that run instead of raising (unless
+        ``strict=True``): training that has started is never stopped by NeuronMap.
+
+        Returns:
+            A :class:`~neuronmap._preflight.Preflight` with the resolved layers and shapes.
+
+        Raises:
+            PreflightError: Something in the set-up cannot work; the message lists each problem.
+
+        Example:
+            >>> import neuronmap as nm
+            >>> from neuronmap.testing import tiny_mlp, tiny_probe
+            >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], reporters=[])
+            >>> monitor.preflight(tiny_mlp()).layers[:2]
+            ('net.0', 'net.1')
+        """
+        from neuronmap._preflight import preflight
+
+        result = preflight(self, model)
+        self.preflight_passed = True
+        return result
+
     # ------------------------------------------------------------------ the run
     def capture_activations(self, model: nn.Module) -> Activations:
         """Capture the monitored layers (and the model output if an analysis needs it).
@@ -299,7 +331,12 @@ class NeuronMap:
         """
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
-        activations = self.capture_activations(model)
+        try:
+            activations = self.capture_activations(model)
+        except Exception as err:
+            if self.strict or not self.preflight_passed:
+                raise  # a set-up error: no preflight vouched for this set-up
+            return self._skip_run(err, step=step, epoch=epoch, event=event, started=started)
         return self._analyse_and_report(
             activations, model, step=step, epoch=epoch, event=event, started=started,
             timings={"capture": time.perf_counter() - t0},
@@ -388,6 +425,24 @@ class NeuronMap:
             announce_run(report, self.reporters, started=t_run)
             for listener in self._listeners:
                 listener(report, model)
+        return report
+
+    def _skip_run(self, err: Exception, *, step: int, epoch: int | None, event: str | None, started: str) -> Report:
+        """A capture that failed after the preflight passed: warn, record, publish, go on."""
+        warnings.warn(
+            f"NeuronMap could not capture activations at step {step} and skipped this run "
+            f"({type(err).__name__}: {err}); training goes on. Pass strict=True to raise.",
+            RunSkippedWarning,
+            stacklevel=3,
+        )
+        error = f"capture failed: {traceback.format_exception_only(type(err), err)[-1].strip()}"
+        results = {a.name: AnalysisResult(a.name, status="failed", error=error) for a in self.analyses}
+        report = Report(step=int(step), epoch=epoch, event=event, timestamp=started, results=results,
+                        probe_fingerprint=self.probe.fingerprint(), timings={"capture": 0.0})
+        self.schedule.record(step=int(step), epoch=epoch)
+        world = current_world(self.distributed)
+        if world is None or world.is_zero:
+            self._publish(report)
         return report
 
     def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:

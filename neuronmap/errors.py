@@ -18,9 +18,11 @@ __all__ = [
     "MissingDependencyError",
     "NeuronMapError",
     "NeuronMapWarning",
+    "PreflightError",
     "ProbeSetError",
     "ReporterError",
     "ReporterWarning",
+    "RunSkippedWarning",
     "TornLineWarning",
 ]
 
@@ -56,6 +58,21 @@ class ForwardError(NeuronMapError, RuntimeError):
     """The model raised while running on the probe set."""
 
 
+class PreflightError(NeuronMapError, ValueError):
+    """The set-up cannot work (found before training starts); the message lists every problem.
+
+    Attributes:
+        problems: One line per problem found.
+    """
+
+    def __init__(self, problems: list[str], *, owner: str = "NeuronMap") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{owner} preflight found {len(self.problems)} problem(s) before training started:\n{lines}"
+        )
+
+
 class AnalysisError(NeuronMapError, RuntimeError):
     """An analysis failed; raised only with ``strict=True``."""
 
@@ -74,6 +91,10 @@ class NeuronMapWarning(UserWarning):
 
 class AnalysisFailedWarning(NeuronMapWarning):
     """An analysis raised; the run went on and the failure is in the report."""
+
+
+class RunSkippedWarning(NeuronMapWarning):
+    """A scheduled run could not capture activations after training started; it was skipped."""
 
 
 class ReporterWarning(NeuronMapWarning):

@@ -165,6 +165,8 @@ class PairedNodeAnalysis(Analysis):
     pair batches for a run (``ActivationPatching``, ``CircuitDiscovery``).
     """
 
+    probe_columns = ("pairs",)
+
     def __init__(
         self,
         *,

@@ -154,6 +154,9 @@ class Analysis(ABC):
 
     name: ClassVar[str] = "analysis"
     needs_outputs: ClassVar[bool] = False
+    #: Constructor attributes whose values name probe-set columns the analysis cannot run
+    #: without (a column name, or a list of them); :meth:`check_probe` checks them.
+    probe_columns: ClassVar[tuple[str, ...]] = ()
     #: ``fnmatch`` patterns of the metrics trackers chart by default (empty: every metric that
     #: is not a CI/p-value sibling and not per head); the rest stays in the history and tables.
     headline_metrics: ClassVar[tuple[str, ...]] = ()
@@ -191,6 +194,33 @@ class Analysis(ABC):
 
         return default_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
 
+    def check_probe(self, probe: ProbeSet) -> list[str]:
+        """What in ``probe`` would make this analysis fail (empty: nothing found).
+
+        :meth:`NeuronMap.preflight <neuronmap.NeuronMap.preflight>` calls it before training
+        starts. The default checks the columns named by the attributes in
+        :attr:`probe_columns`; override it (and extend the list) for other requirements.
+
+        Example:
+            >>> from neuronmap.testing import tiny_probe
+            >>> class NeedsAge(Analysis):
+            ...     probe_columns = ("column",)
+            ...     def __init__(self): super().__init__(); self.column = "age"
+            ...     def run(self, ctx): ...
+            >>> NeedsAge().check_probe(tiny_probe())[0][:49]
+            "NeedsAge(column='age') needs probe-set column 'age'"
+        """
+        problems = []
+        columns = [str(c) for c in probe.frame.columns]
+        for attr in self.probe_columns:
+            for column in _column_names(getattr(self, attr, None)):
+                if column not in probe.frame.columns:
+                    problems.append(
+                        f"{type(self).__name__}({attr}={column!r}) needs probe-set column {column!r}, which probe "
+                        f"set {probe.name!r} lacks; it has {columns}."
+                    )
+        return problems
+
     def config(self) -> dict[str, Any]:
         """JSON-able parameters of this analysis (for config.json and the audit trail)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and _jsonable(v)}
@@ -205,6 +235,15 @@ class Analysis(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _column_names(value: Any) -> list[str]:
+    """Column names in an attribute value: a name, or (nested) lists of names; other values name none."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [name for item in value for name in _column_names(item)]
+    return []
 
 
 def _jsonable(value: Any) -> bool:

@@ -136,6 +136,7 @@ class CounterfactualBias(Analysis):
     """
 
     name = "counterfactual_bias"
+    probe_columns = ("text_column",)
     needs_outputs = True
 
     def __init__(

@@ -163,6 +163,7 @@ class Fairness(Analysis):
     """
 
     name = "fairness"
+    probe_columns = ("sensitive",)
     headline_metrics = ("demographic_parity_difference", "equalized_odds_difference", "equal_opportunity_difference",
                         "accuracy_difference")
 

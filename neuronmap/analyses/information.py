@@ -81,6 +81,7 @@ class Information(Analysis):
     """
 
     name = "information"
+    probe_columns = ("target",)
 
     def __init__(
         self,

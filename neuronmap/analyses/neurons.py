@@ -116,6 +116,7 @@ class NeuronStats(Analysis):
     """
 
     name = "neuron_stats"
+    probe_columns = ("target",)
     headline_metrics = ("dead_fraction", "saturated_fraction", "outlier_dims", "selective_fraction")
 
     def findings(self, result: AnalysisResult) -> list[Finding]:

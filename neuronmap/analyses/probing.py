@@ -178,6 +178,7 @@ class Probing(Analysis):
     """
 
     name = "probing"
+    probe_columns = ("target", "control_column")
     headline_metrics = ("accuracy", "selectivity")
 
     def findings(self, result: AnalysisResult) -> list[Finding]:

@@ -166,6 +166,7 @@ class RepresentationBias(Analysis):
     """
 
     name = "representation_bias"
+    probe_columns = ("sensitive",)
     headline_metrics = ("*_decodability", "weat_effect_size")
 
     def findings(self, result: AnalysisResult) -> list[Finding]:

@@ -326,6 +326,7 @@ class RSA(Analysis):
     """
 
     name = "rsa"
+    probe_columns = ("target",)
 
     def __init__(
         self,

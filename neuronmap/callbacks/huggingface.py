@@ -25,6 +25,7 @@ from neuronmap.callbacks._common import (
     log_card,
     uses_default_reporters,
 )
+from neuronmap.distributed import any_rank
 from neuronmap.engine import NeuronMap
 from neuronmap.errors import MissingDependencyError, ReporterWarning
 
@@ -190,8 +191,12 @@ class NeuronMapTrainerCallback(TrainerCallback):
         if model is None or not self.monitor.should_run(step=step, epoch=epoch, event=event):
             return False
         self._bind(args, state)
+        if not self.monitor.preflight_passed:  # a bare trainer.evaluate(): no train begin came first
+            self.monitor.preflight(model)
         self.monitor.run(model, step=step, epoch=epoch, event=event)
-        if control is not None and self._gates is not None and self._gates.should_stop:
+        # only rank zero evaluates gates; every rank must stop at the same step
+        stopping = self._gates is not None and self._gates.stop_on_failure
+        if stopping and any_rank(self._gates.should_stop, self.monitor.distributed) and control is not None:
             control.should_training_stop = True
         return True
 
@@ -199,8 +204,15 @@ class NeuronMapTrainerCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Restore the state of a resumed run; run if ``"train_start"`` is scheduled."""
+        """Preflight the set-up, restore the state of a resumed run, run if ``"train_start"`` is scheduled.
+
+        Raises:
+            PreflightError: Something in the set-up cannot work (the message lists each
+                problem), before the first training step.
+        """
         self._training = True
+        if kwargs.get("model") is not None:
+            self.monitor.preflight(kwargs["model"])
         if state.global_step > 0:
             self._restore(Path(args.output_dir or ".") / f"checkpoint-{state.global_step}", state)
         self._maybe_run(args, state, kwargs.get("model"), "train_start")

@@ -188,14 +188,22 @@ class NeuronMapCallback(_Callback):
         if not self.monitor.should_run(step=step, epoch=epoch, event=event):
             return
         self._bind(trainer)
+        model = self._model(trainer, pl_module)
+        if not self.monitor.preflight_passed:  # trainer.validate()/test(): no fit start came first
+            self.monitor.preflight(model)
+        self.monitor.run(model, step=step, epoch=epoch, event=event)
+        # only rank zero evaluates gates; every rank must stop at the same step, or the others
+        # wait forever in the next collective (Lightning's EarlyStopping reduces the same way)
+        stopping = self._gates is not None and self._gates.stop_on_failure
+        if stopping and trainer.strategy.reduce_boolean_decision(bool(self._gates.should_stop), all=False):
+            trainer.should_stop = True
+
+    @staticmethod
+    def _model(trainer: Trainer, pl_module: LightningModule) -> nn.Module:
         # The strategy's model is the DDP/FSDP/DeepSpeed wrapper; the engine looks through
         # DDP and keeps FSDP, whose forward gathers the sharded parameters.
         model = trainer.strategy.model
-        self.monitor.run(
-            model if isinstance(model, nn.Module) else pl_module, step=step, epoch=epoch, event=event
-        )
-        if self._gates is not None and self._gates.should_stop:
-            trainer.should_stop = True
+        return model if isinstance(model, nn.Module) else pl_module
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -204,6 +212,17 @@ class NeuronMapCallback(_Callback):
         own_hook = type(self).on_train_batch_end is NeuronMapCallback.on_train_batch_end
         if own_hook and self.monitor.schedule.every_n_steps is None:
             self.on_train_batch_end = None  # type: ignore[assignment]
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Preflight: selectors, one probe batch through the capture path, the analyses' columns.
+
+        Runs once the model is on its device and wrapped, before the first training step, so a
+        set-up mistake stops ``fit`` at once instead of at the first scheduled run.
+
+        Raises:
+            PreflightError: Something in the set-up cannot work (the message lists each problem).
+        """
+        self.monitor.preflight(self._model(trainer, pl_module))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run if ``"train_start"`` is scheduled (a baseline before the first step)."""
