@@ -172,5 +172,5 @@ def test_errors():
         AdversarialRobustness(norms="l1")
     with pytest.raises(InvalidParameterError, match="needs the probe set's tokenizer"):
         AdversarialRobustness(text_perturbations=["char_swap"])
-    with pytest.raises(InvalidParameterError, match="'pgd_steps' .* int >= 1; got 0"):
+    with pytest.raises(InvalidParameterError, match=r"'pgd_steps' .* int >= 1; got 0"):
         AdversarialRobustness(pgd_steps=0)
