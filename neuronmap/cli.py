@@ -111,12 +111,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from neuronmap._run_source import MLFLOW_PREFIX, load_run
     from neuronmap.reporters._html import render_run_html
 
-    run_dir = Path(args.run)
-    if not (run_dir / "metrics.jsonl").exists():
-        raise NeuronMapError(f"{args.run!r} is not a NeuronMap run folder (no metrics.jsonl in it).")
-    path = render_run_html(run_dir, args.out)
+    # the same source the gate reads: a run folder, a W&B run folder, or mlflow:<run_id>
+    loaded = load_run(args.run, tracking_uri=args.tracking_uri, materialize=True)
+    run_dir = loaded.run_dir
+    if run_dir is None:
+        raise NeuronMapError(f"{args.run!r} holds metrics but no NeuronMap record (neuronmap/metrics.jsonl); "
+                             "it was not logged by NeuronMap's MLflowReporter.")
+    out = args.out
+    if out is None and args.run.startswith(MLFLOW_PREFIX):
+        out = f"report-{args.run[len(MLFLOW_PREFIX):]}.html"
+    path = render_run_html(run_dir, out)
     print(path)
     return 0
 
@@ -176,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_extract)
 
-    p = sub.add_parser("report", help="re-render a run folder's report.html")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--out", default=None, metavar="FILE", help="default: RUN_DIR/report.html")
+    p = sub.add_parser("report", help="render report.html of a run folder, a W&B run folder or mlflow:<run_id>")
+    p.add_argument("run", metavar="RUN", help="run folder, W&B run folder (wandb/offline-run-*) or mlflow:<run_id>")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="default: RUN/report.html (report-<run_id>.html for mlflow: runs)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI for mlflow: runs")
     p.set_defaults(handler=_cmd_report)
 
     p = sub.add_parser("demo", help="train a small model with NeuronMap and write a report")

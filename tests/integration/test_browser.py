@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +26,13 @@ from neuronmap.reporters import LocalReporter
 from neuronmap.testing import tiny_mlp, tiny_probe
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: Screenshots for the docs (docs/reporters.md shows them), refreshed by every run of these tests.
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+def _keep(shot: Path, name: str) -> None:
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, DOCS_IMG / name)
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium")]
 
 
@@ -32,7 +40,7 @@ def _render(url: str, tmp_path: Path, *, wait_ms: int | None = None) -> tuple[st
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,1600",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1600",
         *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []),  # let a JavaScript app render
     ]
     shot = tmp_path / "page.png"
@@ -53,10 +61,16 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def test_report_html_renders_with_figures(run_dir, tmp_path) -> None:
-    dom, shot = _render((run_dir / "report.html").as_uri(), tmp_path)
+    dom, shot = _render((run_dir / "report.html").as_uri(), tmp_path, wait_ms=5000)
     assert "NeuronMap report: run" in dom and "FINISHED" in dom
     assert dom.count("data:image/png;base64,") >= 3
+    # findings lead the page, above the first chart and the first figure
+    findings = dom.index('id="findings"')
+    assert findings < dom.index('class="plot') and findings < dom.index("data:image/png;base64,")
+    assert "probing:" not in dom or "<b>probing</b>" in dom
+    assert dom.count('class="main-svg"') >= 2  # plotly drew the charts offline (inlined plotly.js)
     assert shot.stat().st_size > 20_000
+    _keep(shot, "report-html.png")
 
 
 def test_html_model_card_renders(run_dir, tmp_path) -> None:
@@ -93,14 +107,24 @@ def test_tensorboard_ui_shows_the_neuronmap_scalars(tmp_path) -> None:
             except OSError:
                 time.sleep(0.5)
         assert tags, "TensorBoard did not list the run's scalars within 60 s"
-        dom, shot = _render(f"http://127.0.0.1:{port}/#timeseries", tmp_path, wait_ms=20000)
+        assert "neuronmap/activation_stats/std/net.0" in tags  # tracker layout: <analysis>/<metric>/<layer>
+        assert not any(t.endswith(("_p", "_p_adj", "_ci_low")) for t in tags)  # statistics stay in the record
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout", timeout=10) as r:
+            layout = json.load(r)
+        charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
+        assert "std" in charts, sorted(charts)
+        query = urllib.parse.urlencode({"run": "run", "tag": charts["std"][0]})
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/scalars?{query}",
+                                    timeout=10) as r:
+            lines = json.load(r)["tag_to_events"]
+        assert sorted(lines) == [f"neuronmap/activation_stats/std/net.{i}" for i in range(5)]  # a line per layer
+        dom, shot = _render(f"http://127.0.0.1:{port}/#custom_scalars", tmp_path, wait_ms=20000)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert "neuronmap/activation_stats/net.0/dead_fraction" in dom
-    cards = [int(n) for n in re.findall(r"(\d+) cards", dom)]
-    assert cards and max(cards) >= len(tags)  # the neuronmap group: a card per scalar (and per figure)
-    assert shot.stat().st_size > 50_000
+    assert "vz-line-chart" in dom  # the dashboard drew its charts (their titles live in shadow DOM)
+    assert shot.stat().st_size > 30_000
+    _keep(shot, "tensorboard-custom-scalars.png")
 
 
 def test_mlflow_ui_shows_the_neuronmap_metrics_of_a_run(tmp_path) -> None:
@@ -118,9 +142,17 @@ def test_mlflow_ui_shows_the_neuronmap_metrics_of_a_run(tmp_path) -> None:
         run = reporter.run_id
         experiment = reporter.client.get_run(run).info.experiment_id
         dom, shot = _render(f"{server.uri}/#/experiments/{experiment}/runs/{run}", tmp_path, wait_ms=20000)
+        charts, _ = _render(f"{server.uri}/#/experiments/{experiment}/runs/{run}/model-metrics",
+                            tmp_path / "charts", wait_ms=20000)
+        tags = reporter.client.get_run(run).data.tags
     finally:
         server.stop()
-    assert "neuronmap/activation_stats/net.0/dead_fraction" in dom
-    listed = re.search(r"Metrics \((\d+)\)", dom)  # the run page's metrics table: 5 layers x 6 statistics
-    assert listed is not None and int(listed.group(1)) == 30
+    assert "NeuronMap findings" in tags["mlflow.note.content"] and "NeuronMap findings" in dom  # the description
+    assert tags["neuronmap.key_layout"] == "analysis/metric/layer"
+    assert "neuronmap/activation_stats/std/net.0" in dom
+    listed = re.search(r"Metrics \((\d+)\)", dom)  # headline scalars: 5 layers x 4 health metrics
+    assert listed is not None and int(listed.group(1)) == 20, listed
+    # chart sections are named by metric (the prefix before the last '/'), not by layer
+    assert "neuronmap/activation_stats/std" in charts and "neuronmap/activation_stats/net.0" not in charts
     assert shot.stat().st_size > 50_000
+    _keep(shot, "mlflow-run.png")
