@@ -502,10 +502,6 @@ class NeuronMap:
             on_close = getattr(listener, "on_close", None)
             if on_close is not None:
                 on_close(status)
-        for listener in self._listeners:
-            on_close = getattr(listener, "on_close", None)
-            if on_close is not None:
-                on_close(status)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
