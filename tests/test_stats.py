@@ -262,3 +262,8 @@ def test_adjust_pvalues_errors():
         adjust_pvalues([0.1, 1.5, -0.1])
     with pytest.raises(InvalidParameterError, match=r"alpha must be in \(0, 1\); got 0"):
         adjust_pvalues([0.1], alpha=0)
+
+
+def test_adjust_pvalues_lfdr_failure_on_ties_is_an_invalid_parameter_error():
+    with pytest.raises(InvalidParameterError, match=r"method='lfdr'.*ties.*Use 'fdr_bh'"):
+        adjust_pvalues([0.0, 0.0, 0.5], method="lfdr")

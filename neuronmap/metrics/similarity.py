@@ -107,7 +107,7 @@ def kernel_cka(
     Y: Any,
     *,
     kernel: Kernel = "rbf",
-    sigma: float | None = None,
+    sigma: float | Literal["median_offdiag", "median_kornblith"] | None = None,
     debiased: bool = False,
 ) -> float:
     """CKA with a Gaussian RBF or linear kernel (Kornblith et al. 2019, eqs. 2-3).
@@ -120,9 +120,12 @@ def kernel_cka(
         X: Activations ``[n, d1]`` (numpy or torch).
         Y: Activations ``[n, d2]`` of the same examples.
         kernel: ``"rbf"`` or ``"linear"``.
-        sigma: RBF bandwidth used for both representations. ``None`` applies the median
-            heuristic to each representation separately: sigma is the median of its
-            non-zero pairwise Euclidean distances (Kornblith et al. use fractions of it).
+        sigma: RBF bandwidth used for both representations, or a median heuristic applied to
+            each representation separately. ``None`` or ``"median_offdiag"``: ``sigma^2`` is
+            the median of the non-zero squared pairwise distances. ``"median_kornblith"``:
+            the median over the full ``n x n`` matrix of squared distances, zero diagonal
+            included, as ``gram_rbf(x, threshold=1.0)`` in Kornblith et al.'s notebook; it is
+            smaller (the ``n`` zeros pull the median down), noticeably so for small ``n``.
         debiased: Use the unbiased HSIC of Song et al. (2012, eq. 5); needs ``n >= 4``.
 
     Returns:
@@ -140,8 +143,13 @@ def kernel_cka(
     """
     if kernel not in _KERNELS:
         raise InvalidParameterError(f"kernel must be one of {_KERNELS}; got {kernel!r}.")
-    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise InvalidParameterError(f"sigma must be a positive number or None; got {sigma!r}.")
+    if isinstance(sigma, str):
+        if sigma not in _SIGMA_RULES:
+            raise InvalidParameterError(f"sigma must be a positive number, None or one of {_SIGMA_RULES}; got {sigma!r}.")
+    elif sigma is not None and not (np.isfinite(sigma) and sigma > 0):
+        raise InvalidParameterError(
+            f"sigma must be a positive number, None or one of {_SIGMA_RULES}; got {sigma!r}."
+        )
     x, y = _cka.as_float64_matrix(X, "X"), _cka.as_float64_matrix(Y, "Y")
     n = _cka.check_same_n([x, y], ["X", "Y"])
     _cka.check_min_n(n, debiased=debiased)
@@ -158,12 +166,19 @@ def kernel_cka(
     return float(_cka.cka_from_products(products, [0], [1], ["X", "Y"])[0, 0])
 
 
-def _kernel_matrix(x: NDArray[np.float64], kernel: str, sigma: float | None) -> NDArray[np.float64]:
+_SIGMA_RULES = ("median_offdiag", "median_kornblith")
+
+
+def _kernel_matrix(x: NDArray[np.float64], kernel: str, sigma: float | str | None) -> NDArray[np.float64]:
     if kernel == "linear":
         xc = x - x.mean(axis=0)
         return xc @ xc.T
     sq = pdist(x, metric="sqeuclidean")
-    if sigma is None:
+    if sigma == "median_kornblith":
+        # median of the square matrix: n zeros on the diagonal and every off-diagonal entry twice
+        sigma_sq = float(np.median(np.concatenate([sq, sq, np.zeros(x.shape[0])])))
+        sigma_sq = sigma_sq if sigma_sq > 0 else 1.0
+    elif sigma is None or sigma == "median_offdiag":
         positive = sq[sq > 0]
         # all points identical: any bandwidth gives a constant kernel, which CKA reports as NaN
         sigma_sq = float(np.median(positive)) if positive.size else 1.0

@@ -421,3 +421,26 @@ def test_rsa_errors(rng):
         InvalidParameterError, match=r"n_permutations must be a non-negative integer; got -1"
     ):
         rsa(a, a, n_permutations=-1)
+
+
+def test_kernel_cka_median_kornblith_matches_the_notebook_gram_rbf() -> None:
+    from neuronmap.metrics.similarity import kernel_cka
+
+    def gram_rbf(x: np.ndarray, threshold: float = 1.0) -> np.ndarray:  # Kornblith et al.'s notebook
+        dot = x @ x.T
+        sq_norms = np.diag(dot)
+        sq_distances = -2 * dot + sq_norms[:, None] + sq_norms[None, :]
+        return np.exp(-sq_distances / (2 * threshold**2 * np.median(sq_distances)))
+
+    def cka(gx: np.ndarray, gy: np.ndarray) -> float:
+        h = np.eye(len(gx)) - 1.0 / len(gx)
+        cx, cy = h @ gx @ h, h @ gy @ h
+        return float(np.sum(cx * cy) / np.sqrt(np.sum(cx * cx) * np.sum(cy * cy)))
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(15, 4)), rng.normal(size=(15, 6))
+    assert kernel_cka(x, y, sigma="median_kornblith") == pytest.approx(cka(gram_rbf(x), gram_rbf(y)), abs=1e-10)
+    assert kernel_cka(x, y, sigma="median_offdiag") == kernel_cka(x, y)
+    assert kernel_cka(x, y, sigma="median_kornblith") != pytest.approx(kernel_cka(x, y), abs=1e-6)
+    with pytest.raises(InvalidParameterError, match=r"sigma must be a positive number, None or one of .*'median"):
+        kernel_cka(x, y, sigma="median")
