@@ -146,6 +146,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "neuronmap.gates",
     "neuronmap.audit",
     "neuronmap.analyze",
+    "neuronmap.reporters.replay",
     "neuronmap.service.cli",
     "neuronmap.generate",
 )

@@ -379,11 +379,27 @@ class SpooledReporter(BaseReporter):
                 self._spool("close", (status,))
                 self._warn(
                     f"NeuronMap reporter {self.name!r} is still unreachable at close; {self._pending} call(s) "
-                    f"stay in {self.spool_dir}. Deliver them later with "
-                    "SpooledReporter(reporter, spool_dir=...).flush()."
+                    f"stay in {self.spool_dir}. Deliver them later with `{replay_command(self.spool_dir)}`."
                 )
                 return
             self._call("close", status)
+
+    def deliver(self) -> bool:
+        """Replay every spooled call now, ignoring the back-off; ``True`` once the spool is empty.
+
+        A spooled ``close`` is delivered in its place, so the tracker run ends with the status
+        recorded when it was spooled (what ``neuronmap replay`` relies on).
+        """
+        with self._lock, self._contained("deliver"):
+            return not self._pending or self._replay()
+        return False  # the spool itself failed (contained above, with a warning)
+
+
+def replay_command(spool_dir: str | Path) -> str:
+    """The shell command that delivers a spool folder ``<run_dir>/spool/<i>-<name>`` later."""
+    folder = Path(spool_dir)
+    run_dir = folder.parent.parent if folder.parent.name == "spool" else None
+    return f"neuronmap replay {run_dir}" if run_dir is not None else "neuronmap replay RUN_DIR"
 
 
 def _caller_level() -> int:

@@ -206,6 +206,34 @@ class MLflowReporter(BaseReporter):
         with self._limits():
             return self._ensure()[1]
 
+    def replay_spec(self) -> dict[str, Any]:
+        """How to rebuild this reporter in another process (``neuronmap replay``); no network I/O."""
+        uri = self._tracking_uri
+        if uri is None and self._logger is not None:
+            uri = getattr(self._logger, "_tracking_uri", None)
+        return {
+            "run_id": self._run_id,
+            "tracking_uri": uri if uri is not None else self.tracking_uri,
+            "owns_run": self._owns_run or self._run_id is None,
+            "experiment_name": self.experiment_name,
+            "run_name": self.run_name,
+            "tags": self.tags,
+            "run_dir": str(self.run_dir),
+        }
+
+    @classmethod
+    def from_replay_spec(cls, spec: Mapping[str, Any]) -> MLflowReporter:
+        """The reporter :meth:`replay_spec` described: same run (or a new one if it was never created).
+
+        A run this reporter had started is ended by :meth:`close`, as it would have been.
+        """
+        if spec.get("run_id"):
+            reporter = cls(str(spec["run_id"]), tracking_uri=spec.get("tracking_uri"))
+            reporter._owns_run = bool(spec.get("owns_run"))
+            return reporter
+        return cls(tracking_uri=spec.get("tracking_uri"), experiment_name=str(spec.get("experiment_name", "neuronmap")),
+                   run_name=spec.get("run_name"), tags=spec.get("tags") or {}, run_dir=spec.get("run_dir"))
+
     def is_retryable(self, error: BaseException) -> bool:
         """Retry outages and server errors; not payloads MLflow refused (bad key, changed param)."""
         if getattr(error, "error_code", None) in _REJECTED:
