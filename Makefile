@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # torch is pinned to the CPU wheel through constraints.txt; pyproject.toml keeps torch>=2.2.
 PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test bench bench-peers lint clean
+.PHONY: demo test calibration bench bench-peers lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
+
+# Full-size calibration simulations (tests/calibration; make test runs a small version) and the
+# table of docs/statistics-and-similarity.md regenerated from docs/calibration/results.json.
+calibration: $(VENV)/.dev-installed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/calibration --calibration -m calibration
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/run_all.py
