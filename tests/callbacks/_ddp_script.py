@@ -1,6 +1,6 @@
 """Two-process Lightning DDP run (CPU, gloo) with NeuronMapCallback; run by test_ddp.py.
 
-``python tests/callbacks/_ddp_script.py OUT_DIR {local,mlflow}``. Lightning's DDP launcher
+``python tests/callbacks/_ddp_script.py OUT_DIR {local,mlflow,gate}``. Lightning's DDP launcher
 re-runs this script for rank 1. Rank 0 saves the weights at every NeuronMap run (so the test can
 recompute the metrics in one process) and the runs it saw; every rank writes what it holds.
 """
@@ -59,8 +59,12 @@ def analyses() -> list[Analysis]:
 
 def main(out: Path, tracker: str) -> None:
     torch.set_num_threads(1)
+    # "gate": a gate that fails at the first run, with stop_on_failure; only rank 0 evaluates it,
+    # and every rank must stop at the same step instead of waiting for the other forever
+    gates = [{"name": "never", "metric": "neuronmap/activation_stats/net.1/std", "min": 1e9}]
     callback = NeuronMapCallback(
-        probe=tiny_probe(n=N_PROBE), layers=["net.*"], analyses=analyses(), schedule=nm.Schedule(**SCHEDULE)
+        probe=tiny_probe(n=N_PROBE), layers=["net.*"], analyses=analyses(), schedule=nm.Schedule(**SCHEDULE),
+        **({"gates": gates, "stop_on_failure": True} if tracker == "gate" else {}),
     )
     runs: list[dict[str, object]] = []
 

@@ -28,9 +28,9 @@ SCRIPT = Path(__file__).with_name("_ddp_script.py")
 EXPECTED_RUNS = [("step", 2, 0), ("validation_end", 3, 0), ("step", 4, 1), ("step", 6, 1)]
 
 
-def _launch(out: Path, tracker: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _launch(out: Path, tracker: str, timeout: float = 300) -> tuple[dict[str, Any], dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), tracker], capture_output=True, text=True, timeout=300, cwd=out
+        [sys.executable, str(SCRIPT), str(out), tracker], capture_output=True, text=True, timeout=timeout, cwd=out
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((out / "rank0.json").read_text()), json.loads((out / "rank1.json").read_text())
@@ -79,3 +79,12 @@ def test_ddp_two_ranks_log_once_to_one_mlflow_run_with_single_process_values(tmp
         for key, value in expected.items():
             (got,) = [m.value for m in logged[key] if m.step == step]
             assert got == pytest.approx(value, rel=1e-6, abs=1e-6), (step, key)
+
+
+def test_a_failing_gate_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    # Rank 0 alone evaluates the gate; the stop decision is reduced across ranks, so rank 1
+    # stops too (without it, rank 1 would wait forever in the next all-reduce: the timeout).
+    rank0, rank1 = _launch(tmp_path, "gate", timeout=240)
+    assert [(r["event"], r["step"]) for r in rank0["runs"]] == [("step", 2)]
+    assert rank0["global_step"] == rank1["global_step"] == 2
+    assert rank0["schedule_runs"] == rank1["schedule_runs"] == 1
