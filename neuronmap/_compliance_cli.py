@@ -3,8 +3,10 @@
 ``gate`` exits 0 when every check passed, 1 when a check failed, 2 when a check could not be
 evaluated (metric missing, no CI, no baseline) or the config/run could not be read; the CLI's
 ``main`` turns every :class:`~neuronmap.errors.NeuronMapError` into one line on stderr and exit 2.
-``audit verify`` exits 0 on an intact trail, 1 on tampering (each bad line named), 2 when there
-is no trail to read.
+``audit verify`` exits 0 on an intact trail whose evidence files match, 1 on tampering (each
+bad line and file named) or when nothing can be called verified (no engine run recorded, no file
+manifests), 2 when there is no trail to read. ``audit keygen`` writes an Ed25519 key pair;
+``audit sign-off`` records a responsible person's sign-off of a card in the trail.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from neuronmap.errors import NeuronMapError
 
-__all__ = ["add_audit_parser", "add_gate_parser", "run_audit_verify", "run_gate"]
+__all__ = ["add_audit_parser", "add_gate_parser", "run_audit_keygen", "run_audit_sign_off", "run_audit_verify",
+           "run_gate"]
 
 _GATE_EPILOG = """gates.yaml:
   gates:
@@ -101,19 +104,48 @@ def _write_error_junit(path: str, err: Exception) -> None:
 
 def add_audit_parser(sub: Any) -> None:
     """Register ``audit`` with its ``verify`` action."""
-    p = sub.add_parser("audit", help="verify a run's tamper-evident audit trail",
+    p = sub.add_parser("audit", help="verify a run's tamper-evident audit trail and evidence files",
                        description="Work with the hash-chained audit trail (audit.jsonl) of a run folder.")
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
     v = actions.add_parser(
-        "verify", help="check every hash, link and signature; name each bad line (exit 1 on tampering)",
-        description="Detect edited, deleted, inserted or reordered lines of audit.jsonl. With "
-                    "NEURONMAP_AUDIT_KEY set, HMAC signatures are checked too.",
+        "verify", help="check every hash, link, signature and evidence file; name each bad one (exit 1)",
+        description="Detect edited, deleted, inserted or reordered lines of audit.jsonl, and evidence files "
+                    "(metrics.jsonl, tables, figures, reports, config.json, run.json) that no longer match the "
+                    "digests the trail recorded. With NEURONMAP_AUDIT_KEY set, HMAC signatures are checked; "
+                    "Ed25519 signatures are always checked, and with --public-key required.",
+        epilog="exit status: 0 verified, 1 tampered or not verifiable (no engine run or no file manifests "
+               "recorded), 2 no trail.\nCI: keep the printed head hash outside the run folder (job summary, "
+               "release notes, a signed tag) and pass it back with --head.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("run", metavar="RUN", help="run folder or path to audit.jsonl")
     v.add_argument("--head", default=None, metavar="HASH",
                    help="the last entry's hash recorded elsewhere (detects removed trailing lines)")
+    v.add_argument("--public-key", dest="public_keys", action="append", default=None, metavar="PEM",
+                   help="trusted Ed25519 public key (repeatable): every entry must be signed by one")
+    v.add_argument("--chain-only", action="store_true", help="skip the evidence files (check only audit.jsonl)")
     v.add_argument("--json", dest="json_out", action="store_true", help="print the result as JSON")
     v.set_defaults(handler=run_audit_verify)
+    k = actions.add_parser("keygen", help="write an Ed25519 key pair for signing audit entries",
+                           description="Write NAME.pem (private, mode 0600) and NAME.pub.pem into --out. Sign "
+                                       "with NEURONMAP_AUDIT_SIGNING_KEY=KEYDIR/NAME.pem; publish NAME.pub.pem.")
+    k.add_argument("--out", required=True, metavar="KEYDIR", help="folder for the key files")
+    k.add_argument("--name", default="audit", help="file name stem (default: audit)")
+    k.set_defaults(handler=run_audit_keygen)
+    s = actions.add_parser(
+        "sign-off", help="record a responsible person's sign-off of the run's model card",
+        description="Append a sign_off entry binding the card's digest (the run's evidence plus the card data) "
+                    "to a named person. A strict EU AI Act Annex IV card needs one that post-dates the last "
+                    "evaluation and matches the card as rendered.",
+    )
+    s.add_argument("run", metavar="RUN", help="run folder")
+    s.add_argument("--by", required=True, metavar="NAME", help="who signs off")
+    s.add_argument("--role", default=None, help="their role (e.g. 'head of QA')")
+    s.add_argument("--data", default=None, metavar="card.yaml", help="the card data the card is rendered with")
+    s.add_argument("--statement", default=None, help="what is signed off (default: the test results of the card)")
+    s.add_argument("--signing-key", default=None, metavar="PEM",
+                   help="Ed25519 private key to sign the entry (default NEURONMAP_AUDIT_SIGNING_KEY)")
+    s.set_defaults(handler=run_audit_sign_off)
     p.set_defaults(handler=lambda _args: (p.print_help(), 2)[1])
 
 
@@ -122,16 +154,46 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     from neuronmap.audit import verify
 
     try:
-        result = verify(args.run, head=args.head)
+        result = verify(args.run, head=args.head, public_keys=args.public_keys, evidence=not args.chain_only)
     except FileNotFoundError as err:
         raise NeuronMapError(str(err)) from err
+    good = result.ok if args.chain_only else result.verified
     if args.json_out:
-        print(json.dumps({"path": str(result.path), "ok": result.ok, "entries": result.entries, "head": result.head,
-                          "signed": result.signed, "notes": list(result.notes),
+        print(json.dumps({"path": str(result.path), "ok": result.ok, "verified": result.verified,
+                          "entries": result.entries, "runs": result.runs, "files_checked": result.files_checked,
+                          "head": result.head, "signed": result.signed, "signers": dict(result.signers),
+                          "notes": list(result.notes),
                           "problems": [{"line": p.line, "kind": p.kind, "message": p.message}
                                        for p in result.problems]}, indent=2))
     else:
         print(result)
+        if result.ok and not good:
+            why = "no engine run is recorded" if result.runs == 0 else "the trail records no evidence files"
+            print(f"not verified: {why}; nothing in this folder can be called verified.", file=sys.stderr)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-    return 0 if result.ok else 1
+    return 0 if good else 1
+
+
+def run_audit_keygen(args: argparse.Namespace) -> int:
+    """Write a key pair; print where."""
+    from neuronmap._audit_sign import generate_key_pair
+
+    private, public = generate_key_pair(args.out, args.name)
+    print(f"Wrote {private} (private: keep it secret, sign with NEURONMAP_AUDIT_SIGNING_KEY={private})")
+    print(f"Wrote {public} (public: publish it; verify with --public-key {public})")
+    return 0
+
+
+def run_audit_sign_off(args: argparse.Namespace) -> int:
+    """Append a sign_off entry with the card's digest; print it."""
+    from neuronmap.audit import AuditTrail
+    from neuronmap.cards import ModelCard, card_digest
+
+    card = ModelCard.from_run(args.run, data=args.data)
+    digest = card_digest(card)
+    trail = AuditTrail(args.run, signing_key=args.signing_key)
+    entry = trail.record_sign_off(by=args.by, role=args.role, card_digest=digest,
+                                  statement=args.statement or "test results and documentation of this card reviewed")
+    print(f"Signed off by {args.by} at {entry['timestamp']}: card digest {digest}, audit entry seq {entry['seq']}")
+    return 0

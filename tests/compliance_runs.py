@@ -29,20 +29,22 @@ FAIRNESS = {
 
 
 def make_run(root: Path, name: str = "run", *, steps: int = 3, fairness: bool = True, audit: bool = True,
-             seed: int = 0) -> Path:
-    """A LocalReporter run folder from a real NeuronMap + ActivationStats on the tiny MLP."""
+             seed: int = 0, extra: dict[str, float] | None = None) -> Path:
+    """A LocalReporter run folder from a real NeuronMap (ActivationStats, ModelPerformance) on the tiny MLP."""
     reporter = LocalReporter(root, run_name=name, render_html=False)
     probe = tiny_probe(seed=seed)
     probe.description = "64 Gaussian points, label = sign of the first feature, two alternating groups."
-    monitor = nm.NeuronMap(probe, layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[reporter])
+    analyses = [nm.ActivationStats(), nm.ModelPerformance(n_resamples=200)]
+    monitor = nm.NeuronMap(probe, layers=["net.*"], analyses=analyses, reporters=[reporter])
     if audit:
         AuditTrail(reporter.run_dir).attach(monitor)
     model = tiny_mlp(seed=seed)
     for step in range(steps):
         monitor.run(model, step=step, epoch=step, event="validation_end")
-    if fairness:
-        append_metrics(reporter.run_dir, FAIRNESS, step=steps - 1)
-    reporter.close()
+    if fairness:  # logged as a user's own metrics would be, before the run closes
+        monitor.flush()
+        reporter.log_metrics({**FAIRNESS, **(extra or {})}, step=steps - 1)
+    monitor.close()  # closes the reporter, then the audit trail records the run's end and final files
     return reporter.run_dir
 
 

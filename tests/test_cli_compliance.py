@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from compliance_runs import copy_run, make_run
 
 from neuronmap.cli import main
@@ -149,7 +150,7 @@ def test_card_bad_input(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_audit_verify(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", str(run)]) == 0
-    assert "audit trail OK: 3 entries" in capsys.readouterr().out
+    assert "audit trail OK: 4 entries, 3 engine runs, " in capsys.readouterr().out
     path = run / "audit.jsonl"
     lines = path.read_text().splitlines()
     entry = json.loads(lines[1])
@@ -173,3 +174,166 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     top = capsys.readouterr().out
     assert all(name in top for name in ("card", "gate", "audit"))
+
+
+# ---------------------------------------------------------------------------------------- evidence
+
+def _edit_metric(run: Path) -> str:
+    path = run / "metrics.jsonl"
+    path.write_text(path.read_text().replace(f'"{DPD}": 0.08', f'"{DPD}": 0.016'))
+    return "metrics.jsonl"
+
+
+def _edit_table(run: Path) -> str:
+    path = run / "tables" / "2" / "performance" / "by_group.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[4] = "0.99"  # an estimate
+    lines[1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    return "tables/2/performance/by_group.csv"
+
+
+def _edit_figure(run: Path) -> str:
+    path = run / "figures" / "1" / "activation_stats" / "health.png"
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return "figures/1/activation_stats/health.png"
+
+
+def _edit_config(run: Path) -> str:
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    config["probe"]["n"] = 6400
+    path.write_text(json.dumps(config))
+    return "config.json"
+
+
+def _append_line(run: Path) -> str:
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 2, "epoch": None, "event": None, "time": "2030-01-01T00:00:00+00:00",
+                             "metrics": {DPD: 0.0}}) + "\n")
+    return "metrics.jsonl"
+
+
+@pytest.mark.parametrize("edit", [_edit_metric, _edit_table, _edit_figure, _edit_config, _append_line])
+def test_editing_evidence_fails_verify_and_card(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                edit: object) -> None:
+    card = tmp_path / "before.md"
+    assert main(["card", str(run), "--out", str(card), "--no-audit"]) == 0
+    assert "Verified: audit trail `audit.jsonl` intact" in card.read_text()
+    capsys.readouterr()
+    name = edit(run)  # type: ignore[operator]
+    assert main(["audit", "verify", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert f"evidence: evidence file {name} " in out and "TAMPERED" in out
+    assert main(["card", str(run), "--out", str(tmp_path / "after.md"), "--no-audit"]) == 0
+    text = (tmp_path / "after.md").read_text()
+    assert "Verified:" not in text and "AUDIT TRAIL OR EVIDENCE TAMPERED" in text and name in text
+
+
+def test_unaudited_or_card_only_trails_are_not_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path, "plain", audit=False)
+    assert main(["card", str(run), "--out", str(tmp_path / "c.md")]) == 0  # creates audit.jsonl: a card entry
+    assert "Not verified" in (tmp_path / "c.md").read_text()
+    assert main(["card", str(run), "--out", str(tmp_path / "c2.md")]) == 0
+    assert "Verified:" not in (tmp_path / "c2.md").read_text()  # two card entries verify nothing
+    capsys.readouterr()
+    assert main(["audit", "verify", str(run)]) == 1
+    captured = capsys.readouterr()
+    assert "NOT VERIFIED" in captured.out and "no engine run is recorded" in captured.err
+
+
+# ---------------------------------------------------------------------------------------- strict Annex IV
+
+def _annex_data(tmp_path: Path, **override: object) -> Path:
+    filled = "Documented in the provider's quality manual, section 4."
+    annex: dict[str, object] = {k: filled for k in (
+        "provider", "intended_purpose", "interactions", "hardware", "user_interface", "instructions_for_use",
+        "development_methods", "architecture", "compute_resources", "human_oversight", "predetermined_changes",
+        "cybersecurity", "capabilities_and_limitations", "input_specifications", "metrics_appropriateness",
+        "risk_management", "lifecycle_changes", "standards_applied", "post_market_monitoring", "bias_mitigation",
+        "data_gaps")}
+    annex.update(market_forms="not applicable: research prototype, not placed on the market",
+                 product_illustrations="not applicable: software only, not a component of a product",
+                 declaration_of_conformity="not applicable: no conformity assessment has been carried out",
+                 special_category_data="not applicable: no special categories of personal data are processed",
+                 expected_accuracy=0.5,
+                 design_specifications={k: filled for k in (
+                     "general_logic", "algorithms", "key_design_choices", "classification_choices",
+                     "optimisation_objective", "expected_output", "compliance_trade_offs")})
+    annex.update(override)
+    data = {"model_details": {"name": "tiny", "version": "1", "developers": ["me"], "license": "mit"},
+            "intended_use": {"primary_uses": "tests", "primary_users": "CI", "out_of_scope_uses": ["production"]},
+            "training_data": {k: filled for k in ("description", "provenance", "selection", "labelling", "cleaning")},
+            "ethical_considerations": {"risks": "none known"},
+            "caveats_and_recommendations": {"recommendations": "none"}, "annex_iv": annex}
+    path = tmp_path / "annex.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _strict(run: Path, data: Path, out: Path) -> int:
+    return main(["card", str(run), "--template", "eu_ai_act_annex_iv", "--data", str(data), "--strict",
+                 "--out", str(out), "--no-audit"])
+
+
+def test_strict_annex_iv_needs_every_item_and_a_sign_off(run: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "annex.md"
+    missing = _annex_data(tmp_path, cybersecurity=None)
+    assert _strict(run, missing, out) == 1
+    err = capsys.readouterr().err
+    assert "Annex IV 2(h) (Cybersecurity measures): missing annex_iv.cybersecurity" in err and not out.exists()
+    bare = _annex_data(tmp_path, market_forms="not applicable")  # a reason is required
+    assert _strict(run, bare, out) == 1 and "annex_iv.market_forms" in capsys.readouterr().err
+    data = _annex_data(tmp_path)
+    assert _strict(run, data, out) == 1
+    assert "test sign-off: no sign-off is recorded" in capsys.readouterr().err
+    assert main(["audit", "sign-off", str(run), "--by", "A. Auditor", "--role", "QA lead", "--data", str(data)]) == 0
+    assert _strict(run, data, out) == 0
+    text = out.read_text()
+    assert "Signed off by A. Auditor (QA lead)" in text and "INCOMPLETE" not in text
+    assert "| 1(f) | Photographs or illustrations of products the system is a component of | not applicable" in text
+    # the card data changed after the sign-off: its digest no longer matches
+    changed = _annex_data(tmp_path, risk_management="A different risk process.")
+    assert _strict(run, changed, out) == 1
+    assert "is for card digest" in capsys.readouterr().err
+
+
+def test_strict_annex_iv_fails_after_a_later_or_failed_gate(run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data = _annex_data(tmp_path)
+    assert main(["audit", "sign-off", str(run), "--by", "A. Auditor", "--data", str(data)]) == 0
+    assert main(["gate", str(run), "--config", str(_gates(tmp_path, FAILING))]) == 1
+    capsys.readouterr()
+    assert _strict(run, data, tmp_path / "annex.md") == 1
+    err = capsys.readouterr().err
+    assert "predates the last evaluation" in err and "the last gate evaluation" in err and "exited 1" in err
+
+
+def test_signed_trail_with_published_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    assert main(["audit", "keygen", "--out", str(keys), "--name", "alice"]) == 0
+    assert main(["audit", "keygen", "--out", str(tmp_path / "other"), "--name", "mallory"]) == 0
+    assert (keys / "alice.pem").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("NEURONMAP_AUDIT_SIGNING_KEY", str(keys / "alice.pem"))
+    run = make_run(tmp_path, "signed")
+    capsys.readouterr()
+    assert main(["audit", "verify", str(run), "--public-key", str(keys / "alice.pub.pem")]) == 0
+    assert "Ed25519 signatures of" in capsys.readouterr().out
+    assert main(["audit", "verify", str(run), "--public-key", str(tmp_path / "other" / "mallory.pub.pem")]) == 1
+    assert "not among the trusted public keys" in capsys.readouterr().out
+    path = run / "audit.jsonl"
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[0])
+    entry["signature"] = json.loads(lines[1])["signature"]  # a signature copied from another entry
+    lines[0] = json.dumps(entry)
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["audit", "verify", str(run)]) == 1
+    assert "line 1: signature: Ed25519 signature does not verify" in capsys.readouterr().out
+    card = tmp_path / "card.md"
+    assert main(["card", str(run), "--out", str(card), "--no-audit"]) == 0
+    assert "line 1: signature" in card.read_text() and "Verified:" not in card.read_text()

@@ -20,6 +20,7 @@ from neuronmap.cards.data import (
     REQUIRED_FIELDS,
     SECTIONS,
     ModelCard,
+    card_digest,
     load_card_data,
 )
 from neuronmap.cards.render import (
@@ -27,6 +28,7 @@ from neuronmap.cards.render import (
     CardIncompleteError,
     available_templates,
     hf_front_matter,
+    hub_metadata,
     log_model_card,
     make_environment,
     render_card,
@@ -40,7 +42,9 @@ __all__ = [
     "CardIncompleteError",
     "ModelCard",
     "available_templates",
+    "card_digest",
     "hf_front_matter",
+    "hub_metadata",
     "load_card_data",
     "log_model_card",
     "make_environment",

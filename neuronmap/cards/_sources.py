@@ -21,9 +21,12 @@ from neuronmap._run_source import load_run
 __all__ = ["metric_rows", "read_run_folder"]
 
 _SIBLINGS = {"ci_low": "_ci_low", "ci_high": "_ci_high", "p_adj": "_p_adj", "p": "_p"}
-_GROUP_ANALYSES = ("fairness", "representation_bias", "counterfactual_bias")
+_GROUP_ANALYSES = ("fairness", "representation_bias", "counterfactual_bias", "performance")
 _MAX_FIGURES = 40
-_MAX_TABLE_ROWS = 30
+#: Rows shown per table; the rest are counted ("N more rows in <file>"), never dropped silently.
+_MAX_TABLE_ROWS = 200
+#: Entry kinds that evaluate the model or its results (a sign-off must come after the last one).
+_EVALUATIONS = ("engine_run", "gate")
 
 
 def _is_sibling(key: str) -> bool:
@@ -129,6 +132,32 @@ def _tables(run_dir: Path) -> list[dict[str, Any]]:
     return tables
 
 
+def _findings(run_dir: Path) -> list[dict[str, Any]]:
+    """The findings of the latest report (``reports/<step>.json``), most important first."""
+    folder = run_dir / "reports"
+    steps = sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.lstrip("-").isdigit()) \
+        if folder.is_dir() else []
+    if not steps:
+        return []
+    found = _read_json(folder / f"{steps[-1]}.json").get("findings") or []
+    return [{"analysis": f.get("analysis"), "kind": f.get("kind"), "line": f.get("line") or f.get("text"),
+             "step": steps[-1]} for f in found if isinstance(f, dict)]
+
+
+def _notes(run_dir: Path) -> dict[str, list[str]]:
+    """Each analysis' notes from the latest report that ran it (``reports/<step>.json``)."""
+    folder = run_dir / "reports"
+    if not folder.is_dir():
+        return {}
+    reports = sorted((p for p in folder.glob("*.json") if p.stem.lstrip("-").isdigit()), key=lambda p: int(p.stem))
+    notes: dict[str, list[str]] = {}
+    for path in reports:
+        for analysis, info in (_read_json(path).get("analyses") or {}).items():
+            if isinstance(info, dict) and info.get("notes") is not None:
+                notes[str(analysis)] = [str(n) for n in info.get("notes") or []]
+    return notes
+
+
 def _failures(run_dir: Path) -> list[dict[str, Any]]:
     failures = []
     for path in sorted((run_dir / "reports").glob("*.json")) if (run_dir / "reports").is_dir() else []:
@@ -140,20 +169,47 @@ def _failures(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _audit(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
-    """Verification summary, gate-evaluation log lines and the first engine-run entry."""
+    """Verification summary, gate-evaluation log lines and the first engine-run entry.
+
+    The summary also holds what the trail says about the run: the model's name, the last gate
+    outcome, every sign-off, the git commits seen and the time of the last evaluation.
+    """
     path = run_dir / "audit.jsonl"
     if not path.is_file():
-        return {"present": False}, [], None
+        return {"present": False, "verified": False, "runs": 0, "sign_offs": [], "commits": []}, [], None
     from neuronmap.audit import verify
 
     result = verify(path)
-    summary = {"present": True, "path": "audit.jsonl", "ok": result.ok, "entries": result.entries,
-               "head": result.head, "signed": result.signed, "problems": [str(p) for p in result.problems]}
+    summary: dict[str, Any] = {
+        "present": True, "path": "audit.jsonl", "ok": result.ok, "verified": result.verified,
+        "entries": result.entries, "runs": result.runs, "files_checked": result.files_checked,
+        "evidence_checked": result.evidence_checked, "head": result.head, "signed": result.signed,
+        "signers": [{"key_id": k, "public_key": v} for k, v in result.signers],
+        "problems": [str(p) for p in result.problems], "notes": list(result.notes),
+        "sign_offs": [], "commits": [], "last_gate": None, "last_evaluation": None, "model_name": None,
+    }
     gates, first_run = [], None
     # unreadable lines are already among the verification's problems: no second warning
     for lineno, entry in read_jsonl_numbered(path, warn=False):
         if not isinstance(entry, dict):
             continue
+        kind = entry.get("kind")
+        if kind in _EVALUATIONS:
+            summary["last_evaluation"] = {"timestamp": entry.get("timestamp"), "seq": entry.get("seq"),
+                                          "kind": kind, "line": lineno}
+        git = entry.get("git") or {}
+        if isinstance(git, dict) and git.get("commit") and git["commit"] not in [c["commit"] for c in summary["commits"]]:
+            summary["commits"].append({"commit": git["commit"], "dirty": git.get("dirty"),
+                                       "first_seen": entry.get("timestamp"), "kind": kind})
+        if kind == "engine_run":
+            summary["model_name"] = entry.get("model_name") or summary["model_name"]
+        if kind == "sign_off":
+            summary["sign_offs"].append({k: entry.get(k) for k in ("by", "role", "statement", "card_digest",
+                                                                   "timestamp", "seq")}
+                                        | {"line": lineno, "key_id": (entry.get("signer") or {}).get("key_id")})
+        if kind == "gate":
+            summary["last_gate"] = {"timestamp": entry.get("timestamp"), "line": lineno,
+                                    **{k: v for k, v in (entry.get("summary") or {}).items()}}
         if entry.get("kind") == "engine_run" and first_run is None:
             first_run = entry
         if entry.get("kind") == "gate":
@@ -198,6 +254,8 @@ def read_run_folder(run_dir: Path) -> dict[str, Any]:
         environment = {**environment_info(), "recorded": "at card rendering (no audit trail in the run folder)"}
     return {
         "history": history,
+        "notes": _notes(run_dir),
+        "findings": _findings(run_dir),
         "config": _read_json(run_dir / "config.json"),
         "run": {**_read_json(run_dir / "run.json"), "folder": str(run_dir), "name": run_dir.name},
         "failures": _failures(run_dir),

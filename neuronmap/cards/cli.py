@@ -1,6 +1,7 @@
 """``neuronmap card``: render a model card from a run folder.
 
-Exit status: 0 written, 1 ``--strict`` and a required field is empty, 2 bad input (missing run,
+Exit status: 0 written, 1 ``--strict`` and the card is incomplete (a required field or Annex IV
+item empty; for Annex IV also an unverified audit trail, no valid sign-off, a failed last gate), 2 bad input (missing run,
 unknown template, invalid card YAML); a template that reaches for internals is a sandbox error
 (exit 2 with the message).
 """
@@ -41,7 +42,11 @@ def add_parser(sub: Any) -> None:
                    help="built-in template name or a path to a .j2 file (default: default)")
     p.add_argument("--data", default=None, metavar="card.yaml", help="card data supplied by people (YAML)")
     p.add_argument("--out", default=None, metavar="FILE", help="output file (default: standard output)")
-    p.add_argument("--strict", action="store_true", help="exit 1 while a required field is still empty")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 while the card is incomplete (Annex IV: every item, a verified trail, a sign-off "
+                        "after the last evaluation, a passing last gate)")
+    p.add_argument("--include-identity", action="store_true",
+                   help="keep user and host names (public cards leave them out)")
     p.add_argument("--no-audit", action="store_true", help="do not append the rendering to audit.jsonl")
     p.set_defaults(handler=run)
 
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     card = ModelCard.from_run(args.run, data=args.data)
     try:
-        text = render_card(card, template=args.template, fmt=args.fmt, strict=args.strict, audit=False)
+        text = render_card(card, template=args.template, fmt=args.fmt, strict=args.strict, audit=False,
+                           identity=args.include_identity)
     except CardIncompleteError as err:
         print(f"neuronmap card: incomplete: {err}", file=sys.stderr)
         return 1

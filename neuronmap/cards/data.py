@@ -7,6 +7,12 @@ knows (every metric with its CI and corrected p-value, fairness and representati
 results, the probe set's fingerprint, the environment, dated test logs, figures) and reads the
 rest (intended use, training data, ethics ...) from a YAML file that people write. Run data are
 read generically, so any analysis that logs stable keys shows up without changes here.
+
+The model's own task performance (:class:`~neuronmap.ModelPerformance`) is kept apart from the
+interpretability results: it is what "metrics" and "quantitative analyses" mean in the paper
+and in Annex IV 2(g) and 3, and the only source of the Hugging Face ``model-index``. Probes,
+similarity and neuron statistics describe the model's internals and appear under "model
+examination"; representation bias (decodability of a sensitive attribute) is examination too.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from neuronmap.cards._annex_iv import annex_iv_fields
 from neuronmap.cards._sources import metric_rows, read_run_folder
 from neuronmap.errors import InvalidParameterError
 
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
 
     from neuronmap.engine import NeuronMap
 
-__all__ = ["ANNEX_IV_REQUIRED", "REQUIRED_FIELDS", "SECTIONS", "ModelCard", "load_card_data"]
+__all__ = ["ANNEX_IV_REQUIRED", "REQUIRED_FIELDS", "SECTIONS", "ModelCard", "card_digest", "load_card_data"]
 
 #: The sections of Mitchell et al. 2019, in the paper's order.
 SECTIONS = ("model_details", "intended_use", "factors", "metrics", "evaluation_data", "training_data",
@@ -43,13 +50,19 @@ REQUIRED_FIELDS = (
     "intended_use.primary_uses", "intended_use.primary_users", "intended_use.out_of_scope_uses",
     "training_data.description", "ethical_considerations.risks", "caveats_and_recommendations.recommendations",
 )
-#: Extra fields the EU AI Act Annex IV template needs (items 1, 2, 3, 5, 7, 9).
-ANNEX_IV_REQUIRED = (
-    "annex_iv.provider", "annex_iv.intended_purpose", "annex_iv.development_methods",
-    "annex_iv.human_oversight", "annex_iv.risk_management", "annex_iv.standards_applied",
-    "annex_iv.post_market_monitoring", "annex_iv.test_sign_off",
-)
+#: Extra fields the EU AI Act Annex IV template needs: every people-supplied field of every item
+#: (see :mod:`neuronmap.cards._annex_iv`); each may read ``"not applicable: <reason>"``.
+ANNEX_IV_REQUIRED = annex_iv_fields()
 _FAIRNESS_ANALYSES = ("fairness", "representation_bias", "counterfactual_bias")
+#: Analyses whose results measure how the system treats groups of persons (Art. 10, Annex IV 2(g)).
+_BIAS_ANALYSES = ("fairness", "counterfactual_bias")
+_PERFORMANCE = "performance"
+#: Metrics where lower is better (a declared value is "not met" when the measured one is higher).
+_LOWER_IS_BETTER = ("calibration_error", "mae")
+#: Method settings of a bias analysis worth stating on a card, in reading order.
+_METHOD_KEYS = ("test", "n_permutations", "p_adjust", "alpha", "n_resamples", "confidence", "min_group_size",
+                "positive_label", "metrics")
+_METHOD_ALIASES = {"correction": "p_adjust"}
 
 
 def load_card_data(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -98,7 +111,10 @@ def _filled(value: Any) -> bool:
     if value is None:
         return False
     if isinstance(value, str):
-        return bool(value.strip()) and value.strip().upper() not in ("TODO", "TBD", "N/A")
+        text = value.strip()
+        if text.lower().rstrip(":. ") == "not applicable":
+            return False  # "not applicable" needs its reason: "not applicable: <reason>"
+        return bool(text) and text.upper() not in ("TODO", "TBD", "N/A")
     if isinstance(value, (Mapping, Sequence)):
         return len(value) > 0
     return True
@@ -143,6 +159,16 @@ class ModelCard:
     audit: dict[str, Any] = field(default_factory=dict)
     #: People-supplied EU AI Act Annex IV items.
     annex_iv: dict[str, Any] = field(default_factory=dict)
+    #: The model's own task performance (:class:`~neuronmap.ModelPerformance`): ``present``, ``task``,
+    #: ``overall`` and ``by_group`` rows with CIs and group sizes, ``declared`` comparisons.
+    performance: dict[str, Any] = field(default_factory=dict)
+    #: Bias evidence: ``method`` (test, correction, alpha, resamples per analysis), ``notes``,
+    #: ``ci_explanation``.
+    bias: dict[str, Any] = field(default_factory=dict)
+    #: Interpretability results (probing, similarity, statistics, representation bias) by analysis.
+    examination: dict[str, Any] = field(default_factory=dict)
+    #: The latest run's findings (``analysis``, ``kind``, ``line``), most important first.
+    findings: list[dict[str, Any]] = field(default_factory=list)
     #: Anything else from the card YAML, for custom templates.
     extra: dict[str, Any] = field(default_factory=dict)
     #: The people-supplied data as read (hashed into the audit trail).
@@ -155,11 +181,14 @@ class ModelCard:
         folder = read_run_folder(Path(run_dir))
         config = folder["config"]
         probe = dict(config.get("probe") or {})
-        auto = _auto_sections(folder["history"], name=str(config.get("name") or Path(run_dir).name),
-                              probe=probe, groups=[], run=folder["run"])
+        groups = [str(g) for g in probe.pop("groups", None) or []]
+        monitor_name = config.get("name") if config.get("name") not in (None, "", "neuronmap") else None
+        name = folder["audit"].get("model_name") or monitor_name or Path(run_dir).name
+        auto = _auto_sections(folder["history"], name=str(name), probe=probe, groups=groups, run=folder["run"],
+                              config=config, notes=folder["notes"])
         auto["caveats_and_recommendations"]["analysis_failures"] = folder["failures"]
         card = cls(**auto, environment=folder["environment"], figures=folder["figures"],
-                   test_log=folder["test_log"], audit=folder["audit"], run=folder["run"])
+                   test_log=folder["test_log"], audit=folder["audit"], run=folder["run"], findings=folder["findings"])
         card = dataclasses.replace(card, quantitative_analyses={**card.quantitative_analyses,
                                                                 "tables": folder["tables"]})
         return card.with_data(data)
@@ -171,19 +200,30 @@ class ModelCard:
 
         # The private list, not the ``reporters`` property: reading must not create a default folder.
         local = [r for r in (monitor._reporters or []) if isinstance(r, LocalReporter)]
+        if local and hasattr(monitor, "flush"):
+            monitor.flush(timeout=60)  # reporters write on background threads: read the folder once written
         if local and (local[0].run_dir / "metrics.jsonl").exists():
             base = cls.from_run(local[0].run_dir)
         else:
             from neuronmap.audit import environment_info
 
             base = cls(environment={**environment_info(), "recorded": "at card rendering"})
+        from neuronmap.audit import model_name
+
         probe = monitor.probe
+        name = model_name(model) if model is not None else base.audit.get("model_name")
         auto: dict[str, Any] = _auto_sections(
-            monitor.history.frame, name=monitor.name,
+            monitor.history.frame, name=name or (monitor.name if monitor.name != "neuronmap" else "model"),
             probe={"name": probe.name, "n": len(probe), "fingerprint": probe.fingerprint(),
                    "description": probe.description},
-            groups=list(probe.group_columns), run=base.run,
+            groups=list(probe.group_columns), run=base.run, config=monitor.config(),
+            notes={n: list(r.notes) for n, r in (monitor.last_report.results.items()
+                                                 if getattr(monitor, "last_report", None) else [])},
         )
+        last = getattr(monitor, "last_report", None)
+        if last is not None and getattr(last, "findings", None):
+            auto["findings"] = [{"analysis": f.analysis, "kind": f.kind, "line": f.line(), "step": last.step}
+                                for f in last.findings]
         if model is not None:
             auto["model_details"]["architecture"] = type(model).__name__
             auto["model_details"]["parameters"] = int(sum(p.numel() for p in model.parameters()))
@@ -197,7 +237,15 @@ class ModelCard:
         if not user:
             return self
         merged: dict[str, Any] = {key: _merge(getattr(self, key), user.get(key)) for key in USER_KEYS if key in user}
-        return dataclasses.replace(self, **merged, user_data=_merge(self.user_data, user))
+        card = dataclasses.replace(self, **merged, user_data=_merge(self.user_data, user))
+        performance = {**card.performance, "declared": _declared(card.performance, card.annex_iv)}
+        return dataclasses.replace(card, performance=performance)
+
+    def without_identity(self) -> ModelCard:
+        """A copy without user and host names (public cards omit them unless asked)."""
+        environment = {k: v for k, v in self.environment.items() if k not in ("user", "host")}
+        log = [{**e, "user": None} for e in self.test_log]
+        return dataclasses.replace(self, environment=environment, test_log=log)
 
     # ------------------------------------------------------------------ queries
     def get(self, dotted: str) -> Any:
@@ -218,14 +266,113 @@ class ModelCard:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def card_digest(card: ModelCard) -> str:
+    """SHA-256 of what a card states: every section, the evidence read from the run and the card
+    data, without the audit status, the run folder's location and the rendering itself.
+
+    A sign-off (:meth:`neuronmap.audit.AuditTrail.record_sign_off`) binds this digest: a card
+    whose data or evidence changed afterwards no longer matches it.
+    """
+    from neuronmap.audit import hash_json
+
+    body = {k: v for k, v in card.to_dict().items() if k not in ("audit", "run")}
+    body["run"] = {k: v for k, v in card.run.items() if k != "folder"}
+    return hash_json(body)
+
+
+def _performance(rows: list[dict[str, Any]], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's own metrics: overall rows with Hub ids, per-group rows with sizes."""
+    from neuronmap.analyses.performance import HUB_METRICS
+
+    mine = [r for r in rows if r["analysis"] == _PERFORMANCE]
+    if not mine:
+        return {"present": False, "overall": [], "by_group": [], "declared": []}
+    sizes = {r["layer"]: r["value"] for r in mine if r["metric"] == "n"}
+    overall, by_group = [], []
+    for r in mine:
+        if r["metric"] == "n":
+            continue
+        hub_id, label = HUB_METRICS.get(r["metric"], (r["metric"], r["metric"]))
+        row = {**r, "hub_id": hub_id, "label": label, "n": sizes.get(r["layer"])}
+        if r["layer"] == "overall":
+            overall.append(row)
+        else:
+            attribute, _, group = r["layer"].partition(".")
+            by_group.append({**row, "attribute": attribute, "group": group})
+    settings = dict((config.get("analyses") or {}).get(_PERFORMANCE) or {})
+    task = "regression" if any(r["metric"] in ("r2", "mae") for r in overall) else "classification"
+    return {"present": True, "task": task, "overall": overall, "by_group": by_group, "declared": [],
+            "n": sizes.get("overall"), "confidence": settings.get("confidence", 0.95),
+            "n_resamples": settings.get("n_resamples")}
+
+
+def _declared(performance: Mapping[str, Any], annex: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The provider's declared accuracy (``annex_iv.expected_accuracy``) beside the measured value.
+
+    A number means accuracy; a mapping names metrics (``accuracy``, ``f1_macro``, ``r2`` ...).
+    A declared value better than the measured estimate is flagged.
+    """
+    declared = annex.get("expected_accuracy")
+    if isinstance(declared, bool) or declared is None:
+        return []
+    if isinstance(declared, (int, float)):
+        declared = {"accuracy": declared}
+    if not isinstance(declared, Mapping):
+        return []
+    measured = {r["metric"]: r for r in performance.get("overall", [])}
+    out = []
+    for metric, value in declared.items():
+        try:
+            claim = float(value)
+        except (TypeError, ValueError):
+            continue
+        row = measured.get(str(metric))
+        if row is None or row.get("value") is None:
+            out.append({"metric": metric, "declared": claim, "measured": None, "flag": True,
+                        "text": f"declared {metric} {claim:.4g} has no measured value in this run"})
+            continue
+        value_m = float(row["value"])
+        worse = value_m > claim if metric in _LOWER_IS_BETTER else value_m < claim
+        inside = row.get("has_ci") and row["ci_low"] <= claim <= row["ci_high"]
+        text = (f"declared {claim:.4g}, measured {row['display']}: "
+                + ("LOWER THAN DECLARED" if worse and metric not in _LOWER_IS_BETTER else
+                   "WORSE THAN DECLARED" if worse else "declared level met")
+                + (" (the declared value lies inside the CI)" if worse and inside else ""))
+        out.append({"metric": metric, "declared": claim, "measured": value_m, "flag": bool(worse), "text": text})
+    return out
+
+
+def _bias(config: Mapping[str, Any], notes: Mapping[str, list[str]]) -> dict[str, Any]:
+    methods = []
+    for name, settings in (config.get("analyses") or {}).items():
+        if not isinstance(settings, Mapping):
+            continue
+        if name in _BIAS_ANALYSES or settings.get("class") in ("Fairness", "CounterfactualBias"):
+            methods.append({"analysis": name, **{k: settings[k] for k in _METHOD_KEYS if k in settings}})
+    return {
+        "method": methods,
+        "notes": {k: v for k, v in notes.items() if k in (*_BIAS_ANALYSES, "representation_bias", _PERFORMANCE)},
+        "ci_explanation": (
+            "Disparities are max - min differences (or min/max ratios) across groups; their intervals are "
+            "stratified bootstrap percentile intervals of that statistic. A max - min gap is never negative, so "
+            "its bootstrap distribution sits above 0 and the interval does not test 'no difference' (the "
+            "estimate can even fall outside its own interval); the p-value of each row tests equal rates across "
+            "groups (chi-square or permutation), corrected for multiple comparisons."),
+    }
+
+
 def _auto_sections(history: pd.DataFrame, *, name: str, probe: Mapping[str, Any], groups: list[str],
-                   run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+                   run: Mapping[str, Any], config: Mapping[str, Any] | None = None,
+                   notes: Mapping[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     rows = metric_rows(history)
+    config = config or {}
     by_analysis: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_analysis.setdefault(row["analysis"] or "user", []).append(row)
-    fairness = [r for r in rows if r["analysis"] in _FAIRNESS_ANALYSES]
+    fairness = [r for r in rows if r["analysis"] in _BIAS_ANALYSES]
     attributes = sorted({r["layer"] for r in fairness if r["analysis"] == "fairness"})
+    performance = _performance(rows, config)
+    examination = {a: r for a, r in by_analysis.items() if a not in (*_BIAS_ANALYSES, _PERFORMANCE)}
     siblings = sorted({s for r in rows for s in ("ci", "p", "p_adj") if r.get(f"has_{s}")})
     approaches = {
         "ci": "bootstrap confidence intervals (keys ending in _ci_low / _ci_high)",
@@ -238,13 +385,18 @@ def _auto_sections(history: pd.DataFrame, *, name: str, probe: Mapping[str, Any]
         "intended_use": {},
         "factors": {"relevant_factors": sorted(set(groups) | set(attributes)), "fairness_attributes": attributes},
         "metrics": {
-            "performance_measures": sorted({f"{r['analysis']}/{r['metric']}" for r in rows}),
+            "performance_measures": sorted({r["label"] for r in performance["overall"]}),
+            "examination_measures": sorted({f"{r['analysis']}/{r['metric']}" for r in rows
+                                            if r["analysis"] in examination}),
             "variation_approaches": [approaches[s] for s in siblings],
         },
         "evaluation_data": {**dict(probe), "groups": groups or None, "steps": steps},
         "training_data": {},
         "quantitative_analyses": {"results": rows, "by_analysis": by_analysis, "fairness": fairness,
                                   "analyses": sorted(by_analysis)},
+        "performance": performance,
+        "bias": _bias(config, notes or {}),
+        "examination": {"by_analysis": examination, "analyses": sorted(examination)},
         "ethical_considerations": {},
         "caveats_and_recommendations": {"analysis_failures": []},
     }

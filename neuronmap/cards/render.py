@@ -6,7 +6,12 @@ template cannot reach ``__class__``/``__mro__`` or other internals (that raises
 :class:`jinja2.exceptions.SecurityError`) nor mutate the card. Values are escaped on output:
 HTML templates escape as HTML, Markdown templates escape ``<``, ``>`` and ``&``, and both
 neutralise template delimiters, so a name like ``<script>`` or ``{{ 7*7 }}`` is shown, never run. Data are never
-compiled as templates.
+compiled as templates. The Hugging Face front matter is YAML written by ``yaml.safe_dump``: its
+strings are quoted data, not HTML, and are not escaped ("R&D" stays "R&D").
+
+Public cards leave out user and host names (``identity=True`` keeps them). "Verified" appears
+only when :func:`neuronmap.audit.verify` passes with the evidence files checked and at least one
+engine run recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, StrictUndefined, 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, escape
 
-from neuronmap.cards.data import ANNEX_IV_REQUIRED, REQUIRED_FIELDS, ModelCard
+from neuronmap.cards._annex_iv import annex_iv_status, sign_off_status, strict_problems
+from neuronmap.cards.data import ANNEX_IV_REQUIRED, REQUIRED_FIELDS, ModelCard, card_digest
 from neuronmap.errors import InvalidParameterError, NeuronMapError, ReporterWarning
 
 if TYPE_CHECKING:
@@ -33,12 +39,17 @@ if TYPE_CHECKING:
     from neuronmap.audit import AuditTrail
     from neuronmap.engine import NeuronMap
 
-__all__ = ["CardFormat", "CardIncompleteError", "available_templates", "hf_front_matter", "log_model_card",
-           "make_environment", "render_card"]
+__all__ = ["DISCLAIMER", "HUB_LICENSES", "CardFormat", "CardIncompleteError", "available_templates",
+           "hf_front_matter", "hub_metadata", "log_model_card", "make_environment", "render_card"]
 
 CardFormat = Literal["md", "html"]
 _PACKAGE_DIR = "model_card_templates"
-_MAX_INDEX_METRICS = 200
+#: License identifiers the Hugging Face Hub accepts in ``license:`` (others become ``other`` + ``license_name``).
+HUB_LICENSES = frozenset(["apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0", "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "unknown", "other"])
+#: Shown at the top of every Annex IV document, and stated in the docs.
+DISCLAIMER = ("This document structures technical evidence for the provider. It is not legal advice, and "
+              "neither it nor NeuronMap performs a conformity assessment (Article 43 of Regulation (EU) "
+              "2024/1689) or establishes that the system conforms.")
 _DELIMS = re.compile(r"(\{\{|\}\}|\{%|%\}|\{#|#\})")
 
 
@@ -129,46 +140,65 @@ def make_environment(fmt: CardFormat, *, search_path: str | os.PathLike[str] | N
     return env
 
 
-def hf_front_matter(card: ModelCard) -> str:
-    """Hugging Face model-card metadata (YAML) with ``model-index`` evaluation results.
+def hub_metadata(card: ModelCard) -> tuple[dict[str, Any], list[str]]:
+    """Hugging Face model-card metadata as data, and warnings about it (e.g. an unknown license).
 
-    Built with ``yaml.safe_dump``, never by string templating, so hostile names stay quoted data.
+    ``model-index`` holds only the model's own evaluation (:class:`~neuronmap.ModelPerformance`,
+    overall): Hub metric ids (``accuracy``, ``f1`` with ``config: macro``, ``ece``, ``r_squared``,
+    ``mae``), the value, and the CI in ``args`` (``ci_low``, ``ci_high``, ``confidence_level``,
+    ``n``). ``verified`` is never set: the Hub reserves it for its own evaluations.
     """
-    details = card.model_details
-    name = str(details.get("name") or "model")
-    metrics = [
-        {"type": row["key"], "value": row["value"], "name": f"{row['analysis']} {row['layer']} {row['metric']}".strip(),
-         "verified": False}
-        for row in card.quantitative_analyses.get("results", []) if row["value"] is not None
-    ][:_MAX_INDEX_METRICS]
-    probe = card.evaluation_data
+    details, probe, warn = card.model_details, card.evaluation_data, []
     meta: dict[str, Any] = {}
-    for key in ("license", "language", "library_name", "base_model", "pipeline_tag"):
+    license_ = str(details.get("license") or "").strip()
+    if license_:
+        if license_.lower() in HUB_LICENSES:
+            meta["license"] = license_.lower()
+        else:
+            meta["license"], meta["license_name"] = "other", re.sub(r"[^a-z0-9.-]+", "-", license_.lower()).strip("-")
+            if details.get("license_link"):
+                meta["license_link"] = str(details["license_link"])
+            warn.append(f"license {license_!r} is not a Hugging Face license identifier; written as "
+                        f"license: other, license_name: {meta['license_name']}")
+    for key in ("language", "library_name", "base_model", "pipeline_tag"):
         if details.get(key):
             meta[key] = details[key]
     meta["tags"] = ["neuronmap", *[str(t) for t in _as_list(details.get("tags")) if str(t) != "neuronmap"]]
-    if metrics:
-        meta["model-index"] = [{
-            "name": name,
-            "results": [{
-                "task": {"type": str(details.get("task") or "other")},
-                "dataset": {"name": str(probe.get("name") or "probe set"),
-                            "type": str(probe.get("dataset_type") or probe.get("name") or "probe-set")},
-                "metrics": metrics,
-            }],
-        }]
-    return yaml.safe_dump(_escape_strings(meta), sort_keys=False, allow_unicode=True, width=1000)
+    datasets = _as_list(details.get("datasets")) or _as_list(probe.get("dataset_id"))
+    if datasets:
+        meta["datasets"] = [str(d) for d in datasets]
+    overall = [r for r in card.performance.get("overall", []) if r.get("value") is not None]
+    if overall:
+        meta["metrics"] = sorted({r["hub_id"] for r in overall})
+        metrics = []
+        for row in overall:
+            entry: dict[str, Any] = {"type": row["hub_id"], "value": round(float(row["value"]), 6), "name": row["label"]}
+            if row["metric"] == "f1_macro":
+                entry["config"] = "macro"
+            if row.get("has_ci"):
+                entry["args"] = {"ci_low": round(float(row["ci_low"]), 6), "ci_high": round(float(row["ci_high"]), 6),
+                                 "confidence_level": float(card.performance.get("confidence") or 0.95),
+                                 "ci_method": "paired bootstrap (BCa)", "n": int(row.get("n") or 0)}
+            metrics.append(entry)
+        dataset: dict[str, Any] = {"name": str(probe.get("name") or "probe set"),
+                                   "type": str(probe.get("dataset_id") or "custom")}
+        for key in ("split", "revision", "config"):
+            if probe.get(key):
+                dataset[key] = str(probe[key])
+        task = str(details.get("task") or details.get("pipeline_tag") or
+                   ("tabular-regression" if card.performance.get("task") == "regression" else "text-classification"))
+        meta["model-index"] = [{"name": str(details.get("name") or "model"),
+                                "results": [{"task": {"type": task}, "dataset": dataset, "metrics": metrics}]}]
+    return meta, warn
 
 
-def _escape_strings(value: Any) -> Any:
-    """Escape every string in the metadata as in the body: the Hub shows it next to the card."""
-    if isinstance(value, str):
-        return str(_FINALIZE["md"](value))
-    if isinstance(value, dict):
-        return {k: _escape_strings(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape_strings(v) for v in value]
-    return value
+def hf_front_matter(card: ModelCard) -> str:
+    """Hugging Face model-card metadata (YAML, see :func:`hub_metadata`).
+
+    Built with ``yaml.safe_dump``, never by string templating, so hostile names stay quoted data.
+    """
+    meta, _ = hub_metadata(card)
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def _required_for(template: str) -> tuple[str, ...]:
@@ -200,6 +230,8 @@ def render_card(
     strict: bool = False,
     audit: bool | AuditTrail = True,
     context: Mapping[str, Any] | None = None,
+    front_matter: bool = True,
+    identity: bool = False,
 ) -> str:
     """Render a card.
 
@@ -207,10 +239,15 @@ def render_card(
         card: The card data.
         template: A built-in name (``default``, ``eu_ai_act_annex_iv``) or a path to a ``.j2`` file.
         fmt: ``md`` or ``html`` (HTML is autoescaped and self-contained: figures are embedded).
-        strict: Raise :class:`CardIncompleteError` while a required field is empty.
+        strict: Raise :class:`CardIncompleteError` while a required field is empty; for the
+            Annex IV template also while an item is missing (or not "not applicable: reason"),
+            the trail does not verify, no valid sign-off exists or the last gate failed.
         audit: ``True`` appends a ``card`` entry to the card's run-folder audit trail (if it came
             from a run folder); an :class:`~neuronmap.audit.AuditTrail` appends there; ``False`` never.
         context: Extra template variables.
+        front_matter: Start Markdown with the Hugging Face YAML front matter (off for trackers,
+            whose Markdown viewers would show it as text).
+        identity: Keep user and host names (off for public cards).
 
     Returns:
         The rendered text.
@@ -224,18 +261,30 @@ def render_card(
         raise InvalidParameterError(f"Card format must be one of {get_args(CardFormat)}; got {fmt!r}.")
     required = _required_for(template)
     missing = card.missing_fields(required)
-    if strict and missing:
+    digest = card_digest(card)
+    annex = "annex_iv" in Path(template).name
+    problems = strict_problems(card, digest) if annex else []
+    if strict and (missing or problems):
+        lines = ([f"{len(missing)} required field(s) still empty: {', '.join(missing)}"] if missing else []) + problems
         raise CardIncompleteError(
-            f"The model card has {len(missing)} required field(s) still empty: {', '.join(missing)}. "
-            "Fill them in the card data YAML (--data card.yaml)."
+            "The model card is incomplete:\n  " + "\n  ".join(lines)
+            + "\nFill fields in the card data YAML (--data card.yaml), or write 'not applicable: <reason>'."
         )
+    if not identity:
+        card = card.without_identity()
+    meta, meta_warnings = hub_metadata(card)
     env, name = _resolve(template, fmt)
     try:
         tpl = env.get_template(name)
     except TemplateNotFound as err:
         raise InvalidParameterError(f"Card template {name!r} not found.") from err
-    text = tpl.render(card=card.to_dict(), front_matter=Markup(hf_front_matter(card)), missing=missing,
-                      required=list(required), fmt=fmt, **dict(context or {}))
+    text = tpl.render(card=card.to_dict(),
+                      front_matter=Markup(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000))
+                      if front_matter else "",
+                      missing=missing, required=list(required), fmt=fmt, digest=digest,
+                      annex_status=annex_iv_status(card), sign_off=sign_off_status(card, digest),
+                      incomplete=problems, metadata_warnings=meta_warnings, disclaimer=DISCLAIMER,
+                      **dict(context or {}))
     trail = _trail(audit, card)
     if trail is not None:
         trail.record_card(text, template=template, fmt=fmt, data=card.user_data,
@@ -266,18 +315,27 @@ def log_model_card(
     name: str = "model_card",
 ) -> str:
     """Render the monitor's card and send it to every reporter with ``log_text`` (callbacks call
-    this at train end). Reporter failures warn and never raise.
+    this at train end): ``<name>.html`` (self-contained) and ``<name>.md`` without the Hugging
+    Face front matter, which trackers' Markdown viewers would show as text. The Hub-ready
+    Markdown comes from ``neuronmap card RUN --out README.md``. Reporter failures warn and never
+    raise.
 
     Returns:
-        The rendered text.
+        The rendered text in ``fmt`` (Markdown without front matter for ``md``).
     """
     card = ModelCard.from_monitor(monitor, model=model, data=data)
-    text = render_card(card, template=template, fmt=fmt)
-    filename = f"{name}.{fmt}"
-    for reporter in monitor.reporters:
-        try:
-            reporter.log_text(filename, text)
-        except Exception as err:  # a tracker outage must not stop training
-            warnings.warn(f"Reporter {reporter!r} could not store the model card ({err}).", ReporterWarning,
-                          stacklevel=2)
-    return text
+    texts = {f"{name}.md": render_card(card, template=template, fmt="md", front_matter=False)}
+    if template == "default" or fmt == "html":
+        texts[f"{name}.html"] = render_card(card, template=template, fmt="html", audit=False)
+    publisher = getattr(monitor, "publisher", None)
+    for filename, text in texts.items():
+        if publisher is not None and hasattr(publisher, "log_text"):
+            publisher.log_text(filename, text)  # queued: the trackers never hold up training
+            continue
+        for reporter in monitor.reporters:
+            try:
+                reporter.log_text(filename, text)
+            except Exception as err:  # a tracker outage must not stop training
+                warnings.warn(f"Reporter {reporter!r} could not store the model card ({err}).", ReporterWarning,
+                              stacklevel=2)
+    return texts[f"{name}.{fmt}"] if f"{name}.{fmt}" in texts else texts[f"{name}.md"]

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from compliance_runs import FAIRNESS, append_metrics, copy_run, make_run
+from compliance_runs import copy_run, make_run
 from jinja2.exceptions import SecurityError
 
 import neuronmap as nm
@@ -32,9 +32,8 @@ HOSTILE = "<script>alert('x')</script> {{ 7*7 }} {% raw %}"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = make_run(tmp_path_factory.mktemp("render"), "render-run")
-    append_metrics(run, {f"neuronmap/fairness/{HOSTILE}/selection_rate": 0.5}, step=2)
-    return run
+    return make_run(tmp_path_factory.mktemp("render"), "render-run",
+                    extra={f"neuronmap/fairness/{HOSTILE}/selection_rate": 0.5})
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +68,47 @@ def test_markdown_front_matter_is_hugging_face_model_index(card: ModelCard) -> N
     text = render_card(card, audit=False)
     hf = HFModelCard(text, ignore_metadata_errors=False)
     assert hf.data.license == "mit"
+    # only the model's own evaluation, with Hub metric ids; interpretability keys stay out
     results = {r.metric_type: r for r in hf.data.eval_results}
-    rows = [r for r in card.quantitative_analyses["results"] if r["value"] is not None]
-    plain = {r["key"] for r in rows if HOSTILE not in r["key"]}
-    assert plain <= set(results) and len(results) == len(rows)
-    hostile = (set(results) - plain).pop()  # metadata strings are escaped like the body
-    assert hostile == ("neuronmap/fairness/&lt;script&gt;alert('x')&lt;/script&gt; &#123;&#123; 7*7 &#125;&#125; "
-                       "&#123;&#37; raw &#37;&#125;/selection_rate")
-    assert results[DPD].metric_value == pytest.approx(FAIRNESS[DPD])
-    assert results[DPD].task_type == "text-classification" and results[DPD].dataset_name == "tiny"
+    assert set(results) == {"accuracy", "f1", "ece"} and hf.data.metrics == ["accuracy", "ece", "f1"]
+    measured = {r["metric"]: r for r in card.performance["overall"]}
+    acc = results["accuracy"]
+    assert acc.metric_value == pytest.approx(measured["accuracy"]["value"], abs=1e-6)
+    assert acc.metric_args["ci_low"] == pytest.approx(measured["accuracy"]["ci_low"], abs=1e-6)
+    assert acc.metric_args["ci_low"] <= acc.metric_value <= acc.metric_args["ci_high"]
+    assert acc.metric_args["confidence_level"] == 0.95 and acc.metric_args["n"] == 64
+    assert results["f1"].metric_config == "macro"
+    assert all(r.verified is None for r in hf.data.eval_results)  # the Hub reserves `verified`
+    assert acc.task_type == "text-classification" and acc.dataset_name == "tiny" and acc.dataset_type == "custom"
+    # metadata strings are YAML data, not HTML: the hostile name comes back exactly as written
+    assert hf.data.model_name == HOSTILE and "&amp;" not in text.split("\n---\n")[0] and "&lt;" not in text.split("\n---\n")[0]
     assert "# Model card:" in hf.text and "| fairness | gender | demographic_parity_difference | 0.08 [0.02, 0.15]" in text
+    assert "neuronmap/activation_stats" not in text.split("\n---\n")[0]
+
+
+def test_hub_metadata_license_and_datasets(card: ModelCard) -> None:
+    from huggingface_hub import ModelCard as HFModelCard
+
+    custom = card.with_data({"model_details": {"license": "ACME Research License 2", "datasets": ["imdb"],
+                                               "name": "R&D classifier"},
+                             "evaluation_data": {"dataset_id": "imdb", "split": "test"}})
+    text = render_card(custom, audit=False)
+    hf = HFModelCard(text, ignore_metadata_errors=False)
+    assert hf.data.license == "other" and hf.data.license_name == "acme-research-license-2"
+    assert hf.data.datasets == ["imdb"] and hf.data.model_name == "R&D classifier"
+    (first, *_) = hf.data.eval_results
+    assert (first.dataset_type, first.dataset_split) == ("imdb", "test")
+    assert "license 'ACME Research License 2' is not a Hugging Face license identifier" in text
+
+
+def test_public_cards_omit_user_and_host(card: ModelCard) -> None:
+    import getpass
+    import socket
+
+    host = socket.gethostname()
+    public = render_card(card, audit=False)
+    assert f"**host**: {host}" not in public and f"**user**: {getpass.getuser()}" not in public
+    assert f"**host**: {host}" in render_card(card, audit=False, identity=True)
 
 
 def test_html_card_is_self_contained(card: ModelCard) -> None:
@@ -104,6 +134,8 @@ def test_html_card_is_self_contained(card: ModelCard) -> None:
 @pytest.mark.parametrize("fmt", ["md", "html"])
 def test_hostile_strings_are_escaped_never_executed(card: ModelCard, fmt: str) -> None:
     text = render_card(card, fmt=fmt, audit=False)
+    if fmt == "md":  # the front matter holds the name as quoted YAML data (checked above); the body escapes
+        text = text.split("\n---\n", 1)[1]
     assert "<script>" not in text and "alert('x')</script>" not in text
     assert "{{ 7*7 }}" not in text and "{% raw %}" not in text
     quote = "'" if fmt == "md" else "&#39;"
@@ -141,25 +173,49 @@ def test_user_template(tmp_path: Path, card: ModelCard) -> None:
 
 def test_annex_iv_maps_items_to_evidence(run_dir: Path) -> None:
     card = ModelCard.from_run(run_dir, data={"annex_iv": {
-        "provider": "ACME", "test_sign_off": [{"name": "A. Auditor", "role": "QA lead", "date": "2025-01-03"}]}})
+        "provider": "ACME", "market_forms": "not applicable: an internal research model, never placed on the market",
+        "expected_accuracy": 0.95}})
     text = render_card(card, template="eu_ai_act_annex_iv", audit=False)
-    for heading in ("## Evidence map", "## 1. General description", "### 2(g) Validation and testing procedures",
+    assert text.index("not legal advice") < text.index("## Completeness")  # the disclaimer is rendered
+    for heading in ("## Completeness", "## 1. General description", "### 2(g) Validation and testing procedures",
                     "## 3. Monitoring, functioning and control", "## 5. Risk management system",
-                    "## 9. Post-market monitoring"):
+                    "## 9. Post-market monitoring", "## Model examination", "## Record-keeping"):
         assert heading in text
-    evidence = text.split("## Evidence map")[1].split("## 1.")[0]
-    assert "| 2(g) | potentially discriminatory impacts | automatic: keys `neuronmap/fairness/*`" in evidence
-    assert "| 3 | accuracy for groups of persons" in evidence
+    assert "> **INCOMPLETE.**" in text
+    status = text.split("## Completeness")[1].split("## 1.")[0]
+    assert "| 1(d) | Forms in which the system is placed on the market | not applicable: annex_iv.market_forms: " in status
+    assert "| 1(c) | Versions of relevant software | provided |" in status
+    assert "| 1(f) |" in status and "| 2(h) | Cybersecurity measures | **missing**: annex_iv.cybersecurity |" in status
     section_2g = text.split("### 2(g)")[1].split("## 3.")[0]
+    accuracy = next(r for r in card.performance["overall"] if r["metric"] == "accuracy")
+    assert f"| Accuracy | {accuracy['display']} | 64 | `neuronmap/performance/overall/accuracy` |" in section_2g
     assert f"`{DPD}`" in section_2g and "0.08 [0.02, 0.15] (p_adj = 0.03)" in section_2g
+    assert "estimate can even fall outside its own interval" in section_2g  # the CI method explained
     times = [json.loads(line)["time"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(t in section_2g for t in times)  # dated test logs
-    assert "name: A. Auditor; role: QA lead; date: 2025-01-03" in section_2g
+    assert "**NOT SIGNED OFF**: no sign-off is recorded" in section_2g
+    assert "Not measured by this run" in section_2g  # robustness is not claimed
+    assert "10(2)(g)" in section_2g and "10(5)" in section_2g
     section_3 = text.split("## 3.")[1].split("## 4.")[0]
-    assert f"`{DPD}`" in section_3 and "neuronmap/representation_bias/net.3/decodability" in section_3
+    assert "| group | a | Accuracy |" in section_3 and "| 32 |" in section_3  # per group, with group sizes
+    assert "⚠ **accuracy: declared 0.95, measured" in section_3 and "LOWER THAN DECLARED" in section_3
+    examination = text.split("## Model examination")[1].split("## Record-keeping")[0]
+    assert "neuronmap/representation_bias/net.3/decodability" in examination
     assert "Provider: ACME" in text
-    assert "**NOT PROVIDED**: fill `annex_iv.risk_management`" in text
-    assert "verified intact" in text
+    assert "**MISSING**: fill `annex_iv.risk_management`" in text
+    assert "Automatic:" not in text and "cybersecurity, integrity" not in text.lower()
+    record = text.split("## Record-keeping")[1]
+    assert "Verified: hash-chained audit trail" in record and "evidence files" in record
+
+
+def test_declared_accuracy_met_is_not_flagged(run_dir: Path) -> None:
+    card = ModelCard.from_run(run_dir, data={"annex_iv": {"expected_accuracy": {"accuracy": 0.5}}})
+    (row,) = card.performance["declared"]
+    assert not row["flag"] and "declared level met" in row["text"]
+    low = card.with_data({"annex_iv": {"expected_accuracy": {"accuracy": 0.99, "calibration_error": 0.001}}})
+    flags = {r["metric"]: r["flag"] for r in low.performance["declared"]}
+    assert flags == {"accuracy": True, "calibration_error": True}
+    assert "⚠" in render_card(low, audit=False)
 
 
 def test_strict_lists_missing_fields(run_dir: Path) -> None:
@@ -169,6 +225,8 @@ def test_strict_lists_missing_fields(run_dir: Path) -> None:
     with pytest.raises(CardIncompleteError, match=r"annex_iv\.provider"):
         render_card(card, template="eu_ai_act_annex_iv", strict=True, audit=False)
     assert set(ANNEX_IV_REQUIRED) <= set(card.missing_fields((*ANNEX_IV_REQUIRED,)))
+    assert "annex_iv.product_illustrations" in ANNEX_IV_REQUIRED  # 1(f)
+    assert "annex_iv.design_specifications.compliance_trade_offs" in ANNEX_IV_REQUIRED  # 2(b)'s seventh
 
 
 def test_unknown_template_and_format(card: ModelCard) -> None:
@@ -184,7 +242,7 @@ def test_rendering_is_audited(run_dir: Path, tmp_path: Path) -> None:
     run = copy_run(run_dir, tmp_path / "run")
     text = render_card(ModelCard.from_run(run))
     result = verify(run)
-    assert result.ok
+    assert result.ok and result.verified
     last = json.loads((run / "audit.jsonl").read_text().splitlines()[-1])
     assert last["kind"] == "card" and last["summary"]["template"] == "default"
     import hashlib
@@ -198,5 +256,20 @@ def test_log_model_card_sends_text_to_reporters(tmp_path: Path) -> None:
     model = tiny_mlp()
     monitor.run(model, step=0)
     text = log_model_card(monitor, model=model, data={"model_details": {"name": "logged"}})
+    monitor.flush()
+    # trackers get Markdown without the Hub front matter (their viewers would show it as text) and HTML
     assert (reporter.run_dir / "texts" / "model_card.md").read_text() == text
-    assert "# Model card: logged" in text
+    assert text.startswith("# Model card: logged")
+    html = (reporter.run_dir / "texts" / "model_card.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Model card: logged" in html
+
+
+def test_card_is_named_after_the_model(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    model = tiny_mlp()
+    model.config = SimpleNamespace(_name_or_path="sentence-transformers/all-MiniLM-L6-v2")
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[])
+    monitor.run(model, step=0)
+    assert ModelCard.from_monitor(monitor, model=model).model_details["name"] == \
+        "sentence-transformers/all-MiniLM-L6-v2"
