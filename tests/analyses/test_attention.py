@@ -254,3 +254,19 @@ def test_errors():
         _run(_dead_head_classifier(), probe, AttentionAnalysis(layers="encoder.*"), strict=True)
     with pytest.raises(AnalysisError, match="No attention probabilities found in _NoAttention"):
         _run(_NoAttention(), probe, AttentionAnalysis(), strict=True)
+
+
+def test_ablation_examples_measures_importance_on_a_seeded_subsample():
+    # Issue 17: head importance on `ablation_examples` seeded random examples equals the full
+    # ablation run on exactly those examples; the descriptive statistics still use every example.
+    model, probe = tiny_bert(num_labels=2), tiny_text_probe(12)
+    sub = _run(model, probe, AttentionAnalysis(ablation_examples=5), strict=True).results["attention"]
+    sample = np.sort(np.random.default_rng(0).choice(12, size=5, replace=False))
+    full = _run(model, probe.subset(sample), AttentionAnalysis(ablation_examples=None), strict=True)
+    heads = full.results["attention"].tables["heads"]
+    np.testing.assert_allclose(sub.tables["heads"]["importance"], heads["importance"], rtol=1e-6, atol=1e-9)
+    everything = _run(model, probe, AttentionAnalysis(ablation=False), strict=True).results["attention"]
+    pd.testing.assert_series_equal(sub.tables["heads"]["entropy"], everything.tables["heads"]["entropy"])
+    assert any("5 of 12 probe examples" in note for note in sub.notes)
+    with pytest.raises(InvalidParameterError, match=r"'ablation_examples' parameter of AttentionAnalysis .* got 1 instead"):
+        AttentionAnalysis(ablation_examples=1)
