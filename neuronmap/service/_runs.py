@@ -145,6 +145,17 @@ class RunStore:
                                                          "value", "key"]), run_dir)
         return self._load_cached(name, (st.st_mtime_ns, st.st_size), lambda: load_run(run_dir))
 
+    def peek(self, name: str) -> LoadedRun | None:
+        """The cached History of a local run if ``metrics.jsonl`` is unchanged, without reading it."""
+        if name.startswith(MLFLOW_PREFIX):
+            return None
+        try:
+            st = (self.run_dir(name) / "metrics.jsonl").stat()
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            return self._cache.get((name, (st.st_mtime_ns, st.st_size)))
+
     def _load_cached(self, name: str, stamp: tuple[int, int], read: Any) -> LoadedRun:
         with self._lock:
             hit = self._cache.get((name, stamp))

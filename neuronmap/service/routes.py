@@ -104,7 +104,8 @@ def api_router(state: ServiceState) -> APIRouter:
                       metric: str | None = None, key: str | None = None,
                       step_min: int | None = None, step_max: int | None = None) -> Response:
         """The long-format History (filtered), as columns with a key dictionary (see the docs)."""
-        loaded = await run_in_threadpool(runs.load, run)
+        # a cached, unchanged run is answered on the event loop: a thread hop costs more than the lookup
+        loaded = runs.peek(run) or await run_in_threadpool(runs.load, run)
         cache_key = (run, analysis, layer, metric, key, step_min, step_max)
         with cache_lock:
             hit = history_cache.get(cache_key)
