@@ -52,14 +52,14 @@ def test_lightning_digits_logs_to_tensorboard_and_mlflow(tmp_path: Path) -> None
     stdout = _run("lightning_digits.py", out)
     assert "mlflow ui --backend-store-uri sqlite:///" in stdout
     client, run = _mlflow_run(out / "mlflow.db", "lightning-digits")
-    for key in ("val_acc", "neuronmap/cka/fc/drift_first", "neuronmap/probing/fc/accuracy",
-                "neuronmap/probing_ink/fc/accuracy", "neuronmap/neuron_stats/conv1/dead_fraction"):
+    for key in ("val_acc", "neuronmap/cka/drift_first/fc", "neuronmap/probing/accuracy/fc",
+                "neuronmap/probing_ink/accuracy/fc", "neuronmap/neuron_stats/dead_fraction/conv1"):  # tracker layout
         assert key in run.data.metrics, key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "neuronmap/cka/fc/drift_first")] == [5, 10]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "neuronmap/cka/drift_first/fc")] == [5, 10]
     (version,) = (out / "tensorboard").iterdir()
     events = EventAccumulator(str(version), size_guidance={"scalars": 0})
     events.Reload()
-    assert "neuronmap/probing/head/accuracy" in events.Tags()["scalars"]
+    assert "neuronmap/probing/accuracy/head" in events.Tags()["scalars"]
 
 
 def test_hf_sentiment_bias_fine_tunes_minilm_with_fairness_and_a_model_card(tmp_path: Path) -> None:
@@ -73,10 +73,10 @@ def test_hf_sentiment_bias_fine_tunes_minilm_with_fairness_and_a_model_card(tmp_
     client, run = _mlflow_run(out / "mlflow.db", "hf-sentiment-bias")
     metrics = run.data.metrics
     assert "eval_loss" in metrics  # the Trainer's own, same run
-    assert "neuronmap/fairness/gender/demographic_parity_difference" in metrics
+    assert "neuronmap/fairness/demographic_parity_difference/gender" in metrics
     assert any(k.startswith("neuronmap/counterfactual_bias/") and "race" in k for k in metrics)
-    assert any(k.startswith("neuronmap/representation_bias/bert.encoder.layer.5/") for k in metrics)
-    history = client.get_metric_history(run.info.run_id, "neuronmap/probing/bert.encoder.layer.5/accuracy")
+    assert any(k.startswith("neuronmap/representation_bias/") and k.endswith("/bert.encoder.layer.5") for k in metrics)
+    history = client.get_metric_history(run.info.run_id, "neuronmap/probing/accuracy/bert.encoder.layer.5")
     assert [m.step for m in history] == [2, 4]
     card = client.download_artifacts(run.info.run_id, "neuronmap/texts/model_card.md", str(tmp_path))
     assert "all-MiniLM-L6-v2 sentiment" in Path(card).read_text()

@@ -126,7 +126,7 @@ def test_without_loggers_results_and_model_card_go_to_a_local_run_under_default_
     assert json.loads((reporter.run_dir / "run.json").read_text())["status"] == "FINISHED"
     assert (reporter.run_dir / "report.html").is_file()  # rendered once, at close
     card = (reporter.run_dir / "texts" / "model_card.md").read_text()
-    assert "lit-mlp" in card and "neuronmap/activation_stats/net.0/dead_fraction" in card
+    assert "lit-mlp" in card and "| activation_stats | net.0 | dead_fraction |" in card
 
 
 def test_resume_from_checkpoint_keeps_history_schedule_and_run_folder(tmp_path: Path) -> None:
@@ -211,12 +211,16 @@ def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_pat
     (run,) = client.search_runs([client.get_experiment_by_name("lit").experiment_id])
     assert run.info.run_id == logger.run_id
     assert "val_loss" in run.data.metrics  # Lightning's own
-    key = "neuronmap/activation_stats/net.1/dead_fraction"
+    key = "neuronmap/activation_stats/sparsity/net.1"  # tracker layout: <analysis>/<metric>/<layer>
     history = client.get_metric_history(run.info.run_id, key)
     assert [m.step for m in history] == [4, 8]
-    expected = callback.monitor.history.series(key)
+    expected = callback.monitor.history.series("neuronmap/activation_stats/net.1/sparsity")
     assert [m.value for m in history] == pytest.approx(expected.loc[[4, 8]].to_list(), abs=1e-12)
-    assert not (tmp_path / "neuronmap-runs").exists()  # a tracker was found: no local fallback
+    # a tracker was found: the local folder beside it holds only what the default audit trail hashes
+    (local,) = (tmp_path / "neuronmap-runs").iterdir()
+    from neuronmap.audit import verify
+
+    assert verify(local).verified and "audit.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_gates_are_logged_and_a_failing_gate_stops_training_and_runs_are_audited(tmp_path: Path) -> None:
