@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from neuronmap._progress import progress
 from neuronmap.analyses._figures import heatmap_figure
 from neuronmap.analyses.base import (
     Analysis,
@@ -66,8 +67,10 @@ class CausalTracing(Analysis):
         n_samples: Noise samples per example (Meng et al.: 10).
         embedding: Module whose output is corrupted; default the model's
             ``get_input_embeddings()`` (the token embeddings, before positions are added).
-        max_examples: Trace at most this many probe examples (tracing costs
-            ``layers x positions`` forward passes per example batch).
+        max_examples: Trace at most this many probe examples (the first ones). Tracing costs
+            ``layers x positions x n_samples`` sequence forwards per example, so the default 16
+            (was 64) bounds a 6-block model on 16-token texts to about 15 000 sequence passes;
+            the heatmap's CIs are about twice as wide as with 64 (docs/performance.md).
         n_resamples: Bootstrap resamples (over examples) of the CIs.
 
     Example:
@@ -91,7 +94,7 @@ class CausalTracing(Analysis):
         noise: float = 3.0,
         n_samples: int = 10,
         embedding: str | None = None,
-        max_examples: int | None = 64,
+        max_examples: int | None = 16,
         n_resamples: int = 1000,
     ) -> None:
         super().__init__(layers=layers)
@@ -138,7 +141,8 @@ class CausalTracing(Analysis):
         p_clean: list[np.ndarray] = []
         p_corr: list[np.ndarray] = []
         ie: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-        for start in range(0, len(probe), chunk):
+        starts = range(0, len(probe), chunk)
+        for start in progress(starts, desc="causal tracing", unit="chunk"):
             sub = probe.subset(slice(start, min(start + chunk, len(probe))))
             batch = next(sub.batches(len(sub), ctx.device, trim=False))
             target = self._targets(model, batch, probe, start)
@@ -191,7 +195,8 @@ class CausalTracing(Analysis):
         ie = {}
         for layer in layers:
             rows = np.full((size, width), np.nan)
-            for pos in range(clean_states[layer].shape[1]):
+            # Positions past the chunk's longest text are padding (NaN below): not worth a forward.
+            for pos in range(min(int(lengths.max()), clean_states[layer].shape[1])):
                 restore = _restore(clean_states[layer], pos)
                 node = Node(layer)
                 edits = {emb: _compose(add_noise, restore)} if node == emb else {emb: add_noise, node: restore}

