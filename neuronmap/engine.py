@@ -435,7 +435,7 @@ class NeuronMap:
             RunSkippedWarning,
             stacklevel=3,
         )
-        error = f"capture failed: {traceback.format_exception_only(type(err), err)[-1].strip()}"
+        error = f"capture failed: {type(err).__name__}: {err}"
         results = {a.name: AnalysisResult(a.name, status="failed", error=error) for a in self.analyses}
         report = Report(step=int(step), epoch=epoch, event=event, timestamp=started, results=results,
                         probe_fingerprint=self.probe.fingerprint(), timings={"capture": 0.0})

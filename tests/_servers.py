@@ -90,6 +90,16 @@ class MLflowServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=15)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel, nothing answers."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT); it then answers the requests that queued up."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """Kill the server abruptly (an outage)."""
         self._signal(signal.SIGKILL)
