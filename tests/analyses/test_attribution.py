@@ -85,7 +85,7 @@ def test_linear_model_integrated_gradients_table_and_completeness():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 2))
     probe = tiny_probe(40)
-    report = _monitor(probe, Attribution("integrated_gradients", target="label", n_steps=4)).run(
+    report = _monitor(probe, Attribution("integrated_gradients", target="label", n_steps=4, max_examples=None)).run(
         model, step=0
     )
     res = report.results["attribution"]
