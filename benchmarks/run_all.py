@@ -7,11 +7,11 @@ a baseline measured in the same script run, median of several repeats.
 
 Questions (issue 10): 1 capture cost (``capture.py``), 2 idle callback overhead
 (``callback_overhead.py``), 3 a full scheduled run by stage (``full_run.py``), 4 CKA
-(``cka.py``), 5 probing (``probing.py``), 6 the service under load (``service_load.py``,
-issue 19); 1p capture against nnsight and TransformerLens
+(``cka.py``), 5 probing (``probing.py``); 1p capture against nnsight and TransformerLens
 (``capture_peers.py``, run with ``.venv-peers/bin/python`` where that environment exists).
 Issue 17: 6 the cost of every built-in analysis at its defaults (``analysis_costs.py``),
 7 start-up: ``neuronmap --version`` and ``import neuronmap`` (``startup.py``).
+Issue 19: 8 the service under load (``service_load.py``: 50 clients, a 10k-point history, 60 s).
 
     python benchmarks/run_all.py                  # reduced sizes (minutes on 2 cores)
     python benchmarks/run_all.py --full           # the issue's sizes
@@ -39,10 +39,10 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "3": ("full_run.py", ["--quick", "--repeats", "3"], ["--repeats", "3"], True),
     "4": ("cka.py", ["--quick", "--repeats", "3"], ["--repeats", "5"], True),
     "5": ("probing.py", ["--n", "300", "--repeats", "3"], ["--n", "1000", "--repeats", "3"], False),
-    # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
-    "6": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
     "6": ("analysis_costs.py", ["--repeats", "1"], ["--repeats", "3"], True),
     "7": ("startup.py", ["--repeats", "9"], ["--repeats", "15"], False),
+    # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
+    "8": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
     # question 1 against nnsight and TransformerLens: needs .venv-peers (benchmarks/requirements-peers.txt)
     "1p": ("capture_peers.py", ["--n", "128", "--repeats", "3"], ["--n", "512", "--repeats", "3"], True),
 }
