@@ -28,6 +28,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from neuronmap._progress import progress
 from neuronmap.analyses._pairs import (
     Answers,
     PairBatch,
@@ -120,7 +121,7 @@ class CircuitDiscovery(PairedNodeAnalysis):
         try:
             with torch.no_grad():
                 search = _Search(model, nodes, batches, positional=ctx.probe.positional)
-                single = {n: 1.0 - search.score({n}) for n in nodes}
+                single = {n: 1.0 - search.score({n}) for n in progress(nodes, desc="circuit discovery: nodes", unit="node")}
                 ablated, removed_at = self._prune(search, nodes, single)
                 final = search.evaluate(ablated)
         finally:
@@ -150,9 +151,9 @@ class CircuitDiscovery(PairedNodeAnalysis):
         visit = list(reversed(nodes)) if self.order == "reverse" else sorted(nodes, key=lambda n: single[n])
         ablated: set[Node] = set()
         removed_at: dict[Node, int] = {}
-        for _ in range(self.max_passes):
+        for step in range(self.max_passes):
             changed = False
-            for node in visit:
+            for node in progress(visit, desc=f"circuit discovery: pass {step + 1}", unit="node"):
                 if node in ablated:
                     continue
                 if search.score(ablated | {node}) >= self.keep:
@@ -170,16 +171,23 @@ class _Search:
     def __init__(self, model: nn.Module, nodes: list[Node], batches: list[PairBatch], *, positional: bool) -> None:
         self.model, self.nodes, self.batches, self.positional = model, nodes, batches, positional
         self.clean = np.concatenate([logit_diff(model, b.clean, b, positional=positional).cpu().numpy() for b in batches])
-        self.corrupted = np.concatenate([logit_diff(model, b.corrupted, b, positional=positional).cpu().numpy() for b in batches])
+        # The corrupted run is never patched, so every node's corrupted activation is recorded
+        # once here instead of re-running the corrupted prompts in every evaluation (which
+        # halves the forward passes of the search; the values are the same tensors).
+        corrupted: list[np.ndarray] = []
+        self._sources: list[dict[Node, torch.Tensor]] = []
+        for b in batches:
+            with record(model, nodes) as seen:
+                corrupted.append(logit_diff(model, b.corrupted, b, positional=positional).cpu().numpy())
+            self._sources.append(dict(seen))
+        self.corrupted = np.concatenate(corrupted)
 
     def evaluate(self, ablated: set[Node]) -> np.ndarray:
         """Per-pair logit difference on clean prompts with ``ablated`` nodes patched."""
         if not ablated:
             return self.clean
         out = []
-        for batch in self.batches:
-            with record(self.model, sorted(ablated, key=self.nodes.index)) as seen:
-                logit_diff(self.model, batch.corrupted, batch, positional=self.positional)
+        for batch, seen in zip(self.batches, self._sources, strict=True):
             edits: dict[Node, Any] = {n: _constant(seen[n]) for n in ablated}
             with intervene(self.model, edits):
                 out.append(logit_diff(self.model, batch.clean, batch, positional=self.positional).cpu().numpy())

@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from neuronmap.analyses._figures import heatmap_figure, short_labels
+from neuronmap._progress import progress
 from neuronmap.analyses._pairs import (
     Answers,
     PairBatch,
@@ -141,7 +142,8 @@ class ActivationPatching(PairedNodeAnalysis):
                      if self.attribution else [None] * len(nodes))
         acc.add_baselines(ld_source, ld_target)
         with torch.no_grad():
-            for node, grad in zip(nodes, grads, strict=True):
+            pairs = zip(nodes, grads, strict=True)
+            for node, grad in progress(pairs, desc="activation patching: nodes", total=len(nodes), unit="node"):
                 if src[node].shape != leaves[node][0].shape:
                     raise InvalidParameterError(
                         f"Node {node.name!r} has shape {tuple(src[node].shape)} in one prompt and "
