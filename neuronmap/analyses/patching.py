@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from neuronmap.analyses._figures import heatmap_figure, short_labels
 from neuronmap._progress import progress
+from neuronmap.analyses._figures import heatmap_figure, short_labels
 from neuronmap.analyses._pairs import (
     Answers,
     PairBatch,
