@@ -2,7 +2,9 @@
 
 A small MLP learns scikit-learn's bundled handwritten digits in a plain PyTorch loop; the
 engine runs every few steps (two-line integration: ``monitor.maybe_run(model, step=...)``)
-and writes a local run folder whose ``report.html`` the demo prints.
+and writes a local run folder whose ``report.html`` the demo prints. The run keeps an audit
+trail (``audit.jsonl``, :mod:`neuronmap.audit`) by default, so ``neuronmap audit verify`` and the
+model card can say whether its evidence is intact.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def default_analyses() -> list[Analysis]:
     import neuronmap.analyses as analyses
 
     chosen: list[Analysis] = [analyses.ActivationStats()]
-    for name in ("Probing", "CKA", "NeuronStats"):
+    for name in ("ModelPerformance", "Probing", "CKA", "NeuronStats"):
         cls = getattr(analyses, name, None)
         if cls is not None:
             chosen.append(cls())
@@ -52,9 +54,13 @@ def default_analyses() -> list[Analysis]:
 
 
 def run_digits_demo(
-    out: str | Path = "neuronmap-runs", *, epochs: int = 6, every_n_steps: int = 40, seed: int = 0
+    out: str | Path = "neuronmap-runs", *, epochs: int = 6, every_n_steps: int = 40, seed: int = 0,
+    audit: bool = True,
 ) -> Path:
-    """Train on digits with NeuronMap monitoring and return the run's ``report.html``."""
+    """Train on digits with NeuronMap monitoring and return the run's ``report.html``.
+
+    ``audit=True`` (default) attaches an :class:`~neuronmap.audit.AuditTrail` to the run folder.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -83,6 +89,10 @@ def run_digits_demo(
         reporters=[reporter],
         name="digits-demo",
     )
+    if audit:
+        from neuronmap.audit import AuditTrail
+
+        AuditTrail(reporter.run_dir).attach(monitor)
     model = DigitsNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(
