@@ -254,3 +254,66 @@ def test_no_warning_on_clean_runs(tmp_path: Path) -> None:
         warnings.simplefilter("error", ReporterWarning)
         monitor.run(tiny_mlp(), step=0)
     assert verify(reporter.run_dir).ok
+
+
+# ---------------------------------------------------------------- evidence files
+
+
+def _audited_run(tmp_path: Path) -> Path:
+    reporter = LocalReporter(tmp_path, run_name="evidence", render_html=False)
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[reporter])
+    AuditTrail(reporter.run_dir).attach(monitor)
+    for step in (0, 5):
+        monitor.run(tiny_mlp(), step=step)
+    monitor.close()
+    return reporter.run_dir
+
+
+def test_manifests_chain_the_run_folder_and_its_end(tmp_path: Path) -> None:
+    run = _audited_run(tmp_path)
+    entries = [json.loads(line) for line in _lines(run / "audit.jsonl")]
+    assert [e["kind"] for e in entries] == ["engine_run", "engine_run", "run_end"]
+    recorded = {path for e in entries for path in e.get("manifest", {})}
+    assert {"metrics.jsonl", "config.json", "run.json", "reports/0.json", "reports/5.json",
+            "tables/5/activation_stats/summary.csv", "figures/0/activation_stats/health.png"} <= recorded
+    run_json = entries[-1]["manifest"]["run.json"]  # the end time and status, written at close
+    assert run_json["sha256"] == hashlib.sha256((run / "run.json").read_bytes()).hexdigest()
+    assert entries[-1]["status"] == "FINISHED" and entries[0]["model_name"] == "TinyMLP"
+    result = verify(run)
+    assert result.verified and result.runs == 2 and result.files_checked == len(recorded)
+
+
+def test_missing_added_and_edited_files_are_named(tmp_path: Path) -> None:
+    run = _audited_run(tmp_path)
+    (run / "figures" / "0" / "activation_stats" / "health.png").unlink()
+    (run / "tables" / "9" / "fairness").mkdir(parents=True)
+    (run / "tables" / "9" / "fairness" / "summary.csv").write_text("attribute,estimate\ngender,0.0\n")
+    run_json = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**run_json, "status": "FAILED"}))
+    problems = [str(p) for p in verify(run).problems]
+    assert any("figures/0/activation_stats/health.png is missing" in p for p in problems)
+    assert any("tables/9/fairness/summary.csv was never recorded" in p for p in problems)
+    assert any("run.json no longer matches the hash recorded by the run_end entry" in p for p in problems)
+    assert not verify(run).verified and verify(run, evidence=False).ok  # the chain itself is intact
+
+
+def test_ed25519_signed_entries(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from neuronmap._audit_sign import generate_key_pair
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    trail = AuditTrail(tmp_path, signing_key=key)
+    entry = trail.append("note", summary={"text": "release"})
+    assert entry["signer"]["alg"] == "ed25519" and len(entry["signer"]["key_id"]) == 16
+    assert entry_hash(entry) == entry["hash"]  # the signature is outside the hashed body, the signer inside
+    result = verify(tmp_path)
+    assert result.ok and dict(result.signers) == {entry["signer"]["key_id"]: entry["signer"]["public_key"]}
+    assert verify(tmp_path, public_keys=[entry["signer"]["public_key"]]).ok
+    _, public = generate_key_pair(tmp_path / "keys", "other")
+    assert [p.kind for p in verify(tmp_path, public_keys=[public]).problems] == ["signature"]
+    AuditTrail(tmp_path).append("note")  # an unsigned entry where signatures are required
+    assert [(p.line, p.kind) for p in verify(tmp_path, public_keys=[entry["signer"]["public_key"]]).problems] == \
+        [(2, "signature")]
+    with pytest.raises(nm.InvalidParameterError, match="exists already; keys are never overwritten"):
+        generate_key_pair(tmp_path / "keys", "other")
