@@ -12,6 +12,7 @@ Questions (issue 10): 1 capture cost (``capture.py``), 2 idle callback overhead
 Issue 17: 6 the cost of every built-in analysis at its defaults (``analysis_costs.py``),
 7 start-up: ``neuronmap --version`` and ``import neuronmap`` (``startup.py``).
 Issue 19: 8 the service under load (``service_load.py``: 50 clients, a 10k-point history, 60 s).
+Issue 14: 9 the training loop with the tracker frozen vs answering (``hung_tracker.py``).
 
     python benchmarks/run_all.py                  # reduced sizes (minutes on 2 cores)
     python benchmarks/run_all.py --full           # the issue's sizes
@@ -43,6 +44,8 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "7": ("startup.py", ["--repeats", "9"], ["--repeats", "15"], False),
     # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
     "8": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
+    # issue 14: the training loop while the MLflow server is frozen vs answering
+    "9": ("hung_tracker.py", ["--rounds", "3"], ["--rounds", "5"], False),
     # question 1 against nnsight and TransformerLens: needs .venv-peers (benchmarks/requirements-peers.txt)
     "1p": ("capture_peers.py", ["--n", "128", "--repeats", "3"], ["--n", "512", "--repeats", "3"], True),
 }

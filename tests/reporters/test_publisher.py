@@ -177,7 +177,8 @@ def test_mlflow_paused_for_60_s_blocks_no_training_step_and_loses_and_duplicates
             train_step()
             t0 = time.perf_counter()
             ran = monitor.maybe_run(model, step=step)
-            blocked.append(time.perf_counter() - t0)
+            # what the step waited beyond the run's own work (capture, analyses): the tracker's share
+            blocked.append(time.perf_counter() - t0 - (sum(ran.timings.values()) if ran is not None else 0.0))
             now = time.monotonic()
             if step == 25:  # the first run reached the server; now it stops answering
                 assert monitor.flush(timeout=60)
@@ -194,10 +195,11 @@ def test_mlflow_paused_for_60_s_blocks_no_training_step_and_loses_and_duplicates
         assert len(scheduled_in_pause) >= 2
         monitor.close(timeout=180)
 
-    assert max(blocked) < 1.0, f"a training step waited {max(blocked):.2f} s on NeuronMap"
+    assert max(blocked) < 1.0, f"a training step waited {max(blocked):.2f} s on NeuronMap's publishing"
     client = MlflowClient(server.uri)
     run_id = mlflow_rep.run_id
-    scheduled = [s for s in range(step) if s % 25 == 0 and s > 0]
+    scheduled = [s for s in range(step) if s % 25 == 0]
+    assert sorted(monitor.history.steps) == scheduled
     expected = monitor.history.series(KEY)
     assert _history(client, run_id, TRACKER_KEY) == [(s, pytest.approx(expected.loc[s])) for s in scheduled]
     assert client.get_run(run_id).info.status == "FINISHED"
