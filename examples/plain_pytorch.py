@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
         probe, layers=["blocks.*", "head"], analyses=analyses(), schedule=nm.Schedule(every_n_steps=args.every),
         reporters=[reporter],
     )
+    monitor.preflight(model)  # a wrong selector or probe set fails here, before the first step
     step = 0
     for _ in range(epochs):
         for xb, yb in loader:
