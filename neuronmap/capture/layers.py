@@ -77,22 +77,80 @@ def _nearest(name: str, names: Sequence[str]) -> list[str]:
     return difflib.get_close_matches(name, names, n=3, cutoff=0.6)
 
 
+def _matcher(selector: str) -> re.Pattern[str] | None:
+    """The regex a glob or exact selector compiles to (``None`` for ``re:`` and ``type:``)."""
+    if selector.startswith(("re:", "type:")):
+        return None
+    return glob_to_regex(selector) if _GLOB_CHARS.search(selector) else re.compile(re.escape(selector))
+
+
+def _rerooted(selector: str, names: Sequence[str]) -> list[str]:
+    """The selector written against another root: a prefix too many or one missing.
+
+    Selectors are matched against the module given to NeuronMap, so ``bert.encoder.layer.*``
+    fails on the inner ``BertModel`` (``encoder.layer.*``) and ``encoder.layer.*`` fails on a
+    LightningModule that holds the encoder as ``model`` (``model.encoder.layer.*``).
+    """
+    rx = _matcher(selector)
+    if rx is None:
+        return []
+    out: list[str] = []
+    parts = selector.split(".")
+    for k in range(1, len(parts)):  # a prefix too many: drop leading components
+        tail = ".".join(parts[k:])
+        if all(_GLOB_CHARS.search(part) for part in parts[k:]):
+            break  # `*` alone matches anything and says nothing
+        tail_rx = _matcher(tail)
+        if tail_rx is not None and any(tail_rx.fullmatch(n) for n in names):
+            out.append(tail)
+            break
+    prefixed = re.compile(r"((?:[^.]+\.)+)(?:" + rx.pattern + ")")  # a prefix missing
+    for n in names:
+        hit = prefixed.fullmatch(n)
+        if hit and hit.group(1) + selector not in out:
+            out.append(hit.group(1) + selector)
+        if len(out) >= 3:
+            break
+    return out
+
+
+def _spelling(selector: str, model: nn.Module, names: Sequence[str]) -> list[str]:
+    """Near spellings: module names, globs over numbered blocks, or class names for ``type:``."""
+    if selector.startswith("type:"):
+        classes = sorted({type(m).__name__ for m in model.modules()})
+        return ["type:" + c for c in _nearest(selector[5:], classes)]
+    if selector.startswith("re:"):
+        return []
+    if not _GLOB_CHARS.search(selector):
+        return _nearest(selector, names)
+    # A glob is compared with globs: each name with its numbered components starred
+    # (encoder.layer.3.output -> encoder.layer.*.output), so `encoder.layers.*` finds
+    # `encoder.layer.*` rather than each block of it.
+    templates = list(dict.fromkeys(".".join("*" if p.isdigit() else p for p in n.split(".")) for n in names))
+    return _nearest(selector, templates)
+
+
 def _not_found(selector: str, model: nn.Module, names: Sequence[str]) -> LayerNotFoundError:
     model_name = type(model).__name__
     kind = "Layer" if not _GLOB_CHARS.search(selector) and ":" not in selector else "Selector"
     msg = f"{kind} {selector!r} not found in {model_name}"
     if kind == "Selector":
         msg = f"Selector {selector!r} matched no module of {model_name} ({len(names)} modules)"
-    suggestions = _nearest(selector, names) if kind == "Layer" else []
+    rerooted = _rerooted(selector, names)
+    # A selector that matches once re-rooted is what the user meant; spellings would only blur it.
+    suggestions = rerooted[:3] or _spelling(selector, model, names)
     if suggestions:
         msg += "; did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
     else:
         msg += "."
+    if rerooted:
+        msg += (f" Selectors are matched against the module given to NeuronMap ({model_name} here; "
+                "in Lightning the LightningModule).")
     head = selector.split(".")[0].removeprefix("re:").removeprefix("type:")
     siblings = [n for n in names if n.split(".")[0] == head]
     if siblings and kind == "Layer":
         msg += f" {len(siblings)} modules live under '{head}'."
-    else:
+    elif not suggestions:
         tops = sorted({n.split(".")[0] for n in names})
         msg += f" Top-level modules: {', '.join(tops[:12])}{' ...' if len(tops) > 12 else ''}."
     msg += " Run `neuronmap layers` or `neuronmap.capture.module_names(model)` to list them."

@@ -48,9 +48,33 @@ def test_unknown_layer_suggests_nearest_names_and_counts(bert) -> None:
     assert isinstance(info.value, KeyError)
 
 
-def test_selector_matching_nothing_lists_top_level_modules(bert) -> None:
-    with pytest.raises(LayerNotFoundError, match=r"Selector 'decoder.\*' matched no module of BertModel \(\d+ modules\). Top-level modules: embeddings, encoder, pooler"):
-        resolve_layers(bert, "decoder.*")
+def test_selector_with_nothing_near_lists_top_level_modules(bert) -> None:
+    with pytest.raises(LayerNotFoundError, match=r"Selector 'blocks.\*' matched no module of BertModel \(\d+ modules\). Top-level modules: embeddings, encoder, pooler"):
+        resolve_layers(bert, "blocks.*")
+
+
+def test_glob_matching_nothing_suggests_nearest_globs(bert) -> None:
+    with pytest.raises(LayerNotFoundError, match=r"Selector 'encoder.layers.\*' matched no module of BertModel \(\d+ modules\); did you mean 'encoder.layer.\*'"):
+        resolve_layers(bert, "encoder.layers.*")
+    with pytest.raises(LayerNotFoundError, match=r"did you mean 'encoder.layer.\*.output'"):
+        resolve_layers(bert, "encoder.layer.*.outptu")
+    with pytest.raises(LayerNotFoundError, match=r"did you mean 'type:BertLayer'\?"):
+        resolve_layers(bert, "type:BertLayr")
+
+
+def test_selector_written_for_another_root_suggests_the_rerooted_one(bert) -> None:
+    # The HF model's name (bert.encoder.layer.*) used on the inner BertModel: a prefix too many.
+    with pytest.raises(LayerNotFoundError, match=r"did you mean 'encoder.layer.\*'\? Selectors are matched against the module given to NeuronMap \(BertModel here; in Lightning the LightningModule\)"):
+        resolve_layers(bert, "bert.encoder.layer.*")
+
+    class Wrapper(nn.Module):  # a LightningModule-like wrapper holding the encoder as .model
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = tiny_bert(layers=2)
+
+    with pytest.raises(LayerNotFoundError, match=r"Selector 'encoder.layer.\*' matched no module of Wrapper .*did you mean 'model.encoder.layer.\*'"):
+        resolve_layers(Wrapper(), "encoder.layer.*")
+    assert resolve_layers(Wrapper(), "model.encoder.layer.*") == ["model.encoder.layer.0", "model.encoder.layer.1"]
 
 
 def test_bad_regex_and_empty_selectors() -> None:
