@@ -109,8 +109,10 @@ class CounterfactualBias(Analysis):
 
     Args:
         swaps: What to swap (see :func:`resolve_swaps`); default the built-in gender list.
-        tokenizer: The tokenizer that built the probe set; the rewritten texts are encoded
-            with it (and ``max_length``) exactly as :meth:`ProbeSet.from_texts` does.
+        tokenizer: The tokenizer that built the probe set (required; keyword-only, and a
+            missing one raises :class:`~neuronmap.errors.InvalidParameterError`); the
+            rewritten texts are encoded with it (and ``max_length``) exactly as
+            :meth:`ProbeSet.from_texts` does.
         max_length: Truncation length, as used for the probe set.
         positive_label: Class whose probability is the score.
         predictions: As in :class:`~neuronmap.analyses.fairness.Fairness`.
@@ -143,7 +145,7 @@ class CounterfactualBias(Analysis):
         self,
         swaps: SwapSpec = "gender",
         *,
-        tokenizer: Any,
+        tokenizer: Any = None,
         max_length: int = 128,
         positive_label: int = 1,
         predictions: Predictions | None = None,

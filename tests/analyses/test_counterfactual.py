@@ -126,6 +126,8 @@ def test_swap_specs_and_texts_without_terms() -> None:
 def test_bad_inputs() -> None:
     with pytest.raises(InvalidParameterError, match="needs the probe set's tokenizer"):
         CounterfactualBias("gender", tokenizer=None)
+    with pytest.raises(InvalidParameterError, match=r"needs the probe set's tokenizer \(tokenizer=...\).*got None"):
+        CounterfactualBias(["gender", "race"])  # forgotten altogether: the documented error, not a TypeError
     tensor_probe = nm.ProbeSet({"input_ids": torch.ones(4, 3, dtype=torch.long),
                                 "attention_mask": torch.ones(4, 3, dtype=torch.long)})
     with pytest.raises(AnalysisError, match=r"texts in column 'text'.*it has \[") as info:
