@@ -31,7 +31,8 @@ Example:
     >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[rep])
     >>> trail = AuditTrail(rep.run_dir).attach(monitor)
     >>> _ = monitor.run(tiny_mlp(), step=0)
-    >>> verify(trail.path).ok
+    >>> monitor.close()  # the reporters finish writing; the trail records the run's end
+    >>> verify(trail.path).verified
     True
 """
 
@@ -110,7 +111,7 @@ def hash_model(model: nn.Module) -> str:
 def model_name(model: Any) -> str | None:
     """The model's own name: a Hugging Face ``config._name_or_path`` (also inside a Lightning
     module), else ``name_or_path``, else the class name; ``None`` for no model."""
-    if model is None:
+    if model is None or type(model).__name__.startswith("_"):  # the engine's stand-in for "no model"
         return None
     modules = model.modules() if hasattr(model, "modules") else [model]
     for module in modules:

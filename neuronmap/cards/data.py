@@ -212,15 +212,14 @@ class ModelCard:
 
         probe = monitor.probe
         name = model_name(model) if model is not None else base.audit.get("model_name")
+        last = getattr(monitor, "last_report", None)
         auto: dict[str, Any] = _auto_sections(
             monitor.history.frame, name=name or (monitor.name if monitor.name != "neuronmap" else "model"),
             probe={"name": probe.name, "n": len(probe), "fingerprint": probe.fingerprint(),
                    "description": probe.description},
             groups=list(probe.group_columns), run=base.run, config=monitor.config(),
-            notes={n: list(r.notes) for n, r in (monitor.last_report.results.items()
-                                                 if getattr(monitor, "last_report", None) else [])},
+            notes={n: list(r.notes) for n, r in last.results.items()} if last is not None else {},
         )
-        last = getattr(monitor, "last_report", None)
         if last is not None and getattr(last, "findings", None):
             auto["findings"] = [{"analysis": f.analysis, "kind": f.kind, "line": f.line(), "step": last.step}
                                 for f in last.findings]
