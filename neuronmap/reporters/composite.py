@@ -29,7 +29,11 @@ class CompositeReporter(BaseReporter):
     """Send every call to each of ``reporters``.
 
     Args:
-        reporters: The children (any :class:`~neuronmap.reporters.base.Reporter`).
+        reporters: The children: :class:`~neuronmap.reporters.base.Reporter` objects or
+            registry names (``"local"``, ``"mlflow"``, ...). Required: the registry name
+            ``"composite"`` alone (``get_reporter("composite")``) has nothing to fan out to
+            and raises :class:`~neuronmap.errors.InvalidParameterError`; inside
+            ``NeuronMap(reporters=[...])`` a plain list already fans out.
         spool_dir: Parent of the children's spool folders (default: the first
             ``LocalReporter`` child's ``run_dir/spool``, else a new folder under
             ``neuronmap-runs/``, created only if something fails).
@@ -55,14 +59,22 @@ class CompositeReporter(BaseReporter):
 
     def __init__(
         self,
-        reporters: Sequence[Reporter],
+        reporters: Sequence[Reporter | str] | None = None,
         *,
         spool_dir: str | Path | None = None,
         strict: bool = False,
         retry_after: float = 1.0,
         max_retry_after: float = 60.0,
     ) -> None:
-        children = list(reporters)
+        if reporters is None or isinstance(reporters, str) or not reporters:
+            raise InvalidParameterError(
+                "CompositeReporter needs the reporters to send each call to, e.g. "
+                "CompositeReporter(['local', 'mlflow']) or get_reporter('composite', reporters=['local', 'mlflow']); "
+                f"got {reporters!r}. In NeuronMap(reporters=[...]) list them directly: reporters=['local', 'mlflow']."
+            )
+        from neuronmap.reporters import get_reporter
+
+        children = [get_reporter(child) if isinstance(child, str) else child for child in reporters]
         for child in children:
             if not isinstance(child, Reporter):
                 missing = [m for m in _METHODS if not callable(getattr(child, m, None))]

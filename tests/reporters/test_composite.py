@@ -94,6 +94,22 @@ def test_registry_builds_each_builtin_and_lists_names_on_a_typo(tmp_path: Path) 
         get_reporter("mlfow")
 
 
+def test_composite_by_name_needs_children_and_takes_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The registry table's `composite` alone has nothing to fan out to: a clear error, not a TypeError.
+    with pytest.raises(InvalidParameterError, match=r"CompositeReporter needs the reporters to send each call to.*got None\. "
+                       r"In NeuronMap\(reporters=\[\.\.\.\]\) list them directly"):
+        get_reporter("composite")
+    with pytest.raises(InvalidParameterError, match=r"got \[\]"):
+        CompositeReporter([])
+    monkeypatch.chdir(tmp_path)
+    both = get_reporter("composite", reporters=["local", LocalReporter(tmp_path, "named")])
+    assert [type(child).__name__ for child in both] == ["LocalReporter", "LocalReporter"]
+    both.log_metrics({"neuronmap/x/layer/m": 1.0}, step=0)
+    both.close()
+    assert (tmp_path / "named" / "metrics.jsonl").exists()
+    assert len(list((tmp_path / "neuronmap-runs").glob("*/metrics.jsonl"))) == 1
+
+
 def test_rejects_children_that_are_not_reporters() -> None:
     with pytest.raises(InvalidParameterError, match=r"CompositeReporter needs Reporter objects; dict lacks \['log_metrics'"):
         CompositeReporter([{}])  # type: ignore[list-item]
