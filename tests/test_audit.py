@@ -317,3 +317,32 @@ def test_ed25519_signed_entries(tmp_path: Path) -> None:
         [(2, "signature")]
     with pytest.raises(nm.InvalidParameterError, match="exists already; keys are never overwritten"):
         generate_key_pair(tmp_path / "keys", "other")
+
+
+def test_callbacks_keep_a_trail_beside_tracker_only_reporters(tmp_path: Path) -> None:
+    """``reporters=[<a tracker>]`` in a callback: the default trail adds a local folder to hash."""
+    from neuronmap.callbacks._common import attach_audit
+    from neuronmap.reporters.base import BaseReporter
+
+    class Tracker(BaseReporter):
+        name = "tracker"
+
+        def __init__(self) -> None:
+            self.artifacts: list[str] = []
+
+        def log_artifact(self, path: str | Path) -> None:
+            self.artifacts.append(Path(path).name)
+
+    tracker = Tracker()
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[tracker])
+    attach_audit(monitor, True, root=tmp_path)
+    attach_audit(monitor, True, root=tmp_path)  # idempotent: one trail, one folder
+    tracker_again, local = monitor.reporters
+    assert tracker_again is tracker and isinstance(local, LocalReporter)
+    assert local.run_dir.parent == (tmp_path / "neuronmap-runs").absolute()
+    monitor.run(tiny_mlp(), step=0)
+    monitor.close()
+    assert verify(local.run_dir).verified and tracker.artifacts == ["audit.jsonl"]
+    silent = nm.NeuronMap(tiny_probe(), layers=["net.*"], reporters=[])
+    attach_audit(silent, True, root=tmp_path / "none")
+    assert silent.reporters == [] and not (tmp_path / "none").exists()
