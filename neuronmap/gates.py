@@ -378,12 +378,15 @@ class GateMonitor:
     ``neuronmap/gates/<check>/passed`` (1.0 or 0.0, for checks that ran) at the run's step. A
     failing gate never raises inside training; with ``stop_on_failure`` it sets
     :attr:`should_stop`, which the callbacks turn into ``trainer.should_stop`` /
-    ``control.should_training_stop``.
+    ``control.should_training_stop``. Only a failed check stops training: a check that
+    errors (exit code 2: its metric is missing, or a baseline rule has no baseline) is in
+    :attr:`last_report` with its message but neither stops training nor hides a failed check.
 
     Args:
         config: The gate checks (path, text, list/mapping or :class:`GateConfig`).
         baseline: A baseline run for checks with a ``baseline:`` rule.
-        stop_on_failure: Set :attr:`should_stop` when a check fails.
+        stop_on_failure: Set :attr:`should_stop` when a check fails (even when another
+            check errored).
         audit: An audit trail to record each evaluation in (default: none).
 
     Example:
@@ -418,7 +421,9 @@ class GateMonitor:
         history = self._monitor.history if self._monitor is not None else History(report.to_frame())
         result = evaluate(history, self.config, self.baseline, audit=self.audit if self.audit is not None else False)
         self.last_report = result
-        if result.exit_code == 1 and self.stop_on_failure:
+        # Not `exit_code == 1`: one check that errors (exit 2, e.g. a metric not logged yet or a
+        # baseline rule without a baseline) must not hide another check that failed.
+        if self.stop_on_failure and result.by_status("failed"):
             self.should_stop = True
         if self._monitor is None:
             return

@@ -306,6 +306,24 @@ def test_gate_monitor_logs_results_and_requests_stop(tmp_path: Path) -> None:
     assert in_memory["neuronmap/gates/finite/passed"] == 1.0
 
 
+def test_gate_monitor_stops_on_a_failed_check_even_when_another_errors(tmp_path: Path) -> None:
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[])
+    gates = GateMonitor([{"name": "no-baseline", "metric": "neuronmap/activation_stats/net.1/std",
+                          "baseline": {"mode": "absolute", "margin": 0.02}},
+                         {"name": "impossible", "metric": "neuronmap/activation_stats/net.1/std", "min": 1e9}],
+                        stop_on_failure=True).attach(monitor)
+    monitor.run(tiny_mlp(), step=0)
+    report = gates.last_report
+    assert report is not None and report.exit_code == 2  # the error decides the exit code ...
+    assert [c.status for c in report.checks] == ["error", "failed"]
+    assert gates.should_stop  # ... but the failed check still stops training
+    errored_only = GateMonitor([{"name": "no-baseline", "metric": "neuronmap/activation_stats/net.1/std",
+                                 "baseline": {"mode": "absolute", "margin": 0.02}}], stop_on_failure=True).attach(monitor)
+    monitor.run(tiny_mlp(), step=1)
+    assert errored_only.last_report is not None and errored_only.last_report.exit_code == 2
+    assert not errored_only.should_stop
+
+
 def test_history_object_and_frame_inputs(run_dir: Path) -> None:
     frame = read_history(run_dir)
     append_frame = History(frame)
