@@ -152,9 +152,12 @@ class CrossLingualAlignment(Analysis):
         value = float(linear_cka(a, b))
         cka = None
         if self.n_bootstrap > 1:
-            def statistic(idx: NDArray[np.int64]) -> float:
-                idx = np.asarray(idx, dtype=np.int64)
-                return float(linear_cka(a[idx], b[idx]))
+            # resampling sentences = resampling rows and columns of the two Gram matrices, so every
+            # bootstrap replicate is an m x m computation instead of a CKA of m x d activations
+            grams = (a @ a.T, b @ b.T)
+
+            def statistic(idx: NDArray[np.int64], axis: int = -1) -> NDArray[np.float64]:
+                return _gram_cka(*grams, np.moveaxis(np.asarray(idx, dtype=np.int64), axis, -1))
 
             cka = bootstrap_ci(statistic, np.arange(m), n_resamples=self.n_bootstrap, confidence=self.confidence,
                                random_state=seed, method="percentile")  # fmt: skip
@@ -172,6 +175,24 @@ class CrossLingualAlignment(Analysis):
                 "cka_ci_low": cka.low if cka else np.nan, "cka_ci_high": cka.high if cka else np.nan,
                 "retrieval": hits / m, "retrieval_ci_low": low, "retrieval_ci_high": high, "chance": 1 / m,
                 "retrieval_p": p}  # fmt: skip
+
+
+def _gram_cka(k: NDArray[np.float64], l: NDArray[np.float64], idx: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Linear CKA of the row subsets ``idx`` (``[..., m]``) from the Gram matrices ``k`` and ``l``.
+
+    ``CKA = <HKH, HLH>_F / (||HKH||_F ||HLH||_F)`` (Kornblith et al. 2019, eq. 4 with linear kernels).
+    """
+    flat = idx.reshape(-1, idx.shape[-1])
+    out = np.empty(len(flat))
+    for i, rows in enumerate(flat):
+        kc, lc = _double_center(k[np.ix_(rows, rows)]), _double_center(l[np.ix_(rows, rows)])
+        denom = np.sqrt((kc * kc).sum() * (lc * lc).sum())
+        out[i] = (kc * lc).sum() / denom if denom > 0 else np.nan
+    return out.reshape(idx.shape[:-1])
+
+
+def _double_center(g: NDArray[np.float64]) -> NDArray[np.float64]:
+    return g - g.mean(axis=0, keepdims=True) - g.mean(axis=1, keepdims=True) + g.mean()
 
 
 def _unit(x: NDArray[np.float64]) -> NDArray[np.float64]:
