@@ -177,15 +177,15 @@ class CrossLingualAlignment(Analysis):
                 "retrieval_p": p}  # fmt: skip
 
 
-def _gram_cka(k: NDArray[np.float64], l: NDArray[np.float64], idx: NDArray[np.int64]) -> NDArray[np.float64]:
-    """Linear CKA of the row subsets ``idx`` (``[..., m]``) from the Gram matrices ``k`` and ``l``.
+def _gram_cka(k: NDArray[np.float64], g: NDArray[np.float64], idx: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Linear CKA of the row subsets ``idx`` (``[..., m]``) from the Gram matrices ``k`` and ``g``.
 
-    ``CKA = <HKH, HLH>_F / (||HKH||_F ||HLH||_F)`` (Kornblith et al. 2019, eq. 4 with linear kernels).
+    ``CKA = <HKH, HGH>_F / (||HKH||_F ||HGH||_F)`` (Kornblith et al. 2019, eq. 4 with linear kernels).
     """
     flat = idx.reshape(-1, idx.shape[-1])
     out = np.empty(len(flat))
     for i, rows in enumerate(flat):
-        kc, lc = _double_center(k[np.ix_(rows, rows)]), _double_center(l[np.ix_(rows, rows)])
+        kc, lc = _double_center(k[np.ix_(rows, rows)]), _double_center(g[np.ix_(rows, rows)])
         denom = np.sqrt((kc * kc).sum() * (lc * lc).sum())
         out[i] = (kc * lc).sum() / denom if denom > 0 else np.nan
     return out.reshape(idx.shape[:-1])
