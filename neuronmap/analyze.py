@@ -1,27 +1,8 @@
 """Analyses without a training loop: ``neuronmap analyze`` and ``neuronmap compare``.
 
 ``analyze`` reads a YAML config naming a model folder (or saved activations), a probe set, the
-layers and the analyses, runs them once and writes a run folder. Example ``analysis.yaml``::
-
-    model: path/to/hf-model          # a save_pretrained() folder
-    task: sequence-classification    # or "base" (AutoModel); default: base
-    probe:
-      csv: probe.csv                 # or texts: one-per-line.txt, or npz: probe.npz (ProbeSet.save)
-      text_column: text
-      label_column: label
-      group_columns: [gender]
-      max_length: 64
-    layers: ["encoder.layer.*"]
-    reduce: mean
-    analyses:
-      - activation_stats
-      - name: probing
-        args: {cv: 3}
-    out: neuronmap-runs
-    run_name: offline-eval
-
-With ``activations: acts.npz`` (from ``neuronmap extract``) instead of ``model``, analyses that
-need only activations and the probe set's columns run; the others are recorded as failed.
+layers and the analyses, runs them once and writes a run folder. The format is
+:data:`CONFIG_FORMAT` (also in ``neuronmap analyze --help`` and docs/analyses.md).
 
 ``compare`` computes linear CKA between every layer of two models (or two checkpoints of one
 model) on the same texts and writes the matrix as CSV and a heatmap.
@@ -38,7 +19,42 @@ import yaml
 from neuronmap._files import check_run_name
 from neuronmap.errors import InvalidParameterError, NeuronMapError
 
-__all__ = ["add_parser", "load_config", "run_config"]
+__all__ = ["CONFIG_FORMAT", "add_parser", "load_config", "run_config"]
+
+#: The config file format, shown by ``neuronmap analyze --help``.
+CONFIG_FORMAT = """\
+CONFIG.yaml (read with yaml.safe_load; unknown keys are errors; relative paths are read from
+the config file's folder):
+
+  model: path/to/hf-model          # a save_pretrained() folder (with its tokenizer for text probes)
+  task: sequence-classification    # or base (AutoModel); default: base
+  attn_implementation: eager       # optional, passed to from_pretrained (eager for attention maps)
+  # activations: acts.npz          # instead of model: saved activations (neuronmap extract);
+  #                                # analyses that need the model are then recorded as failed
+  probe:                           # one of csv, texts or npz; a bare file name also works
+    csv: probe.csv                 # a table with a text column (and labels, groups)
+    text_column: text              # default: text
+    label_column: label            # default: label
+    group_columns: [gender]        # sensitive attributes for the fairness analyses; default: []
+    max_length: 64                 # tokenizer truncation; default: 128
+    # texts: sentences.txt         # one text per line (no labels)
+    # npz: probe.npz               # a ProbeSet.save() file
+  layers: ["encoder.layer.*"]      # selectors over the model's named_modules() (see
+                                   # `neuronmap layers MODEL_DIR`); with activations: default all
+  reduce: mean                     # mean | first | last | max | none; default: mean
+  analyses:                        # registry names, each optionally with constructor args
+    - activation_stats
+    - name: probing
+      args: {cv: 3}
+  out: neuronmap-runs              # parent of the run folder; default: neuronmap-runs
+  run_name: offline-eval           # the run folder's name (one folder name); default: a timestamp
+  batch_size: 32                   # probe examples per forward pass; default: 32
+  step: 0                          # the step the results are recorded at; default: 0
+  strict: false                    # raise on the first failing analysis; default: false
+
+Analysis names: neuronmap.analyses.available_analyses(). The run folder holds report.html,
+metrics.jsonl and the figures and tables (see `neuronmap report RUN_DIR`).
+"""
 
 _KNOWN_KEYS = {"model", "task", "attn_implementation", "activations", "probe", "layers", "reduce",
                "analyses", "out", "run_name", "batch_size", "step", "strict"}
@@ -238,8 +254,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register ``analyze`` and ``compare`` on the ``neuronmap`` command."""
-    p = sub.add_parser("analyze", help="run configured analyses once, without a training loop")
-    p.add_argument("config", metavar="CONFIG.yaml", help="model or activations, probe set, layers, analyses")
+    p = sub.add_parser("analyze", help="run configured analyses once, without a training loop",
+                       description="Run the analyses a YAML config names once, on a saved model (or saved "
+                                   "activations) and a probe set, and write a run folder.",
+                       epilog=CONFIG_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG.yaml", help="model or activations, probe set, layers, analyses "
+                   "(format below)")
     p.set_defaults(handler=_cmd_analyze)
 
     p = sub.add_parser("compare", help="layer-by-layer CKA between two models on the same texts")

@@ -90,3 +90,19 @@ def test_compare_two_checkpoints_of_the_real_minilm(tmp_path, capsys) -> None:
     np.testing.assert_allclose(np.diag(matrix.to_numpy()), 1.0, atol=1e-6)  # a model against itself
     assert matrix.loc["encoder.layer.0", "encoder.layer.5"] < 1.0
     assert (tmp_path / "cmp" / "cka.png").stat().st_size > 1000
+
+
+def test_help_documents_the_config_format_and_its_example_is_valid(tmp_path: Path, capsys) -> None:
+    from neuronmap.analyze import _KNOWN_KEYS, CONFIG_FORMAT, load_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "CONFIG.yaml (read with yaml.safe_load" in out and "group_columns: [gender]" in out
+    # The example in --help is a config load_config accepts, and it names every known key.
+    example = yaml.safe_load(CONFIG_FORMAT.split("\n\n", 1)[1].split("\n\nAnalysis names")[0])
+    assert set(example) | {"activations"} == _KNOWN_KEYS
+    path = tmp_path / "analysis.yaml"
+    path.write_text(yaml.safe_dump(example))
+    assert load_config(path)["analyses"][1] == {"name": "probing", "args": {"cv": 3}}
