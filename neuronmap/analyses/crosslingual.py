@@ -6,7 +6,8 @@ translations of one sentence, e.g. :func:`neuronmap.presets.multilingual`),
 
 * **linear CKA** between the pivot's and the language's representations of the same sentences
   (Kornblith et al. 2019; used across languages by Conneau et al. 2020, sec. 5), with a
-  bootstrap interval over sentences;
+  jackknife interval over sentences (Efron & Stein 1981; a bootstrap resample repeats
+  sentences, which inflates CKA);
 * **translation retrieval accuracy**: for each pivot sentence, is its nearest neighbour
   (cosine) among the other language's sentences its own translation? (the bitext retrieval of
   Artetxe & Schwenk 2019 and Pires et al. 2019, sec. 4.1). Wilson interval, and a permutation
@@ -23,6 +24,7 @@ References:
     Artetxe & Schwenk (2019). Massively Multilingual Sentence Embeddings for Zero-Shot
     Cross-Lingual Transfer and Beyond. TACL 7.
     Pires, Schlinger & Garrette (2019). How multilingual is Multilingual BERT? ACL.
+    Efron & Stein (1981). The Jackknife Estimate of Variance. Ann. Statist. 9(3).
     Libovický, Rosa & Fraser (2020). On the Language Neutrality of Pre-trained Multilingual
     Representations. Findings of EMNLP.
 """
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
@@ -46,7 +49,7 @@ from neuronmap.analyses.base import (
 )
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.metrics.similarity import linear_cka
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, bootstrap_ci
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
 
 __all__ = ["CrossLingualAlignment"]
 
@@ -61,7 +64,7 @@ class CrossLingualAlignment(Analysis):
         pair_column: Column shared by the translations of one sentence.
         center: Subtract each language's mean vector before retrieval.
         n_permutations: Shuffles of the translations for the retrieval p-value (0 disables it).
-        n_bootstrap: Bootstrap resamples for the CKA interval. confidence: Interval coverage.
+        n_bootstrap: Kept for a uniform signature (the CKA interval is a jackknife). confidence: Coverage.
         p_adjust: Correction across layers and languages. alpha: Significance level.
         layers, name: As for every analysis.
 
@@ -150,17 +153,14 @@ class CrossLingualAlignment(Analysis):
                  rng: np.random.Generator, seed: int) -> dict[str, Any]:  # fmt: skip
         m = len(a)
         value = float(linear_cka(a, b))
-        cka = None
-        if self.n_bootstrap > 1:
-            # resampling sentences = resampling rows and columns of the two Gram matrices, so every
-            # bootstrap replicate is an m x m computation instead of a CKA of m x d activations
-            grams = (a @ a.T, b @ b.T)
-
-            def statistic(idx: NDArray[np.int64], axis: int = -1) -> NDArray[np.float64]:
-                return _gram_cka(*grams, np.moveaxis(np.asarray(idx, dtype=np.int64), axis, -1))
-
-            cka = bootstrap_ci(statistic, np.arange(m), n_resamples=self.n_bootstrap, confidence=self.confidence,
-                               random_state=seed, method="percentile")  # fmt: skip
+        # A bootstrap resample repeats sentences, and repeated rows inflate CKA (its percentile
+        # interval then misses the estimate); the jackknife leaves one sentence out instead
+        # (Efron & Stein 1981), each replicate an (m-1) x (m-1) slice of the two Gram matrices.
+        grams = (a @ a.T, b @ b.T)
+        loo = _gram_cka(*grams, np.array([np.delete(np.arange(m), i) for i in range(m)]))
+        se = float(np.sqrt((m - 1) / m * np.sum((loo - loo.mean()) ** 2)))
+        z = float(scipy.stats.norm.ppf(0.5 + self.confidence / 2))
+        cka = (value - z * se, value + z * se)
         if self.center:
             a, b = a - a.mean(axis=0), b - b.mean(axis=0)
         sim = _unit(a) @ _unit(b).T
@@ -172,7 +172,7 @@ class CrossLingualAlignment(Analysis):
             null = (sim.argmax(axis=1)[None, :] == perms).sum(axis=1)
             p = float((1 + np.count_nonzero(null >= hits)) / (1 + self.n_permutations))
         return {"layer": layer, "language": other, "n_pairs": m, "cka": value,
-                "cka_ci_low": cka.low if cka else np.nan, "cka_ci_high": cka.high if cka else np.nan,
+                "cka_ci_low": cka[0], "cka_ci_high": cka[1],
                 "retrieval": hits / m, "retrieval_ci_low": low, "retrieval_ci_high": high, "chance": 1 / m,
                 "retrieval_p": p}  # fmt: skip
 

@@ -131,6 +131,7 @@ def test_crosslingual_alignment_planted_and_null():
     table = report.results["crosslingual"].tables["alignment"].set_index("language")
     assert table.loc["de", "retrieval"] == 1.0 and table.loc["de", "retrieval_p_adj"] < 0.05
     assert table.loc["de", "cka"] > 0.95
+    assert ((table.cka_ci_low <= table.cka) & (table.cka <= table.cka_ci_high)).all()
     assert table.loc["xx", "retrieval"] < 0.2 and table.loc["xx", "retrieval_p"] > 0.05
     assert report.metrics["neuronmap/crosslingual/0/mean_retrieval"] == pytest.approx(table.retrieval.mean())
 
