@@ -88,11 +88,8 @@ def preflight(monitor: NeuronMap, model: nn.Module, *, owner: str = "NeuronMap")
     names: dict[str, str] | None = None
     try:
         names = hook_layers(target, monitor.layers)
-    except LayerNotFoundError as err:
-        problems.append(
-            f"{err} Selectors match the names of the module NeuronMap runs ({type(target).__name__}); in "
-            "Lightning that is the LightningModule, so a network kept as `self.model` is `model.<name>`."
-        )
+    except LayerNotFoundError as err:  # its message names the nearest module names
+        problems.append(str(err))
     shapes: dict[str, tuple[int, ...]] = {}
     n = min(len(monitor.probe), monitor.batch_size)
     if names is not None and n > 0:
@@ -130,7 +127,13 @@ def preflight(monitor: NeuronMap, model: nn.Module, *, owner: str = "NeuronMap")
                         "use a reduction ('mean', 'first', 'last', 'max'), fewer layers, or a larger max_bytes."
                     )
         except NeuronMapError as err:
-            problems.append(str(err))
+            hint = ""
+            cause = err.__cause__
+            if isinstance(cause, NotImplementedError | TypeError) and "forward" in f"{cause}":
+                hint = (" NeuronMap runs the probe set through this module, which has no forward(); in Lightning, "
+                        "pass NeuronMapCallback(module='<attribute>') to run the network the LightningModule "
+                        "holds (e.g. module='model' for self.model), with selectors relative to it.")
+            problems.append(f"{err}{hint}")
         except Exception as err:  # the model's own failure, named rather than thrown as a deep traceback
             problems.append(f"Running the probe batch through {type(target).__name__} failed: "
                             f"{type(err).__name__}: {err}")

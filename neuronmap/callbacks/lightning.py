@@ -27,7 +27,7 @@ from neuronmap.callbacks._common import (
     uses_default_reporters,
 )
 from neuronmap.engine import NeuronMap
-from neuronmap.errors import MissingDependencyError
+from neuronmap.errors import InvalidParameterError, MissingDependencyError
 
 if LIGHTNING_AVAILABLE:
     from lightning.pytorch import Callback as _Callback
@@ -114,6 +114,11 @@ class NeuronMapCallback(_Callback):
             ``neuronmap/gates/<check>/passed``.
         stop_on_failure: Stop training when a gate fails (``trainer.should_stop`` /
             ``control.should_training_stop``).
+        module: Run the probe set through this submodule of the LightningModule (a dotted
+            name such as ``"model"`` for ``self.model``) instead of the LightningModule itself,
+            for LightningModules without a ``forward``; layer selectors are then relative to it.
+            (Under FSDP, prefer a ``forward`` on the LightningModule: a submodule's sharded
+            parameters are gathered only by the wrapper's forward.)
         audit: Append every run to the hash-chained audit trail (:mod:`neuronmap.audit`) of
             the local run folder (default ``True``; implies ``local_run=True``: the trail hashes
             the evidence files there, so a local folder is kept beside the trackers, and added
@@ -142,10 +147,16 @@ class NeuronMapCallback(_Callback):
         gates: Any = None,
         stop_on_failure: bool = False,
         audit: bool = True,
+        module: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         self.monitor = build_monitor(monitor, kwargs, owner=type(self).__name__)
+        if module is not None and (not isinstance(module, str) or not module.strip(".")):
+            raise InvalidParameterError(
+                f"module must be the dotted name of a submodule of the LightningModule (e.g. 'model'); got {module!r}."
+            )
+        self.module = module
         self.use_loggers = use_loggers
         self.local_run = local_run or audit
         self.model_card = model_card
@@ -200,8 +211,18 @@ class NeuronMapCallback(_Callback):
         if stopping and trainer.strategy.reduce_boolean_decision(bool(self._gates.should_stop), all=False):
             trainer.should_stop = True
 
-    @staticmethod
-    def _model(trainer: Trainer, pl_module: LightningModule) -> nn.Module:
+    def _model(self, trainer: Trainer, pl_module: LightningModule) -> nn.Module:
+        if self.module is not None:
+            # a LightningModule without forward(): run the network it holds (no DDP hooks needed
+            # for a forward without gradients)
+            try:
+                return pl_module.get_submodule(self.module)
+            except AttributeError as err:
+                children = [name for name, _ in pl_module.named_children()]
+                raise InvalidParameterError(
+                    f"NeuronMapCallback(module={self.module!r}): {type(pl_module).__name__} has no such submodule; "
+                    f"its children are {children}."
+                ) from err
         # The strategy's model is the DDP/FSDP/DeepSpeed wrapper; the engine looks through
         # DDP and keeps FSDP, whose forward gathers the sharded parameters.
         model = trainer.strategy.model

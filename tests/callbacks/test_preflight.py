@@ -138,6 +138,42 @@ def test_lightning_fit_fails_before_the_first_step(
     assert trainer.global_step == 0
 
 
+@pytest.mark.integration
+def test_a_lightning_module_without_forward_is_named_and_module_runs_its_network(tmp_path: Path) -> None:
+    L = pytest.importorskip("lightning.pytorch")
+    from _lit import loader, trainer_kwargs
+
+    from neuronmap.callbacks import NeuronMapCallback
+
+    class NoForward(L.LightningModule):  # like Lightning's own examples: the network is self.model
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = tiny_mlp()
+            self.steps = 0
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.steps += 1
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.model(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    callback = NeuronMapCallback(probe=tiny_probe(), layers=["model.net.*"], reporters=[])
+    module = NoForward()
+    with pytest.raises(PreflightError, match=r"has no forward\(\); in Lightning, pass NeuronMapCallback\(module="):
+        L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path)).fit(module, loader())
+    assert module.steps == 0
+
+    callback = NeuronMapCallback(probe=tiny_probe(), layers=["net.*"], module="model", reporters=[],
+                                 analyses=[nm.ActivationStats()])
+    L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=1)).fit(module, loader())
+    assert module.steps == 4 and callback.monitor.history.steps == [4]
+    with pytest.raises(nm.errors.InvalidParameterError, match=r"has no such submodule; its children are \['model'\]"):
+        L.Trainer(callbacks=[NeuronMapCallback(probe=tiny_probe(), layers=["net.*"], module="net", reporters=[])],
+                  **trainer_kwargs(tmp_path)).fit(NoForward(), loader())
+
+
 # ---------------------------------------------------------------------- HF Trainer
 @pytest.mark.integration
 @pytest.mark.parametrize("case", ["wrong selector", "missing column", "forward cannot take the batch"])
