@@ -63,6 +63,7 @@ class _Lane:
         self._busy: _Call | None = None
         self._thread: threading.Thread | None = None
         self._abandoned = False
+        self._finishing = False
         self.overflowed = 0
 
     # -------------------------------------------------------------- training thread
@@ -108,6 +109,12 @@ class _Lane:
         _spill(self.reporter, calls)
         return len(calls)
 
+    def finish(self) -> None:
+        """Let the thread end once the queue is drained (the publisher closed)."""
+        with self._cond:
+            self._finishing = True
+            self._cond.notify_all()
+
     @property
     def pending(self) -> int:
         with self._cond:
@@ -117,9 +124,9 @@ class _Lane:
     def _serve(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._abandoned:
+                while not self._queue and not self._abandoned and not self._finishing:
                     self._cond.wait()
-                if self._abandoned:
+                if self._abandoned or not self._queue:  # abandoned, or finished and drained
                     return
                 call = self._busy = self._queue.popleft()
             try:
@@ -303,8 +310,8 @@ class Publisher:
         return self._lanes
 
     def _send(self, method: str, *args: Any, skip: Callable[[Reporter], bool] | None = None) -> None:
-        if self._closed:
-            raise InvalidParameterError(f"This publisher is closed; {method}() came after close().")
+        if self._closed:  # published again after close (an evaluation after training): new lanes
+            self._closed, self._lanes = False, None
         call = _Call(method, args)
         targets: Sequence[Reporter | _Lane] = self.guarded if self.strict else self._lanes_now()
         for target in targets:
@@ -364,7 +371,8 @@ class Publisher:
         """Close every reporter with ``status``, waiting at most ``timeout`` (default ``close_timeout``).
 
         What a lane could not deliver in time stays in its spool, with one warning naming the
-        command that delivers it later. Closing twice does nothing.
+        command that delivers it later. Closing twice does nothing; publishing after a close
+        (an evaluation after training) starts new lanes, and the next close ends them.
         """
         if self._closed or self._reporters is None:
             self._closed = True
@@ -374,7 +382,10 @@ class Publisher:
         if self.strict:
             return
         deadline = time.monotonic() + (self.close_timeout if timeout is None else float(timeout))
-        late = [lane for lane in self._lanes_now() if not lane.wait(deadline)]
+        lanes = self._lanes_now()
+        late = [lane for lane in lanes if not lane.wait(deadline)]
+        for lane in lanes:
+            lane.finish()
         if not late:
             return
         left = {lane.name: lane.abandon() for lane in late}

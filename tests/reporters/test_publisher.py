@@ -134,11 +134,19 @@ def test_bad_publisher_settings_are_refused() -> None:
         nm.NeuronMap(tiny_probe(), layers="net.0", reporters=[], close_timeout=-1)
 
 
-def test_a_closed_publisher_says_so(tmp_path: Path) -> None:
-    publisher = Publisher([LocalReporter(tmp_path, "run", render_html=False)])
+def test_publishing_after_close_reopens_and_close_ends_the_lane_threads(tmp_path: Path) -> None:
+    local = LocalReporter(tmp_path, "run", render_html=False)
+    publisher = Publisher([local])
+    publisher.log_metrics({KEY: 1.0}, step=0)
     publisher.close()
-    with pytest.raises(InvalidParameterError, match=r"closed; log_metrics\(\) came after close"):
-        publisher.log_metrics({KEY: 1.0}, step=0)
+    publisher.log_metrics({KEY: 2.0}, step=1)  # e.g. trainer.evaluate() after trainer.train()
+    publisher.close()
+    assert list(nm.reporters.local.read_history(local.run_dir)["step"]) == [0, 1]
+    lanes = publisher._lanes or []
+    for lane in lanes:
+        assert lane._thread is not None
+        lane._thread.join(timeout=5)
+        assert not lane._thread.is_alive()  # closed lanes leave no thread behind
 
 
 # ---------------------------------------------------------------------- a real MLflow server
