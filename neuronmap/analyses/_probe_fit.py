@@ -17,6 +17,7 @@ __all__ = [
     "macro_f1",
     "prepare_folds",
     "ridge_correct_counts",
+    "ridge_cv_statistic",
     "stratified_folds",
     "within_fold_permutations",
 ]
@@ -109,10 +110,20 @@ def _ridge_hat(z_train: NDArray[np.float64], z_test: NDArray[np.float64], alpha:
     return np.asarray(scipy.linalg.solve(kernel, zc @ zt.T, assume_a="pos").T)
 
 
-def ridge_correct_counts(
+def ridge_cv_statistic(
     folds: list[FoldData], y: NDArray[np.int64], perms: NDArray[np.intp], *, alpha: float = 1.0
-) -> NDArray[np.int64]:
-    """Correct out-of-fold predictions of a ridge probe, for every relabelling in ``perms``.
+) -> NDArray[np.float64]:
+    """Cross-validated ridge accuracy with ties broken by the mean held-out margin.
+
+    The statistic is ``correct + (1/2 + arctan(m) / pi)``: the number of correctly predicted
+    held-out examples plus a fraction in ``(0, 1)`` that grows with ``m``, the mean over held-out
+    examples of the true class's score minus the largest other score. The order is the accuracy
+    order, and among relabellings with equal accuracy the one whose probe is more confident in
+    the true labels ranks higher. Integer counts tie often (at ``n = 200`` each count value has a
+    probability near 0.05 under the null), and ``p = (1 + #{null >= observed}) / (B + 1)``
+    counts every tie against the observed labelling, so the test on counts alone rejected a true
+    null in 3.0 % of noise layers at alpha = 0.05 (binomial 99 % band [3.3, 6.9] %). The margin
+    is continuous, so the p-value is exact (``P(p <= alpha) = floor(alpha (B + 1)) / (B + 1)``).
 
     The probe is :class:`sklearn.linear_model.RidgeClassifier` (``alpha``, intercept): targets
     are ``+-1`` one-hot columns, ``W = (Zc^T Zc + alpha I)^-1 Zc^T (T - t_bar)`` and the held-out
@@ -127,22 +138,51 @@ def ridge_correct_counts(
         alpha: Ridge penalty.
 
     Returns:
-        ``[P]`` numbers of correctly predicted held-out examples.
+        ``[P]`` statistics; ``np.floor`` of them is the number of correct held-out predictions.
     """
     n_classes = int(y.max()) + 1
     correct = np.zeros(len(perms), dtype=np.int64)
+    margin = np.zeros(len(perms), dtype=np.float64)
     for fold in folds:
         hat = _ridge_hat(fold.z_train, fold.z_test, alpha)
         chunk = max(1, _CHUNK_ENTRIES // (len(fold.train) * n_classes))
         for start in range(0, len(perms), chunk):
             block = perms[start : start + chunk]
             y_train, y_test = y[block[:, fold.train]], y[block[:, fold.test]]
+            if n_classes == 2:
+                # the class-1 column is minus the class-0 one: one GEMM column, margin +-2 score_0
+                targets2 = 2.0 * (y_train.T == 0) - 1.0  # [n_tr, P]
+                score0 = hat @ targets2 + targets2.mean(axis=0)  # [n_te, P]
+                sign = 1.0 - 2.0 * y_test.T  # +1 where the truth is class 0
+                correct[start : start + len(block)] += np.count_nonzero((score0 >= 0) == (sign > 0), axis=0)
+                margin[start : start + len(block)] += 2.0 * (score0 * sign).sum(axis=0)
+                continue
             targets = 2.0 * (y_train.T[:, :, None] == np.arange(n_classes)) - 1.0  # [n_tr, P, K]
             t_bar = targets.mean(axis=0)  # [P, K]
             scores = (hat @ targets.reshape(len(fold.train), -1)).reshape(len(fold.test), len(block), n_classes)
-            pred = np.argmax(scores + t_bar, axis=2)  # [n_te, P]
+            scores += t_bar
+            pred = np.argmax(scores, axis=2)  # [n_te, P]
             correct[start : start + len(block)] += np.count_nonzero(y_test == pred.T, axis=1)
-    return correct
+            truth = y_test.T[:, :, None]  # [n_te, P, 1]
+            true_score = np.take_along_axis(scores, truth, axis=2)[:, :, 0]
+            other = np.where(np.arange(n_classes) == truth, -np.inf, scores).max(axis=2)
+            margin[start : start + len(block)] += (true_score - other).sum(axis=0)
+    fraction = 0.5 + np.arctan(margin / len(y)) / np.pi
+    # keep the fraction strictly inside (0, 1) so floor() recovers the count in float64
+    return correct + np.clip(fraction, 1e-9, 1.0 - 1e-9)
+
+
+def ridge_correct_counts(
+    folds: list[FoldData], y: NDArray[np.int64], perms: NDArray[np.intp], *, alpha: float = 1.0
+) -> NDArray[np.int64]:
+    """Correct out-of-fold predictions of a ridge probe, for every relabelling in ``perms``.
+
+    The count part of :func:`ridge_cv_statistic` (see there for the probe).
+
+    Returns:
+        ``[P]`` numbers of correctly predicted held-out examples.
+    """
+    return np.floor(ridge_cv_statistic(folds, y, perms, alpha=alpha)).astype(np.int64)
 
 
 def macro_f1(y_true: Any, y_pred: Any, axis: int = -1) -> NDArray[np.float64]:

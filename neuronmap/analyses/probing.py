@@ -22,7 +22,9 @@ stratified k-fold cross-validation (Alain & Bengio 2017). Every number carries i
   McNemar test over examples rejected a true null in 9-13 % of noise layers at alpha = 0.05).
 
 The permutation test uses the cross-validated accuracy of a closed-form ridge probe
-(:class:`sklearn.linear_model.RidgeClassifier`) on the same folds as its statistic. Any
+(:class:`sklearn.linear_model.RidgeClassifier`) on the same folds as its statistic, ties
+between equal accuracies broken by the probe's mean held-out margin (tied integer counts make a
+permutation test conservative). Any
 statistic gives a valid test of the null hypothesis; this one lets every permutation reuse the
 fold's ridge "hat" matrix, so 1000 permutations cost one matrix product per fold instead of
 5000 refits. Labels are permuted *within* test folds, a subgroup of all permutations that
@@ -60,7 +62,7 @@ from neuronmap.analyses._probe_fit import (
     FoldData,
     macro_f1,
     prepare_folds,
-    ridge_correct_counts,
+    ridge_cv_statistic,
     stratified_folds,
     within_fold_permutations,
 )
@@ -266,11 +268,12 @@ class Probing(Analysis):
         if not items:
             return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         count = self._permutation_count(len(items))
-        # at least _DESIGN_PERMUTATIONS relabellings: the design effect of every layer's intervals
-        perms = within_fold_permutations(folds, len(y), max(count, _DESIGN_PERMUTATIONS), rng)
         scores = []
         with _blas_limit(self.blas_threads):
             for layer, acts in items:
+                # at least _DESIGN_PERMUTATIONS relabellings: the design effect of every layer's
+                # intervals; drawn per layer, so the layers' tests are independent given the labels
+                perms = within_fold_permutations(folds, len(y), max(count, _DESIGN_PERMUTATIONS), rng)
                 x = np.asarray(acts, dtype=np.float64).reshape(acts.shape[0], -1)[keep]
                 scores.append(self._score_layer(layer, x, y, control, folds, perms, count, ctx.random_state))
         notes += [f"{s.layer}: {s.note}" for s in scores if s.note]
@@ -340,17 +343,18 @@ class Probing(Analysis):
                 score.note = f"the probe did not converge in max_iter={self.max_iter} iterations on some fold."
             else:  # not ours to swallow
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        first = ridge_correct_counts(data, y, np.vstack([np.arange(len(y)), perms[:_DESIGN_PERMUTATIONS]]))
-        score.ridge_accuracy = first[0] / len(y)
-        score.design_effect = _design_effect(first[1:], len(y))
+        # accuracy with ties broken by the held-out margin (see ridge_cv_statistic): exact p-values
+        first = ridge_cv_statistic(data, y, np.vstack([np.arange(len(y)), perms[:_DESIGN_PERMUTATIONS]]))
+        score.ridge_accuracy = np.floor(first[0]) / len(y)
+        score.design_effect = _design_effect(np.floor(first[1:]), len(y))
         if count and self.n_permutations == "auto":
-            batches = (first[1:] if start == 0 else ridge_correct_counts(data, y, perms[start : start + _BATCH])
+            batches = (first[1:] if start == 0 else ridge_cv_statistic(data, y, perms[start : start + _BATCH])
                        for start in [0, *range(_DESIGN_PERMUTATIONS, count, _BATCH)])  # fmt: skip
             score.p, score.n_permutations = sequential_permutation_pvalue(float(first[0]), batches)
         elif count:
             null = first[1 : count + 1]
             if count > len(null):
-                null = np.concatenate([null, ridge_correct_counts(data, y, perms[len(null) : count])])
+                null = np.concatenate([null, ridge_cv_statistic(data, y, perms[len(null) : count])])
             # Phipson & Smyth (2010): the observed labelling counts as one permutation
             score.p = float((1 + np.count_nonzero(null >= first[0])) / (1 + count))
             score.n_permutations = count
@@ -430,7 +434,7 @@ def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-def _design_effect(null_counts: NDArray[np.int64], n: int) -> float:
+def _design_effect(null_counts: NDArray[np.floating[Any]] | NDArray[np.int64], n: int) -> float:
     """Variance of the permuted CV accuracies over the binomial variance at their mean (>= 1)."""
     if len(null_counts) < 2:
         return 1.0
