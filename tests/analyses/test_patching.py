@@ -184,3 +184,20 @@ def test_patching_errors_say_what_is_wrong() -> None:
     probe = nm.ProbeSet(torch.randn(4, 8), metadata={"partner": [1, -1, 3, -1]})
     with pytest.raises(nm.NeuronMapError, match="answers='label' needs integer labels"):
         _run(tiny_mlp(), probe, ActivationPatching(pairs="partner", layers="net.1"), layer="net.1")
+
+
+def test_per_position_defaults_to_layer_nodes_and_true_adds_the_heads() -> None:
+    # Issue 17: one pass per head and position made patching every head the slowest analysis.
+    pairs, model = key_token_pairs(8), key_token_bert().model
+    default = _run(model, pairs, ActivationPatching(layers=BLOCKS[1:2], heads=HEADS, n_resamples=50),
+                   layer="bert.embeddings")
+    every = _run(model, pairs, ActivationPatching(layers=BLOCKS[1:2], heads=HEADS, per_position=True, n_resamples=50),
+                 layer="bert.embeddings")
+    default_nodes = set(default.results["activation_patching"].tables["positions"]["node"])
+    every_nodes = set(every.results["activation_patching"].tables["positions"]["node"])
+    assert default_nodes == {BLOCKS[1]}
+    assert every_nodes > default_nodes and any("head_" in n for n in every_nodes)
+    effects = {k: v for k, v in default.metrics.items() if k.endswith("/patch_effect")}
+    assert effects == {k: every.metrics[k] for k in effects}  # whole-node effects do not change
+    with pytest.raises(InvalidParameterError, match="'per_position' parameter of ActivationPatching"):
+        ActivationPatching(layers="x", per_position="heads")  # type: ignore[arg-type]
