@@ -18,6 +18,16 @@ import torch
 from torch import nn
 
 from neuronmap._console import announce_run
+from neuronmap._executor import (
+    BackgroundRuns,
+    Executor,
+    PendingReport,
+    check_executor,
+    check_worker_threads,
+    new_run,
+    structure_modules,
+    worker_message,
+)
 from neuronmap._preflight import Preflight
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.capture.checks import check_device, check_max_bytes
@@ -88,10 +98,32 @@ class NeuronMap:
             alone (for code that calls the monitor on one rank only).
         close_timeout: Seconds :meth:`close` waits for the trackers to take what is still
             queued; the rest stays in the run folder's ``spool/`` for ``neuronmap replay``.
+            In background mode it first waits as long again for the analyses in flight.
+        executor: ``"sync"`` (default): :meth:`run` captures, analyses and reports while the
+            caller waits. ``"background"``: the training thread captures and runs only the
+            analyses that need the live model (``Analysis.needs_model``: attribution,
+            patching, circuits, causal tracing, attention, counterfactual bias, TCAV, activation
+            maximisation, adversarial robustness, concept algebra); the others run in a worker
+            process (:mod:`neuronmap._executor`) while training goes on, and their reports
+            complete in step order. ``strict=True`` and ``torch.distributed`` runs stay
+            synchronous.
+        worker_threads: Thread cap of the background worker (torch, OpenMP, BLAS), so that it
+            does not starve the data loader.
 
     Results are published on background threads (:class:`~neuronmap.reporters.publisher.Publisher`):
     :meth:`run` returns once the analyses are done, and a slow or hung tracker never holds up
     the caller. :meth:`flush` waits for the reporters; :meth:`close` ends their runs.
+
+    With ``executor="background"`` :meth:`run` returns as soon as the capture (and the analyses
+    that need the model) are done, with a :class:`~neuronmap._executor.PendingReport`:
+    ``report.wait()`` gives the complete report. :attr:`history`, :attr:`last_report`, the
+    reporters and the listeners (gates, audit trail) receive each report when it is complete,
+    in step order, from a completion thread. An analysis failure, or a crash of the worker
+    process, is recorded in the report as ``failed`` and never stops training. :meth:`wait`
+    waits for the runs in flight; :meth:`flush`, :meth:`state_dict` and :meth:`close` wait
+    for them too (:meth:`close` at most ``close_timeout``). Results equal the synchronous
+    mode's (same seeds). A script needs the ``if __name__ == "__main__":`` guard, as for any
+    ``spawn`` worker.
     :meth:`preflight` checks the set-up before training starts (the callbacks call it).
 
     Example:
@@ -123,6 +155,8 @@ class NeuronMap:
         name: str = "neuronmap",
         distributed: DistributedMode = "auto",
         close_timeout: float = 30.0,
+        executor: Executor = "sync",
+        worker_threads: int = 1,
     ) -> None:
         if not isinstance(probe, ProbeSet):
             raise InvalidParameterError(f"probe must be a neuronmap.ProbeSet; got {type(probe).__name__}.")
@@ -159,6 +193,10 @@ class NeuronMap:
         current_world(distributed)  # validates the mode
         self.distributed: DistributedMode = distributed
         self.history = History()
+        self.executor: Executor = check_executor(executor)
+        self.worker_threads = check_worker_threads(worker_threads)
+        self.close_timeout = float(close_timeout)
+        self._background: BackgroundRuns | None = None
         self._listeners: list[Callable[[Report, nn.Module], None]] = []
         #: Set once :meth:`preflight` passed: from then on a capture failure skips the run.
         self.preflight_passed = False
@@ -269,6 +307,9 @@ class NeuronMap:
 
         result = preflight(self, model)
         self.preflight_passed = True
+        background = self._background_runs()
+        if background is not None:
+            background.start()  # the worker's start-up (seconds) overlaps the first training steps
         return result
 
     # ------------------------------------------------------------------ the run
@@ -319,6 +360,8 @@ class NeuronMap:
 
         Returns:
             The :class:`Report` (also appended to :attr:`history` and sent to the reporters).
+            With ``executor="background"``, a :class:`~neuronmap._executor.PendingReport` holding
+            the analyses that ran on the training thread; ``.wait()`` returns the complete one.
 
         Raises:
             LayerNotFoundError, ForwardError, MemoryBudgetError: capture failed (these are errors
@@ -336,11 +379,86 @@ class NeuronMap:
         except Exception as err:
             if self.strict or not self.preflight_passed:
                 raise  # a set-up error: no preflight vouched for this set-up
-            return self._skip_run(err, step=step, epoch=epoch, event=event, started=started)
+            return self._skip_run(err, model, step=step, epoch=epoch, event=event, started=started)
+        timings = {"capture": time.perf_counter() - t0}
+        background = self._background_runs()
+        if background is not None:
+            return self._hand_off(background, activations, model, step=step, epoch=epoch, event=event,
+                                  started=started, timings=timings, t_run=t0)
         return self._analyse_and_report(
-            activations, model, step=step, epoch=epoch, event=event, started=started,
-            timings={"capture": time.perf_counter() - t0},
+            activations, model, step=step, epoch=epoch, event=event, started=started, timings=timings,
         )
+
+    # ------------------------------------------------------------------ background mode
+    def _background_runs(self) -> BackgroundRuns | None:
+        """The background executor when this run goes off the training thread, else ``None``."""
+        if self.executor != "background" or self.strict or current_world(self.distributed) is not None:
+            return None  # strict must raise in the caller; distributed runs need every rank in step
+        if self._background is None:
+            self._background = BackgroundRuns(
+                self.analyses, self.probe, finish=self._complete_background, history=lambda: self.history,
+                threads=self.worker_threads, batch_size=self.batch_size, random_state=self.random_state,
+            )
+        return self._background if self._background.remote else None
+
+    def _hand_off(
+        self, background: BackgroundRuns, activations: Activations, model: nn.Module, *, step: int,
+        epoch: int | None, event: str | None, started: str, timings: dict[str, float], t_run: float,
+    ) -> PendingReport:
+        """Run the analyses that need the model here, hand the rest to the worker, return at once."""
+        target = unwrap_model(model)
+        ctx = AnalysisContext(
+            model=target, probe=self.probe, activations=activations, step=int(step), epoch=epoch, event=event,
+            history=self.history, batch_size=self.batch_size, random_state=self.random_state,
+            device=torch.device(self.device) if self.device is not None else model_device(target),
+        )
+        local: dict[str, AnalysisResult] = {}
+        for analysis in background.local:
+            local[analysis.name] = self._run_analysis(analysis, ctx)
+            timings[analysis.name] = local[analysis.name].duration_s
+        seq = background.next_seq()
+        message = worker_message(seq, step=int(step), epoch=epoch, event=event, started=started,
+                                 arrays={k: activations[k] for k in activations.layers}, reduce=activations.reduce,
+                                 outputs=activations.outputs, modules=structure_modules(target, activations.layers))
+        run = new_run(seq, step=int(step), epoch=epoch, event=event, started=started, timings=timings, local=local,
+                      message=message, model=model, t_run=t_run)
+        self.schedule.record(step=int(step), epoch=epoch)
+        background.hand_off(run)
+        return PendingReport(step=int(step), epoch=epoch, event=event, timestamp=started, results=dict(local),
+                             probe_fingerprint=self.probe.fingerprint(), timings=dict(timings), _run=run)
+
+    def _complete_background(self, run: Any, remote: Mapping[str, AnalysisResult]) -> Report:
+        """A background run's report, complete: findings, history, reporters, listeners (step order)."""
+        for name, result in remote.items():
+            if result.status == "failed":
+                warnings.warn(
+                    f"NeuronMap analysis {name!r} failed at step {run.step} and was skipped ({result.error}); "
+                    "training goes on.",
+                    AnalysisFailedWarning,
+                    stacklevel=2,
+                )
+        results = {a.name: run.local[a.name] if a.name in run.local else remote[a.name] for a in self.analyses}
+        timings = {**run.timings, **{name: r.duration_s for name, r in remote.items()}}
+        report = Report(step=run.step, epoch=run.epoch, event=run.event, timestamp=run.started, results=results,
+                        probe_fingerprint=self.probe.fingerprint(), timings=timings)
+        report = self.last_report = self._guarded("findings", attach_findings, report, self.analyses,
+                                                  self.history, default=report)
+        self.history.append(report)
+        self._publish(report)
+        announce_run(report, self.reporters, started=run.t_run)
+        self._notify(report, run.model)
+        return report
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the analyses of every run so far finished and their reports are complete.
+
+        Returns at once in synchronous mode. In background mode it waits for the worker; the
+        reporters may still be writing (:meth:`flush` waits for them too).
+
+        Returns:
+            ``False`` if ``timeout`` seconds passed first.
+        """
+        return True if self._background is None else self._background.wait(timeout)
 
     def run_on_activations(
         self,
@@ -417,17 +535,39 @@ class NeuronMap:
             probe_fingerprint=self.probe.fingerprint(),
             timings=timings,
         )
-        report = self.last_report = attach_findings(report, self.analyses, self.history)
+        report = self.last_report = self._guarded("findings", attach_findings, report, self.analyses,
+                                                  self.history, default=report)
         self.schedule.record(step=int(step), epoch=epoch)
         self.history.append(report)
         if reporting:
             self._publish(report)
             announce_run(report, self.reporters, started=t_run)
-            for listener in self._listeners:
-                listener(report, model)
+            self._notify(report, model)
         return report
 
-    def _skip_run(self, err: Exception, *, step: int, epoch: int | None, event: str | None, started: str) -> Report:
+    def _notify(self, report: Report, model: nn.Module) -> None:
+        """Call the listeners (audit trail, gates); one that fails warns, training goes on."""
+        for listener in self._listeners:
+            self._guarded(getattr(listener, "__qualname__", type(listener).__name__), listener, report, model)
+
+    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
+        """``fn(*args)``; a failure warns and returns ``default`` (``strict=True`` raises)."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            if self.strict:
+                raise
+            warnings.warn(
+                f"NeuronMap's {what} failed ({type(err).__name__}: {err}); the run's results are kept and "
+                "training goes on. Pass strict=True to raise.",
+                AnalysisFailedWarning,
+                stacklevel=4,
+            )
+            return default
+
+    def _skip_run(
+        self, err: Exception, model: nn.Module, *, step: int, epoch: int | None, event: str | None, started: str
+    ) -> Report:
         """A capture that failed after the preflight passed: warn, record, publish, go on."""
         warnings.warn(
             f"NeuronMap could not capture activations at step {step} and skipped this run "
@@ -443,6 +583,7 @@ class NeuronMap:
         world = current_world(self.distributed)
         if world is None or world.is_zero:
             self._publish(report)
+            self._notify(report, model)
         return report
 
     def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
@@ -485,7 +626,10 @@ class NeuronMap:
         Returns:
             ``False`` if ``timeout`` seconds passed first.
         """
-        return self.publisher.flush(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.wait(timeout):
+            return False
+        return self.publisher.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self, status: RunStatus = "FINISHED", *, timeout: float | None = None) -> None:
         """Close every reporter with ``status`` (``FAILED`` when training raised).
@@ -495,6 +639,9 @@ class NeuronMap:
         the run folder's ``spool/`` with one warning naming ``neuronmap replay``. Listeners with an
         ``on_close(status)`` method (the audit trail) are called after the reporters closed.
         """
+        if self._background is not None:
+            # the last reports must exist before the reporters close
+            self._background.close(self.close_timeout if timeout is None else timeout)
         self.publisher.close(status, timeout=timeout)
         for listener in self._listeners:
             # After the reporters, so that a listener sees the closed run folder (the audit
@@ -505,7 +652,12 @@ class NeuronMap:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state for resumed runs: schedule progress, history, analysis state."""
+        """JSON-able state for resumed runs: schedule progress, history, analysis state.
+
+        In background mode it first waits (at most ``close_timeout``) for the runs in flight,
+        so that a checkpoint holds every run its schedule state counts.
+        """
+        self.wait(self.close_timeout)
         return {
             "schedule": self.schedule.state.to_dict(),
             "history": self.history.to_records(),
@@ -531,3 +683,5 @@ class NeuronMap:
         for analysis in self.analyses:
             if analysis.name in state.get("analyses", {}):
                 analysis.load_state_dict(state["analyses"][analysis.name])
+        if self._background is not None:
+            self._background.restart()  # the next worker starts from the restored state

@@ -164,6 +164,7 @@ def test_default_reporter_is_a_local_run_folder(tmp_path, monkeypatch) -> None:
     monitor = nm.NeuronMap(tiny_probe(), layers="net.0", analyses=[nm.ActivationStats()])
     assert not (tmp_path / "neuronmap-runs").exists()  # nothing is created until a run
     monitor.run(tiny_mlp(), step=0)
+    monitor.flush()  # published on background threads
     assert list((tmp_path / "neuronmap-runs").glob("*/metrics.jsonl"))
 
 
