@@ -77,6 +77,20 @@ class Report:
         header = f"NeuronMap step {self.step}" + (f" ({where})" if where else "") + f": {len(found)} findings"
         return summary_text(found, header=header, limit=limit)
 
+    def done(self) -> bool:
+        """Whether every analysis of this run finished (always, except a background run's
+        :class:`~neuronmap._executor.PendingReport`)."""
+        return True
+
+    def wait(self, timeout: float | None = None) -> Report:
+        """The complete report: this one (a background run's pending report waits for its worker).
+
+        Example:
+            >>> Report(3, 0, "validation_end", "").wait().step
+            3
+        """
+        return self
+
     @property
     def metrics(self) -> dict[str, float]:
         """Flat ``neuronmap/<analysis>/<layer>/<metric>`` -> value over every analysis."""

@@ -165,6 +165,7 @@ class PairedNodeAnalysis(Analysis):
     pair batches for a run (``ActivationPatching``, ``CircuitDiscovery``).
     """
 
+    needs_model = True  # patches activations in extra forward passes
     probe_columns = ("pairs",)
 
     def __init__(

@@ -82,6 +82,7 @@ class ActivationMaximization(Analysis):
         True
     """
 
+    needs_model = True  # optimises inputs through the model
     name = "activation_max"
 
     def __init__(

@@ -143,6 +143,7 @@ class AdversarialRobustness(Analysis):
         True
     """
 
+    needs_model = True  # attacks the model with gradients
     name = "adversarial"
 
     def __init__(

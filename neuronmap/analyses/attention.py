@@ -103,6 +103,7 @@ class AttentionAnalysis(Analysis):
         ['entropy', 'mean_distance', 'special_mass']
     """
 
+    needs_model = True  # re-runs the model for attention maps and head ablations
     name = "attention"
     headline_metrics = ("normalized_entropy", "special_mass")
 

@@ -105,6 +105,7 @@ class Attribution(Analysis):
         ['top_features']
     """
 
+    needs_model = True  # takes gradients through the model
     name = "attribution"
 
     def __init__(

@@ -140,6 +140,11 @@ class Analysis(ABC):
         name: Registry and metric-key name. Pass ``name=`` to an instance to run the same
             analysis twice in one monitor (``Probing(target="gender", name="probing_gender")``).
         needs_outputs: Whether the engine must capture the model's top-level output.
+        needs_model: Whether :meth:`run` calls the live model (extra forward or backward
+            passes). With ``NeuronMap(executor="background")`` these analyses run on the
+            training thread; the others run in a worker process, from the activations, the
+            model output and the probe set alone (``ctx.model`` there holds only the monitored
+            layers' parameter-free modules, such as activation functions).
         layers: Optional selectors restricting the analysis to some captured layers.
 
     Example:
@@ -154,6 +159,7 @@ class Analysis(ABC):
 
     name: ClassVar[str] = "analysis"
     needs_outputs: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = False
     #: Constructor attributes whose values name probe-set columns the analysis cannot run
     #: without (a column name, or a list of them); :meth:`check_probe` checks them.
     probe_columns: ClassVar[tuple[str, ...]] = ()

@@ -83,6 +83,7 @@ class CausalTracing(Analysis):
         ['heatmap']
     """
 
+    needs_model = True  # restores states in corrupted forward passes
     name = "causal_tracing"
 
     def __init__(

@@ -234,6 +234,7 @@ class ConceptAlgebra(Analysis):
         ['similarity']
     """
 
+    needs_model = True  # captures separate concept probe sets
     name = "concept_algebra"
 
     def __init__(

@@ -137,6 +137,7 @@ class CounterfactualBias(Analysis):
         True
     """
 
+    needs_model = True  # runs the model on the swapped texts
     name = "counterfactual_bias"
     probe_columns = ("text_column",)
     needs_outputs = True

@@ -110,6 +110,7 @@ class TCAV(Analysis):
         True
     """
 
+    needs_model = True  # takes gradients through the model
     name = "tcav"
 
     def __init__(
