@@ -38,7 +38,7 @@ _LAZY: dict[str, str] = {
     "AnalysisResult": "neuronmap.analyses",
     "AttentionAnalysis": "neuronmap.analyses",
     "Attribution": "neuronmap.analyses",
-    "AuditTrail": "neuronmap.audit",
+    "AuditTrail": "neuronmap.compliance.audit",
     "CausalTracing": "neuronmap.analyses",
     "CircuitDiscovery": "neuronmap.analyses",
     "ConceptAlgebra": "neuronmap.analyses",
@@ -46,13 +46,13 @@ _LAZY: dict[str, str] = {
     "CounterfactualBias": "neuronmap.analyses",
     "CrossLingualAlignment": "neuronmap.analyses",
     "Fairness": "neuronmap.analyses",
-    "GateMonitor": "neuronmap.gates",
+    "GateMonitor": "neuronmap.compliance.gates",
     "History": "neuronmap.results",
     "Information": "neuronmap.analyses",
     "InvalidParameterError": "neuronmap.errors",
     "LayerNotFoundError": "neuronmap.errors",
     "MetricSet": "neuronmap.analyses",
-    "ModelCard": "neuronmap.cards",
+    "ModelCard": "neuronmap.compliance.cards",
     "ModelPerformance": "neuronmap.analyses",
     "NeuronMap": "neuronmap.engine",
     "NeuronMapError": "neuronmap.errors",
@@ -68,9 +68,9 @@ _LAZY: dict[str, str] = {
     "WorldModelProbe": "neuronmap.analyses",
     "capture_activations": "neuronmap.capture",
     "data": "neuronmap",
-    "evaluate_gates": "neuronmap.gates:evaluate",
+    "evaluate_gates": "neuronmap.compliance.gates:evaluate",
     "presets": "neuronmap",
-    "render_card": "neuronmap.cards",
+    "render_card": "neuronmap.compliance.cards",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
@@ -105,9 +105,11 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         RepresentationBias,
         WorldModelProbe,
     )
-    from neuronmap.audit import AuditTrail
     from neuronmap.capture import ActivationCapture, Activations, capture_activations
-    from neuronmap.cards import ModelCard, render_card
+    from neuronmap.compliance.audit import AuditTrail
+    from neuronmap.compliance.cards import ModelCard, render_card
+    from neuronmap.compliance.gates import GateMonitor
+    from neuronmap.compliance.gates import evaluate as evaluate_gates
     from neuronmap.engine import NeuronMap
     from neuronmap.errors import (
         InvalidParameterError,
@@ -115,8 +117,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         NeuronMapError,
         ProbeSetError,
     )
-    from neuronmap.gates import GateMonitor
-    from neuronmap.gates import evaluate as evaluate_gates
     from neuronmap.probe import ProbeSet
     from neuronmap.results import History, Report
     from neuronmap.schedule import Schedule

@@ -1,4 +1,4 @@
-"""``neuronmap gate`` and ``neuronmap audit verify``: the CI and compliance subcommands.
+"""``neuronmap gate``, ``neuronmap audit`` and ``neuronmap card``: the CI and compliance subcommands.
 
 ``gate`` exits 0 when every check passed, 1 when a check failed, 2 when a check could not be
 evaluated (metric missing, no CI, no baseline) or the config/run could not be read; the CLI's
@@ -7,6 +7,14 @@ evaluated (metric missing, no CI, no baseline) or the config/run could not be re
 bad line and file named) or when nothing can be called verified (no engine run recorded, no file
 manifests), 2 when there is no trail to read. ``audit keygen`` writes an Ed25519 key pair;
 ``audit sign-off`` records a responsible person's sign-off of a card in the trail.
+``card`` exits 0 when the card is written, 1 with ``--strict`` while the card is incomplete (a
+required field or Annex IV item empty; for Annex IV also an unverified audit trail, no valid
+sign-off, a failed last gate), 2 on bad input (missing run, unknown template, invalid card YAML);
+a template that reaches for internals is a sandbox error (exit 2 with the message).
+
+The domain modules (:mod:`neuronmap.compliance.gates`, :mod:`~neuronmap.compliance.audit`,
+:mod:`~neuronmap.compliance.cards`) know nothing of the command line; this module imports them
+inside the handlers so that ``neuronmap --help`` stays cheap.
 """
 
 from __future__ import annotations
@@ -14,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from neuronmap.errors import NeuronMapError
 
-__all__ = ["add_audit_parser", "add_gate_parser", "run_audit_keygen", "run_audit_sign_off", "run_audit_verify",
-           "run_gate"]
+__all__ = ["add_audit_parser", "add_card_parser", "add_gate_parser", "add_parser", "run_audit_keygen",
+           "run_audit_sign_off", "run_audit_verify", "run_card", "run_gate"]
 
 _GATE_EPILOG = """gates.yaml:
   gates:
@@ -37,6 +46,13 @@ _GATE_EPILOG = """gates.yaml:
 exit status: 0 all checks passed, 1 a check failed, 2 a check could not run or bad input.
 RUN: a run folder, or mlflow:<run_id> (tracking URI from --tracking-uri or MLFLOW_TRACKING_URI).
 $GITHUB_STEP_SUMMARY, when set, gets the Markdown table appended."""
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``card``, ``gate`` and ``audit`` on the ``neuronmap`` subparsers."""
+    add_card_parser(sub)
+    add_gate_parser(sub)
+    add_audit_parser(sub)
 
 
 def add_gate_parser(sub: Any) -> None:
@@ -60,7 +76,7 @@ def add_gate_parser(sub: Any) -> None:
 
 def run_gate(args: argparse.Namespace) -> int:
     """Evaluate, write the requested reports, print a summary; return the gate's exit code."""
-    from neuronmap.gates import evaluate
+    from neuronmap.compliance.gates import evaluate
 
     try:
         report = evaluate(args.run, args.config, args.baseline, tracking_uri=args.tracking_uri,
@@ -87,9 +103,8 @@ def run_gate(args: argparse.Namespace) -> int:
 
 def _write_error_junit(path: str, err: Exception) -> None:
     import xml.etree.ElementTree as ET
-    from pathlib import Path
 
-    from neuronmap._gate_output import xml_safe_tree
+    from neuronmap.compliance._gate_output import xml_safe_tree
 
     suites = ET.Element("testsuites", name="neuronmap", tests="1", failures="0", errors="1")
     suite = ET.SubElement(suites, "testsuite", name="neuronmap-gates", tests="1", failures="0", errors="1",
@@ -151,7 +166,7 @@ def add_audit_parser(sub: Any) -> None:
 
 def run_audit_verify(args: argparse.Namespace) -> int:
     """Print the verification; 0 intact, 1 tampered."""
-    from neuronmap.audit import verify
+    from neuronmap.compliance.audit import verify
 
     try:
         result = verify(args.run, head=args.head, public_keys=args.public_keys, evidence=not args.chain_only)
@@ -177,7 +192,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
 def run_audit_keygen(args: argparse.Namespace) -> int:
     """Write a key pair; print where."""
-    from neuronmap._audit_sign import generate_key_pair
+    from neuronmap.compliance._audit_sign import generate_key_pair
 
     private, public = generate_key_pair(args.out, args.name)
     print(f"Wrote {private} (private: keep it secret, sign with NEURONMAP_AUDIT_SIGNING_KEY={private})")
@@ -187,8 +202,8 @@ def run_audit_keygen(args: argparse.Namespace) -> int:
 
 def run_audit_sign_off(args: argparse.Namespace) -> int:
     """Append a sign_off entry with the card's digest; print it."""
-    from neuronmap.audit import AuditTrail
-    from neuronmap.cards import ModelCard, card_digest
+    from neuronmap.compliance.audit import AuditTrail
+    from neuronmap.compliance.cards import ModelCard, card_digest
 
     card = ModelCard.from_run(args.run, data=args.data)
     digest = card_digest(card)
@@ -196,4 +211,73 @@ def run_audit_sign_off(args: argparse.Namespace) -> int:
     entry = trail.record_sign_off(by=args.by, role=args.role, card_digest=digest,
                                   statement=args.statement or "test results and documentation of this card reviewed")
     print(f"Signed off by {args.by} at {entry['timestamp']}: card digest {digest}, audit entry seq {entry['seq']}")
+    return 0
+
+
+_CARD_EPILOG = """examples:
+  neuronmap card runs/r1 --data card.yaml --out MODEL_CARD.md
+  neuronmap card runs/r1 --format html --out card.html
+  neuronmap card runs/r1 --template eu_ai_act_annex_iv --data card.yaml --strict --out annex_iv.md
+  neuronmap card runs/r1 --template my_card.md.j2 --out card.md
+
+built-in templates: default (md, html), eu_ai_act_annex_iv (md)."""
+
+
+def add_card_parser(sub: Any) -> None:
+    """Register ``card`` on the ``neuronmap`` subparsers."""
+    p = sub.add_parser(
+        "card", help="render a model card (Markdown, HTML, EU AI Act Annex IV) from a run folder",
+        description="Render a model card from a NeuronMap run folder plus a YAML file of what only people "
+                    "know. Templates run in a Jinja2 sandbox; values are escaped.",
+        epilog=_CARD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a NeuronMap run folder (LocalReporter)")
+    p.add_argument("--format", dest="fmt", choices=["md", "html"], default="md", help="output format (default md)")
+    p.add_argument("--template", default="default", metavar="NAME|PATH",
+                   help="built-in template name or a path to a .j2 file (default: default)")
+    p.add_argument("--data", default=None, metavar="card.yaml", help="card data supplied by people (YAML)")
+    p.add_argument("--out", default=None, metavar="FILE", help="output file (default: standard output)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 while the card is incomplete (Annex IV: every item, a verified trail, a sign-off "
+                        "after the last evaluation, a passing last gate)")
+    p.add_argument("--include-identity", action="store_true",
+                   help="keep user and host names (public cards leave them out)")
+    p.add_argument("--no-audit", action="store_true", help="do not append the rendering to audit.jsonl")
+    p.set_defaults(handler=run_card)
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """Render the card; the exit status as documented in the module (0 written, 1 incomplete)."""
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    from neuronmap.compliance.cards.data import ModelCard
+    from neuronmap.compliance.cards.render import CardIncompleteError, render_card
+
+    card = ModelCard.from_run(args.run, data=args.data)
+    try:
+        text = render_card(card, template=args.template, fmt=args.fmt, strict=args.strict, audit=False,
+                           identity=args.include_identity)
+    except CardIncompleteError as err:
+        print(f"neuronmap card: incomplete: {err}", file=sys.stderr)
+        return 1
+    except SecurityError as err:
+        raise NeuronMapError(f"template {args.template!r} was stopped by the sandbox: {err}") from err
+    except (TemplateError, TypeError, ValueError, AttributeError, KeyError) as err:
+        # A user's template can fail in many ways; report it as bad input, not a traceback.
+        raise NeuronMapError(f"template {args.template!r} failed: {type(err).__name__}: {err}") from err
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise NeuronMapError(f"cannot write --out {args.out!r}: {err}") from err
+        print(f"Wrote {out} ({args.fmt}, template {args.template})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if not args.no_audit:
+        from neuronmap.compliance.audit import AuditTrail
+
+        AuditTrail(args.run).record_card(text, template=args.template, fmt=args.fmt, data=card.user_data,
+                                         probe_fingerprint=card.evaluation_data.get("fingerprint"), output=args.out)
     return 0

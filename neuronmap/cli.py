@@ -142,9 +142,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 #: inside the command handlers, so that ``neuronmap --help`` imports neither torch nor scipy
 #: (tests/test_import.py checks). To add a command: an ``add_parser`` in its module, one line here.
 COMMAND_MODULES: tuple[str, ...] = (
-    "neuronmap.cards.cli",
-    "neuronmap.gates",
-    "neuronmap.audit",
+    "neuronmap._compliance_cli",
     "neuronmap.analyze",
     "neuronmap.reporters.replay",
     "neuronmap.service.cli",

@@ -90,7 +90,7 @@ def run_digits_demo(
         name="digits-demo",
     )
     if audit:
-        from neuronmap.audit import AuditTrail
+        from neuronmap.compliance.audit import AuditTrail
 
         AuditTrail(reporter.run_dir).attach(monitor)
     model = DigitsNet()

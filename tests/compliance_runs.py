@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import neuronmap as nm
-from neuronmap.audit import AuditTrail
+from neuronmap.compliance.audit import AuditTrail
 from neuronmap.reporters import LocalReporter
 from neuronmap.testing import tiny_mlp, tiny_probe
 

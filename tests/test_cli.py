@@ -83,6 +83,6 @@ def test_demo_writes_a_report(tmp_path) -> None:
     )
     report = Path(out.stdout.strip().splitlines()[-1].split(": ", 1)[1])
     assert report.exists() and report.stat().st_size > 10_000
-    from neuronmap.audit import verify
+    from neuronmap.compliance.audit import verify
 
     assert verify(report.parent).verified  # the demo keeps an audit trail by default

@@ -166,10 +166,13 @@ def log_card(monitor: NeuronMap, model: nn.Module | None, card: CardSpec) -> Non
 
     A card that cannot be built or rendered warns and never stops training.
     """
-    if card is None or card is False or not monitor.history.steps:
+    if card is None or card is False:
+        return
+    monitor.wait(monitor.close_timeout)  # background mode: the card describes every run
+    if not monitor.history.steps:
         return
     try:
-        from neuronmap.cards import log_model_card
+        from neuronmap.compliance.cards import log_model_card
 
         log_model_card(monitor, model=model, data=None if card is True else card)
     except Exception as err:
@@ -194,7 +197,7 @@ def attach_gates(monitor: NeuronMap, gates: Any, *, stop_on_failure: bool) -> An
     """A :class:`~neuronmap.gates.GateMonitor` evaluating ``gates`` after every run, or ``None``."""
     if gates is None:
         return None
-    from neuronmap.gates import GateMonitor
+    from neuronmap.compliance.gates import GateMonitor
 
     return GateMonitor(gates, stop_on_failure=stop_on_failure).attach(monitor)
 
@@ -209,7 +212,7 @@ def attach_audit(monitor: NeuronMap, audit: bool, *, root: str | Path | None = N
     """
     if not audit or not monitor.reporters:  # reporters=[]: nothing is written, so nothing to audit
         return
-    from neuronmap.audit import AuditTrail
+    from neuronmap.compliance.audit import AuditTrail
 
     if not any(isinstance(r, LocalReporter) for r in monitor.reporters):
         if root is None:

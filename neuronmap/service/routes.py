@@ -159,8 +159,8 @@ def api_router(state: ServiceState) -> APIRouter:
     @router.get("/runs/{run}/card", tags=["runs"], dependencies=read)
     def card(run: str, format: Literal["md", "html"] = "md", template: str = "default") -> Response:
         """The model card, rendered from the run folder (built-in templates only)."""
-        from neuronmap.cards.data import ModelCard
-        from neuronmap.cards.render import available_templates, render_card
+        from neuronmap.compliance.cards.data import ModelCard
+        from neuronmap.compliance.cards.render import available_templates, render_card
 
         allowed = available_templates(format)
         if template not in allowed:
@@ -172,8 +172,8 @@ def api_router(state: ServiceState) -> APIRouter:
     @router.post("/runs/{run}/gate", tags=["runs"], dependencies=read)
     def gate(run: str, body: GateRequest, request: Request) -> dict[str, Any]:
         """Evaluate posted gate checks; ``exit_code``/``status`` as ``neuronmap gate`` would exit."""
-        from neuronmap.audit import AuditTrail
-        from neuronmap.gates import evaluate
+        from neuronmap.compliance.audit import AuditTrail
+        from neuronmap.compliance.gates import evaluate
 
         config = body.config
         if isinstance(config, str) and "\n" not in config:
@@ -190,7 +190,7 @@ def api_router(state: ServiceState) -> APIRouter:
     @router.get("/runs/{run}/audit", tags=["runs"], dependencies=read)
     def audit(run: str, head: str | None = Query(None, description="the last entry's hash kept elsewhere")) -> dict[str, Any]:
         """Verify the run's hash-chained audit trail (every bad line named)."""
-        from neuronmap._audit_verify import verify
+        from neuronmap.compliance._audit_verify import verify
 
         run_dir = runs.run_dir(run)
         if not (run_dir / "audit.jsonl").is_file():

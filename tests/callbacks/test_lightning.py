@@ -218,13 +218,13 @@ def test_mlflow_logger_run_holds_neuronmap_metrics_beside_lightnings_own(tmp_pat
     assert [m.value for m in history] == pytest.approx(expected.loc[[4, 8]].to_list(), abs=1e-12)
     # a tracker was found: the local folder beside it holds only what the default audit trail hashes
     (local,) = (tmp_path / "neuronmap-runs").iterdir()
-    from neuronmap.audit import verify
+    from neuronmap.compliance.audit import verify
 
     assert verify(local).verified
 
 
 def test_gates_are_logged_and_a_failing_gate_stops_training_and_runs_are_audited(tmp_path: Path) -> None:
-    from neuronmap.audit import verify
+    from neuronmap.compliance.audit import verify
 
     failing = [{"name": "no-dead-units", "metric": "neuronmap/activation_stats/net.1/dead_fraction", "max": -1.0}]
     callback, runs = _callback(gates=failing, stop_on_failure=True, audit=True)

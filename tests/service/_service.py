@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import neuronmap as nm
-from neuronmap.audit import AuditTrail
 from neuronmap.capture import capture_activations
+from neuronmap.compliance.audit import AuditTrail
 from neuronmap.reporters import LocalReporter
 from neuronmap.service.app import ServiceConfig, create_app
 from neuronmap.testing import tiny_bert, tiny_mlp, tiny_probe, tiny_text_probe

@@ -29,14 +29,19 @@ from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, StrictUndefined, 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, escape
 
-from neuronmap.cards._annex_iv import annex_iv_status, sign_off_status, strict_problems
-from neuronmap.cards.data import ANNEX_IV_REQUIRED, REQUIRED_FIELDS, ModelCard, card_digest
+from neuronmap.compliance.cards._annex_iv import annex_iv_status, sign_off_status, strict_problems
+from neuronmap.compliance.cards.data import (
+    ANNEX_IV_REQUIRED,
+    REQUIRED_FIELDS,
+    ModelCard,
+    card_digest,
+)
 from neuronmap.errors import InvalidParameterError, NeuronMapError, ReporterWarning
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from neuronmap.audit import AuditTrail
+    from neuronmap.compliance.audit import AuditTrail
     from neuronmap.engine import NeuronMap
 
 __all__ = ["DISCLAIMER", "HUB_LICENSES", "CardFormat", "CardIncompleteError", "available_templates",
@@ -299,7 +304,7 @@ def _trail(audit: bool | AuditTrail, card: ModelCard) -> AuditTrail | None:
         folder = card.run.get("folder")
         if not folder:
             return None
-        from neuronmap.audit import AuditTrail
+        from neuronmap.compliance.audit import AuditTrail
 
         return AuditTrail(folder)
     return audit

@@ -14,9 +14,8 @@ import pytest
 from compliance_runs import append_metrics, copy_run, make_run
 
 import neuronmap as nm
-from neuronmap.audit import verify
-from neuronmap.errors import TornLineWarning
-from neuronmap.gates import (
+from neuronmap.compliance.audit import verify
+from neuronmap.compliance.gates import (
     GateConfigError,
     GateMonitor,
     RunReadError,
@@ -24,6 +23,7 @@ from neuronmap.gates import (
     load_gate_config,
     match_keys,
 )
+from neuronmap.errors import TornLineWarning
 from neuronmap.reporters import LocalReporter
 from neuronmap.reporters.local import read_history
 from neuronmap.results import HISTORY_COLUMNS, History, split_key
@@ -344,7 +344,7 @@ def test_later_steps_supersede_earlier_ones(tmp_path: Path) -> None:
 def test_example_ci_files_are_valid() -> None:
     import yaml
 
-    root = Path(__file__).resolve().parents[1] / "examples" / "ci_gate"
+    root = Path(__file__).resolve().parents[2] / "examples" / "ci_gate"
     cfg = load_gate_config(root / "gates.yaml")
     assert len(cfg.checks) == 6 and {c.required for c in cfg.checks} == {True, False}
     github = yaml.safe_load((root / "github-actions.yml").read_text())

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from neuronmap.gates import CheckResult, GateReport
+    from neuronmap.compliance.gates import CheckResult, GateReport
 
 __all__ = ["report_to_dict", "to_junit_xml", "to_markdown", "xml_safe", "xml_safe_tree"]
 

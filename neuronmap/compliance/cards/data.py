@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
-from neuronmap.cards._annex_iv import annex_iv_fields
-from neuronmap.cards._sources import metric_rows, read_run_folder
+from neuronmap.compliance.cards._annex_iv import annex_iv_fields, is_filled
+from neuronmap.compliance.cards._sources import metric_rows, read_run_folder
 from neuronmap.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ REQUIRED_FIELDS = (
     "training_data.description", "ethical_considerations.risks", "caveats_and_recommendations.recommendations",
 )
 #: Extra fields the EU AI Act Annex IV template needs: every people-supplied field of every item
-#: (see :mod:`neuronmap.cards._annex_iv`); each may read ``"not applicable: <reason>"``.
+#: (see :mod:`neuronmap.compliance.cards._annex_iv`); each may read ``"not applicable: <reason>"``.
 ANNEX_IV_REQUIRED = annex_iv_fields()
 _FAIRNESS_ANALYSES = ("fairness", "representation_bias", "counterfactual_bias")
 #: Analyses whose results measure how the system treats groups of persons (Art. 10, Annex IV 2(g)).
@@ -105,19 +105,6 @@ def _merge(auto: Mapping[str, Any], user: Any) -> dict[str, Any]:
     for key, value in user.items():
         out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
     return out
-
-
-def _filled(value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower().rstrip(":. ") == "not applicable":
-            return False  # "not applicable" needs its reason: "not applicable: <reason>"
-        return bool(text) and text.upper() not in ("TODO", "TBD", "N/A")
-    if isinstance(value, (Mapping, Sequence)):
-        return len(value) > 0
-    return True
 
 
 @dataclass(frozen=True)
@@ -205,10 +192,10 @@ class ModelCard:
         if local and (local[0].run_dir / "metrics.jsonl").exists():
             base = cls.from_run(local[0].run_dir)
         else:
-            from neuronmap.audit import environment_info
+            from neuronmap.compliance.audit import environment_info
 
             base = cls(environment={**environment_info(), "recorded": "at card rendering"})
-        from neuronmap.audit import model_name
+        from neuronmap.compliance.audit import model_name
 
         probe = monitor.probe
         name = model_name(model) if model is not None else base.audit.get("model_name")
@@ -258,7 +245,7 @@ class ModelCard:
 
     def missing_fields(self, required: Sequence[str] = REQUIRED_FIELDS) -> list[str]:
         """Required fields that are empty or still ``TODO``/``TBD``."""
-        return [f for f in required if not _filled(self.get(f))]
+        return [f for f in required if not is_filled(self.get(f))]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (what templates receive as ``card``)."""
@@ -272,7 +259,7 @@ def card_digest(card: ModelCard) -> str:
     A sign-off (:meth:`neuronmap.audit.AuditTrail.record_sign_off`) binds this digest: a card
     whose data or evidence changed afterwards no longer matches it.
     """
-    from neuronmap.audit import hash_json
+    from neuronmap.compliance.audit import hash_json
 
     body = {k: v for k, v in card.to_dict().items() if k not in ("audit", "run")}
     body["run"] = {k: v for k, v in card.run.items() if k != "folder"}

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from neuronmap.cards.data import (
+from neuronmap.compliance.cards.data import (
     ANNEX_IV_REQUIRED,
     REQUIRED_FIELDS,
     SECTIONS,
@@ -23,7 +23,7 @@ from neuronmap.cards.data import (
     card_digest,
     load_card_data,
 )
-from neuronmap.cards.render import (
+from neuronmap.compliance.cards.render import (
     CardFormat,
     CardIncompleteError,
     available_templates,

@@ -8,12 +8,12 @@ removing, adding or moving any line breaks the chain (the construction of Haber 
 1991, "How to time-stamp a digital document"). With ``NEURONMAP_AUDIT_KEY`` set, every line also
 carries an HMAC-SHA256 (RFC 2104) of its hash, so that a forger who rewrites the whole file
 cannot re-sign it without the key; with a signing key (``signing_key=`` or
-``NEURONMAP_AUDIT_SIGNING_KEY``, see :mod:`neuronmap._audit_sign`) every line also carries the
+``NEURONMAP_AUDIT_SIGNING_KEY``, see :mod:`neuronmap.compliance._audit_sign`) every line also carries the
 signer's Ed25519 signature and public key.
 
 The numbers themselves live in other files, so each engine run also records a ``manifest`` of
 the evidence files it wrote (metrics, reports, tables, figures, config.json, run.json; see
-:mod:`neuronmap._audit_evidence`), and closing the monitor appends a ``run_end`` entry with
+:mod:`neuronmap.compliance._audit_evidence`), and closing the monitor appends a ``run_end`` entry with
 every file that changed since. :func:`verify` recomputes those digests and names each file
 that no longer matches.
 
@@ -53,15 +53,26 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuronmap._audit_evidence import changed_digests, evidence_files, recorded_digests, step_files
-from neuronmap._audit_verify import GENESIS, AuditProblem, AuditVerification, entry_hash, verify
+from neuronmap.compliance._audit_evidence import (
+    changed_digests,
+    evidence_files,
+    recorded_digests,
+    step_files,
+)
+from neuronmap.compliance._audit_verify import (
+    GENESIS,
+    AuditProblem,
+    AuditVerification,
+    entry_hash,
+    verify,
+)
 from neuronmap.errors import InvalidParameterError, NeuronMapError, ReporterWarning
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from neuronmap.compliance.gates import GateReport
     from neuronmap.engine import NeuronMap
-    from neuronmap.gates import GateReport
     from neuronmap.results import Report
 
 __all__ = ["AUDIT_FILE", "KEY_ENV", "AuditError", "AuditProblem", "AuditTrail", "AuditVerification",
@@ -183,7 +194,7 @@ class AuditTrail:
     def __init__(self, run_dir: str | Path | None = None, *, key: str | bytes | None = None,
                  signing_key: Any = None, hash_params: bool = True, log_artifact: bool = True,
                  manifests: bool = True) -> None:
-        from neuronmap._audit_sign import load_private_key
+        from neuronmap.compliance._audit_sign import load_private_key
 
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._key = key.encode() if isinstance(key, str) else key
@@ -246,14 +257,14 @@ class AuditTrail:
             entry["seq"] = 0 if last is None else int(last["seq"]) + 1
             entry["prev_hash"] = GENESIS if last is None else last["hash"]
             if self._signing_key is not None:
-                from neuronmap._audit_sign import signer_info
+                from neuronmap.compliance._audit_sign import signer_info
 
                 entry["signer"] = signer_info(self._signing_key)
             entry["hash"] = entry_hash(entry)
             if self.key is not None:
                 entry["hmac"] = hmac.new(self.key, entry["hash"].encode(), hashlib.sha256).hexdigest()
             if self._signing_key is not None:
-                from neuronmap._audit_sign import sign_hash
+                from neuronmap.compliance._audit_sign import sign_hash
 
                 entry["signature"] = sign_hash(self._signing_key, entry["hash"])
             fh.seek(0, os.SEEK_END)
@@ -427,10 +438,3 @@ def _last_entry(text: str, path: Path) -> dict[str, Any] | None:
             "Run `neuronmap audit verify` on the run folder."
         ) from err
     return last
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``neuronmap audit verify`` on the CLI's subparsers."""
-    from neuronmap._compliance_cli import add_audit_parser
-
-    add_audit_parser(sub)

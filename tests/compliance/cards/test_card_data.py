@@ -10,7 +10,7 @@ import pytest
 from compliance_runs import FAIRNESS, append_metrics, make_run
 
 import neuronmap as nm
-from neuronmap.cards import REQUIRED_FIELDS, SECTIONS, ModelCard, load_card_data
+from neuronmap.compliance.cards import REQUIRED_FIELDS, SECTIONS, ModelCard, load_card_data
 from neuronmap.reporters import LocalReporter
 from neuronmap.reporters.local import read_history
 from neuronmap.testing import tiny_mlp, tiny_probe

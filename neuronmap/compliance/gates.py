@@ -1,6 +1,6 @@
 """CI validation gates: thresholds on NeuronMap metrics -> pass/fail, exit code, JUnit XML.
 
-A gate file lists checks on the stable metric keys (see :mod:`neuronmap._gate_config` for the
+A gate file lists checks on the stable metric keys (see :mod:`neuronmap.compliance._gate_config` for the
 format). :func:`evaluate` applies them to a run's History and returns a frozen
 :class:`GateReport` that renders as JSON, JUnit XML (one testcase per check, value and threshold
 in the message, as GitHub, GitLab and Jenkins display it) and a Markdown table.
@@ -36,20 +36,20 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pandas as pd
 
-from neuronmap._gate_config import (
+from neuronmap._run_source import LoadedRun, RunReadError, load_run
+from neuronmap.compliance._gate_config import (
     BaselineRule,
     GateCheck,
     GateConfig,
     GateConfigError,
     load_gate_config,
 )
-from neuronmap._gate_output import report_to_dict, to_junit_xml, to_markdown
-from neuronmap._run_source import LoadedRun, RunReadError, load_run
+from neuronmap.compliance._gate_output import report_to_dict, to_junit_xml, to_markdown
 from neuronmap.errors import InvalidParameterError
 from neuronmap.results import History
 
 if TYPE_CHECKING:
-    from neuronmap.audit import AuditTrail
+    from neuronmap.compliance.audit import AuditTrail
 
 __all__ = ["BaselineRule", "CheckResult", "GateCheck", "GateConfig", "GateConfigError", "GateMonitor", "GateReport",
            "KeyResult", "RunReadError", "Status", "evaluate", "load_gate_config", "match_keys"]
@@ -206,7 +206,7 @@ def _audit_trail(audit: bool | AuditTrail, run: LoadedRun) -> AuditTrail | None:
     if audit is True:
         if run.run_dir is None:
             return None
-        from neuronmap.audit import AuditTrail
+        from neuronmap.compliance.audit import AuditTrail
 
         return AuditTrail(run.run_dir)
     return audit
@@ -433,10 +433,3 @@ class GateMonitor:
         # and kept in the monitor's history, which the gates and the model card read
         self._monitor.publisher.log_metrics(metrics, report.step)
         self._monitor.history.add_metrics(metrics, step=report.step, epoch=report.epoch, event=report.event)
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``neuronmap gate`` on the CLI's subparsers."""
-    from neuronmap._compliance_cli import add_gate_parser
-
-    add_gate_parser(sub)

@@ -16,7 +16,7 @@ reported once, at the edited line, instead of at every line after it:
   ``truncated``: the last hash differs from a head hash kept elsewhere;
 * ``evidence``: a file of the run folder (metrics, tables, figures, reports, config, run.json)
   no longer matches the digest its entry's ``manifest`` recorded, is missing, or was never
-  recorded (see :mod:`neuronmap._audit_evidence`).
+  recorded (see :mod:`neuronmap.compliance._audit_evidence`).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def verify(path: str | os.PathLike[str], *, key: str | bytes | None = None, head
         key_bytes = os.environ["NEURONMAP_AUDIT_KEY"].encode()
     trusted = None
     if public_keys is not None:
-        from neuronmap._audit_sign import load_public_keys
+        from neuronmap.compliance._audit_sign import load_public_keys
 
         trusted = load_public_keys(public_keys) or None
     problems: list[AuditProblem] = []
@@ -183,7 +183,7 @@ def verify(path: str | os.PathLike[str], *, key: str | bytes | None = None, head
                      "--public-key with the signer's published key to require it")
     checked, files = False, 0
     if evidence:
-        from neuronmap._audit_evidence import check_evidence
+        from neuronmap.compliance._audit_evidence import check_evidence
 
         found, files = check_evidence(file.parent, [(i, entries[i]) for i in order])
         checked = files > 0
@@ -223,7 +223,7 @@ def _check_ed25519(lineno: int, entry: dict[str, Any], trusted: set[str] | None,
             return [AuditProblem(lineno, "signature", "entry has no Ed25519 signature although trusted public keys "
                                                       "were given")]
         return []
-    from neuronmap._audit_sign import check_signature
+    from neuronmap.compliance._audit_sign import check_signature
 
     error = check_signature(entry)
     if error is not None:

@@ -18,8 +18,15 @@ import torch
 from torch import nn
 
 import neuronmap as nm
-from neuronmap._audit_verify import GENESIS, entry_hash
-from neuronmap.audit import AuditError, AuditTrail, environment_info, hash_json, hash_model, verify
+from neuronmap.compliance._audit_verify import GENESIS, entry_hash
+from neuronmap.compliance.audit import (
+    AuditError,
+    AuditTrail,
+    environment_info,
+    hash_json,
+    hash_model,
+    verify,
+)
 from neuronmap.errors import ReporterWarning
 from neuronmap.reporters import LocalReporter
 from neuronmap.testing import tiny_mlp, tiny_probe
@@ -300,7 +307,7 @@ def test_missing_added_and_edited_files_are_named(tmp_path: Path) -> None:
 def test_ed25519_signed_entries(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from neuronmap._audit_sign import generate_key_pair
+    from neuronmap.compliance._audit_sign import generate_key_pair
 
     key = ed25519.Ed25519PrivateKey.generate()
     trail = AuditTrail(tmp_path, signing_key=key)

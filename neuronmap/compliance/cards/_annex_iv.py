@@ -16,13 +16,13 @@ conforms: that is the provider's responsibility and, where required, a conformit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from neuronmap.cards.data import ModelCard
+    from neuronmap.compliance.cards.data import ModelCard
 
-__all__ = ["ANNEX_IV_ITEMS", "DESIGN_SPECIFICATIONS", "annex_iv_fields", "annex_iv_status", "is_not_applicable",
+__all__ = ["ANNEX_IV_ITEMS", "DESIGN_SPECIFICATIONS", "annex_iv_fields", "annex_iv_status", "is_filled", "is_not_applicable",
            "sign_off_status", "strict_problems"]
 
 #: Annex IV 2(b)'s sub-items, each its own field under ``annex_iv.design_specifications``.
@@ -84,6 +84,21 @@ def is_not_applicable(value: Any) -> str | None:
     return None
 
 
+def is_filled(value: Any) -> bool:
+    """Whether a card field counts as filled: not empty, ``TODO``, ``TBD``, ``N/A`` or a bare
+    ``"not applicable"`` without its reason."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower().rstrip(":. ") == "not applicable":
+            return False  # "not applicable" needs its reason: "not applicable: <reason>"
+        return bool(text) and text.upper() not in ("TODO", "TBD", "N/A")
+    if isinstance(value, (Mapping, Sequence)):
+        return len(value) > 0
+    return True
+
+
 def _get(card_dict: Mapping[str, Any], dotted: str) -> Any:
     node: Any = card_dict
     for part in dotted.split("."):
@@ -96,8 +111,6 @@ def _get(card_dict: Mapping[str, Any], dotted: str) -> Any:
 def annex_iv_status(card: ModelCard) -> list[dict[str, Any]]:
     """One row per item: ``item, title, status`` (``provided``, ``not applicable``, ``missing``),
     ``missing`` (fields still empty) and ``reasons`` (not-applicable reasons)."""
-    from neuronmap.cards.data import _filled
-
     data = card.to_dict()
     rows = []
     for item, title, fields in ANNEX_IV_ITEMS:
@@ -107,7 +120,7 @@ def annex_iv_status(card: ModelCard) -> list[dict[str, Any]]:
             reason = is_not_applicable(value)
             if reason is not None:
                 reasons.append(f"{field}: {reason}")
-            elif _filled(value):
+            elif is_filled(value):
                 provided += 1
             else:
                 missing.append(field)

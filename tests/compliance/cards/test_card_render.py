@@ -14,8 +14,8 @@ from compliance_runs import copy_run, make_run
 from jinja2.exceptions import SecurityError
 
 import neuronmap as nm
-from neuronmap.audit import verify
-from neuronmap.cards import (
+from neuronmap.compliance.audit import verify
+from neuronmap.compliance.cards import (
     ANNEX_IV_REQUIRED,
     CardIncompleteError,
     ModelCard,

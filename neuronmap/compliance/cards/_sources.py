@@ -177,7 +177,7 @@ def _audit(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[st
     path = run_dir / "audit.jsonl"
     if not path.is_file():
         return {"present": False, "verified": False, "runs": 0, "sign_offs": [], "commits": []}, [], None
-    from neuronmap.audit import verify
+    from neuronmap.compliance.audit import verify
 
     result = verify(path)
     summary: dict[str, Any] = {
@@ -249,7 +249,7 @@ def read_run_folder(run_dir: Path) -> dict[str, Any]:
         environment = {k: first_run.get(k) for k in ("user", "host", "platform", "git", "versions")}
         environment["recorded"] = f"audit trail, first engine run at {first_run.get('timestamp')}"
     else:
-        from neuronmap.audit import environment_info
+        from neuronmap.compliance.audit import environment_info
 
         environment = {**environment_info(), "recorded": "at card rendering (no audit trail in the run folder)"}
     return {
