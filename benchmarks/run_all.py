@@ -11,6 +11,8 @@ Questions (issue 10): 1 capture cost (``capture.py``), 2 idle callback overhead
 (``capture_peers.py``, run with ``.venv-peers/bin/python`` where that environment exists).
 Issue 17: 6 the cost of every built-in analysis at its defaults (``analysis_costs.py``),
 7 start-up: ``neuronmap --version`` and ``import neuronmap`` (``startup.py``).
+Issue 18: 8 the cost of the adversarial, regression, world-model and cross-lingual analyses
+on MiniLM at their defaults (``analyses_iv.py``).
 Issue 19: 8 the service under load (``service_load.py``: 50 clients, a 10k-point history, 60 s).
 Issue 14: 9 the training loop with the tracker frozen vs answering (``hung_tracker.py``).
 
@@ -42,6 +44,7 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "5": ("probing.py", ["--n", "300", "--repeats", "3"], ["--n", "1000", "--repeats", "3"], False),
     "6": ("analysis_costs.py", ["--repeats", "1"], ["--repeats", "3"], True),
     "7": ("startup.py", ["--repeats", "9"], ["--repeats", "15"], False),
+    "8": ("analyses_iv.py", ["--repeats", "1"], ["--repeats", "3"], True),
     # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
     "8": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
     # issue 14: the training loop while the MLflow server is frozen vs answering
