@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,12 +162,14 @@ class _PeakRSS:
 
 def _child(name: str, repeats: int) -> dict[str, Any]:
     """Set up, capture, then time one analysis (runs in its own process)."""
+    return next(_measure([name], repeats))
+
+
+def _measure(names: list[str], repeats: int) -> Iterator[dict[str, Any]]:
+    """Set up and capture once, then time each analysis in turn in this process."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from neuronmap.analyses.base import AnalysisContext
     from neuronmap.capture import capture_activations
 
     model, tokenizer, probe = _setup()
@@ -178,6 +180,16 @@ def _child(name: str, repeats: int) -> dict[str, Any]:
                                    with_outputs=True, progress=False)
         captures.append(time.perf_counter() - t0)
     capture_s = statistics.median(captures[1:])
+    for name in names:
+        yield _time_one(name, model, tokenizer, probe, acts, capture_s, repeats)
+
+
+def _time_one(name: str, model: Any, tokenizer: Any, probe: Any, acts: Any, capture_s: float,
+              repeats: int) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    from neuronmap.analyses.base import AnalysisContext
+
     analysis = _cases(tokenizer)[name]()
     times, peaks, status, error = [], [], "ok", ""
     for _ in range(repeats):
@@ -218,6 +230,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--only", nargs="+", default=None, help="registry names of the analyses to run")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per analysis")
     parser.add_argument("--device", default="cpu", help="only cpu is measured (2 threads)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="one process for every analysis (one model load; peak memory is then "
+                             "the growth over the RSS before each analysis, a lower bound)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -229,8 +244,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
     names = args.only or available_analyses()
     results = []
+    measured = _measure(names, args.repeats) if args.in_process else None
     for name in names:
-        got = _run_child(name, args.repeats, args.timeout)
+        got = next(measured) if measured is not None else _run_child(name, args.repeats, args.timeout)
         print(f"# {name}: {got['seconds']:.2f} s, peak +{got['peak_bytes'] / 2**20:.0f} MiB, {got['status']} "
               f"{got.get('error', '')}".rstrip(), flush=True)
         results.append(got)
