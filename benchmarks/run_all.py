@@ -42,7 +42,7 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "3": ("full_run.py", ["--quick", "--repeats", "3"], ["--repeats", "3"], True),
     "4": ("cka.py", ["--quick", "--repeats", "3"], ["--repeats", "5"], True),
     "5": ("probing.py", ["--n", "300", "--repeats", "3"], ["--n", "1000", "--repeats", "3"], False),
-    "6": ("analysis_costs.py", ["--in-process", "--repeats", "1"], ["--repeats", "3"], True),
+    "6": ("analysis_costs.py", ["--in-process", "--repeats", "1"], ["--repeats", "3"], False),
     "7": ("startup.py", ["--repeats", "9"], ["--repeats", "15"], False),
     "8": ("analyses_iv.py", ["--repeats", "1"], ["--repeats", "3"], True),
     # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
