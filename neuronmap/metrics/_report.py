@@ -361,24 +361,27 @@ class GroupReport:
         )  # fmt: skip
 
     def to_frame(self, method: Method = "between_groups") -> pd.DataFrame:
-        """Everything in one long table: ``scope, metric, group, estimate, ci_low, ci_high``.
+        """Everything in one long table: ``scope, metric, group, n, estimate, ci_low, ci_high``.
 
         ``scope`` is ``overall``, ``group``, ``difference``, ``ratio`` or ``summary``;
-        ``group`` holds the group key (a tuple for intersections) for ``group`` rows.
+        ``group`` holds the group key (a tuple for intersections) for ``group`` rows; ``n`` is
+        the number of examples behind an ``overall`` or ``group`` estimate (empty otherwise),
+        so a reader can tell a small group's wide interval from a real difference.
         """
         parts = []
 
-        def add(scope: str, est: pd.Series, ci: pd.DataFrame, group: Any = None) -> None:
+        def add(scope: str, est: pd.Series, ci: pd.DataFrame, group: Any = None, n: float = np.nan) -> None:
             parts.append(pd.DataFrame({
-                "scope": scope, "metric": est.index, "group": [group] * len(est),
+                "scope": scope, "metric": est.index, "group": [group] * len(est), "n": n,
                 "estimate": est.to_numpy(float), "ci_low": ci["low"].to_numpy(float),
                 "ci_high": ci["high"].to_numpy(float),
             }))  # fmt: skip
 
-        add("overall", self.overall, self.overall_ci)
+        sizes = self.group_sizes
+        add("overall", self.overall, self.overall_ci, n=float(sizes.sum()))
         for key, row in self.by_group.iterrows():
             ci = self.by_group_ci.loc[key].unstack()
-            add("group", row, ci.loc[row.index], group=key)
+            add("group", row, ci.loc[row.index], group=key, n=float(sizes.get(key, np.nan)))
         add("difference", self.difference(method), self.difference_ci(method))
         add("ratio", self.ratio(method), self.ratio_ci(method))
         summary = self.summary(method)
