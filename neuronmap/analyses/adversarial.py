@@ -145,6 +145,7 @@ class AdversarialRobustness(Analysis):
 
     needs_model = True  # attacks the model with gradients
     name = "adversarial"
+    needs_model = True  # attacks differentiate through the live model
 
     def __init__(
         self,
