@@ -41,7 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from collections.abc import Mapping
@@ -53,7 +52,7 @@ import pandas as pd
 
 from neuronmap.errors import InvalidParameterError, NeuronMapError
 
-__all__ = ["add_parser", "generate", "load_template_file", "write_frame"]
+__all__ = ["generate", "load_template_file", "write_frame"]
 
 _MAX_TRIES_PER_ROW = 50
 #: The built-in presets (``neuronmap.presets.PRESETS``), named here so ``neuronmap --help`` stays light.
@@ -224,29 +223,3 @@ def write_frame(frame: pd.DataFrame, out: str | Path) -> Path:
     else:
         raise NeuronMapError(f"Unknown output format {suffix!r} for {str(out)!r}; use .parquet, .csv, .jsonl or .txt.")
     return out
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from neuronmap import presets
-
-    if (args.preset is None) == (args.template is None):
-        raise NeuronMapError("generate needs exactly one of --preset NAME or --template FILE.")
-    if args.preset is not None:
-        frame = presets.get_preset(args.preset, n=args.n, seed=args.seed).frame
-    else:
-        frame = generate(args.template, n=args.n, seed=args.seed)
-    path = write_frame(frame, args.out)
-    label = " with labels" if "label" in frame else ""
-    print(f"Wrote {len(frame)} probes{label} to {path} (columns: {', '.join(map(str, frame.columns))})")
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``neuronmap generate`` (called by :mod:`neuronmap.cli`)."""
-    p = sub.add_parser("generate", help="write a probe set from a preset or a template file")
-    p.add_argument("--preset", choices=PRESET_NAMES, help="a built-in preset")
-    p.add_argument("--template", metavar="FILE", help="a YAML/JSON template file (see neuronmap.generate)")
-    p.add_argument("--n", type=int, default=None, help="rows (default: the preset's or template's own size)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="probes.parquet", metavar="FILE", help=".parquet, .csv, .jsonl or .txt")
-    p.set_defaults(handler=_cmd_generate)

@@ -93,7 +93,7 @@ def test_compare_two_checkpoints_of_the_real_minilm(tmp_path, capsys) -> None:
 
 
 def test_help_documents_the_config_format_and_its_example_is_valid(tmp_path: Path, capsys) -> None:
-    from neuronmap.analyze import _KNOWN_KEYS, CONFIG_FORMAT, load_config
+    from neuronmap.cli.config import _KNOWN_KEYS, CONFIG_FORMAT, load_config
 
     with pytest.raises(SystemExit) as exit_info:
         main(["analyze", "--help"])

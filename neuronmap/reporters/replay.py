@@ -14,7 +14,6 @@ not answer (nothing is lost: run the command again later), 2 for a bad run folde
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 from neuronmap.errors import InvalidParameterError, NeuronMapError
 
-__all__ = ["ReplayOutcome", "add_parser", "replay_run"]
+__all__ = ["ReplayOutcome", "replay_run"]
 
 _FINAL = ("FINISHED", "FAILED", "KILLED")
 
@@ -121,25 +120,3 @@ def _fallback_status(run_dir: Path) -> str:
 
     status = str(read_json(run_dir / "run.json").get("status", ""))
     return status if status in _FINAL else "KILLED"
-
-
-# ---------------------------------------------------------------------- CLI
-def add_parser(sub: Any) -> None:
-    """Register ``neuronmap replay`` on the CLI's subparsers."""
-    p = sub.add_parser(
-        "replay",
-        help="deliver a run's spooled tracker calls after the run ended, and close its tracker runs",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds spool/)")
-    p.set_defaults(handler=_cmd_replay)
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    outcomes = replay_run(args.run_dir)
-    if not outcomes:
-        print(f"{args.run_dir}: no spool, nothing to deliver.")
-        return 0
-    for outcome in outcomes:
-        print(f"{outcome.folder.name}: {outcome.status}: {outcome.detail}")
-    return 1 if any(o.status in ("unreachable", "no-spec") for o in outcomes) else 0

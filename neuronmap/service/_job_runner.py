@@ -26,7 +26,7 @@ def _progress(fraction: float, stage: str) -> None:
 
 def _run(job_dir: Path) -> Path:
     _progress(0.05, "reading the spec")
-    from neuronmap.analyze import load_config, run_config
+    from neuronmap.cli.config import load_config, run_config
 
     config = load_config(job_dir / "spec.yaml")
     _progress(0.15, "loading the model and probe set, running the analyses")

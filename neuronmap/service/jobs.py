@@ -236,11 +236,11 @@ class JobManager:
     @staticmethod
     def _check_with_analyze(spec_path: Path) -> None:
         """The checks of ``neuronmap analyze`` itself, so a bad spec is a 422 now, not a failed job later."""
-        from neuronmap.analyze import _build_analyses, load_config
+        from neuronmap.cli.config import build_analyses, load_config
 
         try:
             config = load_config(spec_path)
-            _build_analyses(config["analyses"])
+            build_analyses(config["analyses"])
         except Problem:
             raise
         except (NeuronMapError, TypeError) as err:

@@ -1,16 +1,13 @@
-"""Analyses without a training loop: ``neuronmap analyze`` and ``neuronmap compare``.
+"""The analysis config: run the analyses a YAML file names once, without a training loop.
 
-``analyze`` reads a YAML config naming a model folder (or saved activations), a probe set, the
-layers and the analyses, runs them once and writes a run folder. The format is
-:data:`CONFIG_FORMAT` (also in ``neuronmap analyze --help`` and docs/analyses.md).
-
-``compare`` computes linear CKA between every layer of two models (or two checkpoints of one
-model) on the same texts and writes the matrix as CSV and a heatmap.
+A config names a model folder (or saved activations), a probe set, the layers and the
+analyses; :func:`run_config` runs them once and writes a run folder. The format is
+:data:`CONFIG_FORMAT` (also in ``neuronmap analyze --help`` and docs/analyses.md). Both
+``neuronmap analyze`` and the service's analysis jobs read configs through this module.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ import yaml
 from neuronmap._files import check_run_name
 from neuronmap.errors import InvalidParameterError, NeuronMapError
 
-__all__ = ["CONFIG_FORMAT", "add_parser", "load_config", "run_config"]
+__all__ = ["CONFIG_FORMAT", "build_analyses", "load_config", "run_config"]
 
 #: The config file format, shown by ``neuronmap analyze --help``.
 CONFIG_FORMAT = """\
@@ -114,7 +111,7 @@ def _check_input_files(config: dict[str, Any]) -> None:
         _existing(config, config["activations"], "activations")
 
 
-def _build_analyses(specs: list[Any]) -> list[Any]:
+def build_analyses(specs: list[Any]) -> list[Any]:
     from neuronmap.analyses import get_analysis
 
     out = []
@@ -165,13 +162,13 @@ def _load_probe(config: dict[str, Any], tokenizer: Any) -> Any:
 
 
 def _load_model(config: dict[str, Any]) -> tuple[Any, Any]:
-    from neuronmap.cli import _load_hf
+    from neuronmap.cli._models import load_hf_model
 
     task = config.get("task", "base")
     if task not in ("base", "sequence-classification"):
         raise InvalidParameterError(f"task must be 'base' or 'sequence-classification'; got {task!r}.")
     path = str(_resolve(config, config["model"]))
-    return _load_hf(path, attn_implementation=config.get("attn_implementation"), task=task)
+    return load_hf_model(path, attn_implementation=config.get("attn_implementation"), task=task)
 
 
 def run_config(config: dict[str, Any]) -> Path:
@@ -185,7 +182,7 @@ def run_config(config: dict[str, Any]) -> Path:
     from neuronmap.reporters.local import LocalReporter
 
     _check_input_files(config)
-    analyses = _build_analyses(config["analyses"])
+    analyses = build_analyses(config["analyses"])
     if "model" in config:
         model, tokenizer = _load_model(config)
     else:
@@ -215,61 +212,3 @@ def run_config(config: dict[str, Any]) -> Path:
     finally:
         monitor.close(status)  # type: ignore[arg-type]
     return reporter.run_dir
-
-
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    run_dir = run_config(load_config(args.config))
-    print(f"Run folder: {run_dir}\nReport: {run_dir / 'report.html'}")
-    return 0
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from neuronmap.analyses.similarity import cka_heatmap, compare_models
-    from neuronmap.capture import capture_activations
-    from neuronmap.cli import _load_hf
-    from neuronmap.probe import ProbeSet
-
-    model_a, tokenizer = _load_hf(args.model_a)
-    model_b, _ = _load_hf(args.model_b)
-    if tokenizer is None:
-        raise NeuronMapError(f"No tokenizer found in {args.model_a!r}; compare needs one to encode the texts.")
-    texts_path = Path(args.texts)
-    if not texts_path.exists():
-        raise NeuronMapError(f"Texts file {args.texts!r} does not exist.")
-    texts = [t for t in texts_path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    probe = ProbeSet.from_texts(texts, tokenizer, max_length=args.max_length)
-    acts = [
-        capture_activations(m, probe, layers=args.layers, reduce=args.reduce, progress=not args.quiet)
-        for m in (model_a, model_b)
-    ]
-    matrix = compare_models(acts[0], acts[1], debiased=args.debiased)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    matrix.to_csv(out / "cka.csv")
-    cka_heatmap(matrix).savefig(out / "cka.png", dpi=100, bbox_inches="tight")
-    print(matrix.round(3).to_string())
-    print(f"\nWrote {out / 'cka.csv'} and {out / 'cka.png'}")
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``analyze`` and ``compare`` on the ``neuronmap`` command."""
-    p = sub.add_parser("analyze", help="run configured analyses once, without a training loop",
-                       description="Run the analyses a YAML config names once, on a saved model (or saved "
-                                   "activations) and a probe set, and write a run folder.",
-                       epilog=CONFIG_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", metavar="CONFIG.yaml", help="model or activations, probe set, layers, analyses "
-                   "(format below)")
-    p.set_defaults(handler=_cmd_analyze)
-
-    p = sub.add_parser("compare", help="layer-by-layer CKA between two models on the same texts")
-    p.add_argument("model_a", metavar="MODEL_A")
-    p.add_argument("model_b", metavar="MODEL_B")
-    p.add_argument("--texts", required=True, metavar="FILE", help="one text per line")
-    p.add_argument("--layers", nargs="+", default=["encoder.layer.*"])
-    p.add_argument("--reduce", default="mean", choices=["mean", "first", "last", "max"])
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--debiased", action="store_true", help="debiased CKA (Nguyen et al. 2021)")
-    p.add_argument("--out", default="neuronmap-compare", metavar="DIR")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=_cmd_compare)
