@@ -70,11 +70,11 @@ class Recorder:
         if not rows:
             return
         old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-        key = ("statistic", "kind", "scenario")
+        key = ("statistic", "method", "kind", "scenario")  # chi2 and permutation rows differ in method only
         merged = {tuple(r[k] for k in key): r for r in old}
         merged.update({tuple(r[k] for k in key): r for r in rows})
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        ordered = sorted(merged.values(), key=lambda r: (r["statistic"], r["kind"], r["scenario"]))
+        ordered = sorted(merged.values(), key=lambda r: (r["statistic"], r["kind"], r["scenario"], r["method"]))
         RESULTS.write_text(json.dumps(ordered, indent=1) + "\n")
         update_doc(ordered)
 
