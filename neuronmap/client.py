@@ -163,11 +163,24 @@ class Client:
 
     def history(self, run_id: str, *, analysis: str | None = None, layer: str | None = None,
                 metric: str | None = None, key: str | None = None, step_min: int | None = None,
-                step_max: int | None = None) -> pd.DataFrame:
-        """The run's long-format History (the same DataFrame as the local ``History.frame``)."""
-        body = self._get(f"/runs/{run_id}/history", analysis=analysis, layer=layer, metric=metric, key=key,
-                         step_min=step_min, step_max=step_max)
-        return _history_frame(body)
+                step_max: int | None = None, page_size: int | None = None) -> pd.DataFrame:
+        """The run's long-format History (the same DataFrame as the local ``History.frame``).
+
+        Filters are applied on the server, so only the matching points travel. By default the
+        whole (filtered) history comes in one gzipped answer; ``page_size`` fetches it that many
+        rows at a time instead (smaller answers, more requests).
+        """
+        filters = {"analysis": analysis, "layer": layer, "metric": metric, "key": key, "step_min": step_min,
+                   "step_max": step_max}
+        if page_size is None:
+            return _history_frame(self._get(f"/runs/{run_id}/history", **filters))
+        pages: list[pd.DataFrame] = []
+        offset: int | None = 0
+        while offset is not None:
+            body = self._get(f"/runs/{run_id}/history", limit=page_size, offset=offset, **filters)
+            pages.append(_history_frame(body))
+            offset = body.get("next_offset")
+        return pd.concat(pages, ignore_index=True) if len(pages) > 1 else pages[0]
 
     def compare(self, a: str, b: str) -> dict[str, Any]:
         """Metric deltas between two runs, and CKA where both stored activations."""

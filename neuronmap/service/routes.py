@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -15,8 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
+from neuronmap.service._history import HistoryCache
 from neuronmap.service._problems import Problem
-from neuronmap.service._runs import encode_history, filter_history
 
 if TYPE_CHECKING:
     from neuronmap.service.app import ServiceState
@@ -57,16 +55,16 @@ def api_router(state: ServiceState) -> APIRouter:
     router = APIRouter()
     runs = state.runs
 
-    def reader(request: Request) -> Any:
+    # async: a token check is a stat and a hash, cheaper on the event loop than a thread hop
+    async def reader(request: Request) -> Any:
         return state.authenticate(request, "read")
 
-    def writer(request: Request) -> Any:
+    async def writer(request: Request) -> Any:
         return state.authenticate(request, "write")
 
     read = [Depends(reader)]
     write = [Depends(writer)]
-    history_cache: OrderedDict[tuple[Any, ...], tuple[Any, bytes]] = OrderedDict()
-    cache_lock = threading.Lock()
+    history_cache = HistoryCache()
 
     @router.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
@@ -100,30 +98,21 @@ def api_router(state: ServiceState) -> APIRouter:
         return runs.findings(run)
 
     @router.get("/runs/{run}/history", tags=["runs"], dependencies=read)
-    async def history(run: str, analysis: str | None = None, layer: str | None = None,
+    async def history(request: Request, run: str, analysis: str | None = None, layer: str | None = None,
                       metric: str | None = None, key: str | None = None,
-                      step_min: int | None = None, step_max: int | None = None) -> Response:
-        """The long-format History (filtered), as columns with a key dictionary (see the docs)."""
+                      step_min: int | None = None, step_max: int | None = None,
+                      limit: int | None = Query(None, ge=1, description="rows per page (default: all)"),
+                      offset: int = Query(0, ge=0, description="first row of the page")) -> Response:
+        """The long-format History (filtered, optionally one page of rows), as columns with a key
+        dictionary (see the docs). Answers carry an ETag (``If-None-Match`` gets a 304) and are
+        gzipped for clients that accept it."""
+        query = {"analysis": analysis, "layer": layer, "metric": metric, "key": key, "step_min": step_min,
+                 "step_max": step_max, "limit": limit, "offset": offset}
         # a cached, unchanged run is answered on the event loop: a thread hop costs more than the lookup
         loaded = runs.peek(run) or await run_in_threadpool(runs.load, run)
-        cache_key = (run, analysis, layer, metric, key, step_min, step_max)
-        with cache_lock:
-            hit = history_cache.get(cache_key)
-        if hit is not None and hit[0] is loaded:
-            return Response(hit[1], media_type="application/json")
-
-        def encode() -> bytes:
-            frame = filter_history(loaded.frame, analysis=analysis, layer=layer, metric=metric, key=key,
-                                   step_min=step_min, step_max=step_max)
-            body = {"run": run, **encode_history(frame)}
-            return json.dumps(body, separators=(",", ":")).encode()
-
-        payload = await run_in_threadpool(encode)
-        with cache_lock:
-            history_cache[cache_key] = (loaded, payload)
-            while len(history_cache) > 64:
-                history_cache.popitem(last=False)
-        return Response(payload, media_type="application/json")
+        encoded = history_cache.get(loaded, run, query) or await run_in_threadpool(
+            history_cache.get_or_build, loaded, run, query)
+        return encoded.response(request.headers)
 
     @router.get("/runs/{run}/metrics", tags=["runs"], dependencies=read)
     def metric_keys(run: str) -> dict[str, Any]:

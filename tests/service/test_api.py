@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from neuronmap.client import Client, ClientError
-from neuronmap.reporters.local import read_history
 from neuronmap.results import History
+from neuronmap.runs import read_history
 
 GATES_PASS = """gates:
   - metric: neuronmap/activation_stats/*/dead_fraction
@@ -108,6 +108,44 @@ def test_history_filters(reader, world) -> None:
     pd.testing.assert_frame_equal(got, want.reset_index(drop=True))
     assert set(reader.history("alpha", metric="dead_fraction")["metric"]) == {"dead_fraction"}
     assert reader.history("alpha", key="no/such/key").empty
+
+
+def test_history_pages_add_up_to_the_whole_history(reader, world) -> None:
+    whole = reader.run("alpha").history
+    pd.testing.assert_frame_equal(reader.history("alpha", page_size=7), whole)
+    auth = {"Authorization": f"Bearer {world['read']}"}
+    page = httpx.get(f"{reader.url}/api/v1/runs/alpha/history", params={"limit": 5, "offset": 5}, headers=auth).json()
+    assert (page["count"], page["offset"], page["next_offset"], page["total"]) == (5, 5, 10, len(whole))
+    last = httpx.get(f"{reader.url}/api/v1/runs/alpha/history", params={"limit": 5, "offset": len(whole) - 2},
+                     headers=auth).json()
+    assert last["count"] == 2 and last["next_offset"] is None
+
+
+def test_history_answers_are_gzipped_and_revalidated_by_etag(server, world) -> None:
+    url, auth = f"{server.url}/api/v1/runs/alpha/history", {"Authorization": f"Bearer {world['read']}"}
+    packed = httpx.get(url, headers={**auth, "Accept-Encoding": "gzip"})
+    plain = httpx.get(url, headers={**auth, "Accept-Encoding": "identity"})
+    assert packed.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert int(packed.headers["content-length"]) < int(plain.headers["content-length"]) / 3
+    assert packed.json() == plain.json() and packed.headers["etag"] == plain.headers["etag"]
+    again = httpx.get(url, headers={**auth, "If-None-Match": plain.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert httpx.get(url, headers={**auth, "If-None-Match": '"stale"'}).status_code == 200
+
+
+def test_history_is_re_read_when_the_run_grows(reader, world) -> None:
+    grow = world["runs"] / "growing"
+    shutil.copytree(world["runs"] / "beta", grow)
+    try:
+        before = reader.run("growing").history
+        with (grow / "metrics.jsonl").open("a") as fh:
+            fh.write('{"step": 20, "epoch": null, "event": null, "time": "2026-01-01T00:00:00+00:00", '
+                     '"metrics": {"neuronmap/activation_stats/net.0/mean": 0.5}}\n')
+        after = reader.run("growing").history
+        assert len(after) == len(before) + 1 and after.iloc[-1]["step"] == 20
+        pd.testing.assert_frame_equal(after, History(read_history(grow)).frame)
+    finally:
+        shutil.rmtree(grow)
 
 
 def test_figures_and_tables(reader, world) -> None:
