@@ -20,7 +20,7 @@ from neuronmap._files import (
 )
 from neuronmap.errors import InvalidParameterError, TornLineWarning
 from neuronmap.reporters import LocalReporter
-from neuronmap.reporters.local import read_history
+from neuronmap.runs import read_history
 
 TORN = '{"step": 0, "metrics": {"a": 1.0}}\n{"step": 1, "metrics": {"a": 2.'
 

@@ -107,8 +107,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from neuronmap._run_source import MLFLOW_PREFIX, load_run
     from neuronmap.reporters._html import render_run_html
+    from neuronmap.runs.source import MLFLOW_PREFIX, load_run
 
     # the same source the gate reads: a run folder, a W&B run folder, or mlflow:<run_id>
     loaded = load_run(args.run, tracking_uri=args.tracking_uri, materialize=True)

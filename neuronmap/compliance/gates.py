@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pandas as pd
 
-from neuronmap._run_source import LoadedRun, RunReadError, load_run
 from neuronmap.compliance._gate_config import (
     BaselineRule,
     GateCheck,
@@ -47,6 +46,7 @@ from neuronmap.compliance._gate_config import (
 from neuronmap.compliance._gate_output import report_to_dict, to_junit_xml, to_markdown
 from neuronmap.errors import InvalidParameterError
 from neuronmap.results import History
+from neuronmap.runs.source import LoadedRun, RunReadError, load_run
 
 if TYPE_CHECKING:
     from neuronmap.compliance.audit import AuditTrail

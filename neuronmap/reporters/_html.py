@@ -15,9 +15,18 @@ from jinja2.sandbox import SandboxedEnvironment
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from neuronmap._files import read_json, write_text_atomic
+from neuronmap._files import write_text_atomic
 from neuronmap.reporters._plotly import analysis_rank, metric_charts, plotly_js
-from neuronmap.reporters.local import read_history
+from neuronmap.runs.folder import (
+    CONFIG_FILE,
+    FAILURES_FILE,
+    REPORT_FILE,
+    RUN_FILE,
+    TAGS_FILE,
+    latest_report,
+    read_history,
+    read_object,
+)
 
 __all__ = ["render_run_html"]
 
@@ -77,19 +86,13 @@ def _table(path: Path, root: Path) -> dict[str, Any]:
     }
 
 
-def _read_json(path: Path) -> Any:
-    return read_json(path)
-
-
 def _latest_findings(run_dir: Path) -> list[dict[str, Any]]:
     """The findings of the last analysed step (``reports/<step>.json``), ranked as the engine ranked them."""
-    reports = run_dir / "reports"
-    steps = [p for p in reports.glob("*.json") if p.stem.lstrip("-").isdigit()] if reports.is_dir() else []
-    if not steps:
+    latest = latest_report(run_dir)
+    if latest is None:
         return []
-    latest = max(steps, key=lambda p: int(p.stem))
-    found = _read_json(latest).get("findings") or []
-    return [{**f, "step": int(latest.stem)} for f in found if isinstance(f, dict)]
+    step, report = latest
+    return [{**f, "step": step} for f in report.get("findings") or [] if isinstance(f, dict)]
 
 
 def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -128,10 +131,10 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     figures.sort(key=lambda f: analysis_rank(f["name"].split("/")[0]))
     page = env.get_template("report.html.j2").render(
         run_name=run_dir.name,
-        run=_read_json(run_dir / "run.json"),
-        config=json.dumps(_read_json(run_dir / "config.json"), indent=2, default=str),
-        tags=_read_json(run_dir / "tags.json"),
-        failures=_read_json(run_dir / "failures.json"),
+        run=read_object(run_dir / RUN_FILE),
+        config=json.dumps(read_object(run_dir / CONFIG_FILE), indent=2, default=str),
+        tags=read_object(run_dir / TAGS_FILE),
+        failures=read_object(run_dir / FAILURES_FILE),
         steps=sorted({int(s) for s in history["step"]}) if not history.empty else [],
         summary=sorted(summary_rows, key=lambda r: analysis_rank(str(r["analysis"]))),
         findings=_latest_findings(run_dir),
@@ -143,7 +146,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         tables=tables,
         table_step=table_dir.name if table_dir else None,
     )
-    out_path = Path(out) if out else run_dir / "report.html"
+    out_path = Path(out) if out else run_dir / REPORT_FILE
     write_text_atomic(out_path, page)
     return out_path
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuronmap._headline import LAYOUT, LAYOUT_TAG
 from neuronmap.findings import findings_of, summary_text
-from neuronmap.reporters.local import safe_name
+from neuronmap.runs.folder import figure_path, table_path
 
 if TYPE_CHECKING:
     from neuronmap.results import Report
@@ -122,13 +122,13 @@ class RunMirror:
         written[1].write_text(report.to_json(indent=2), encoding="utf-8")
         for analysis, result in report.results.items():
             for name, table in result.tables.items():
-                path = self.root / "tables" / str(report.step) / f"{safe_name(f'{analysis}/{name}')}.csv"
+                path = table_path(self.root, report.step, f"{analysis}/{name}")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 table.to_csv(path, index=not _range_index(table))
             if not figures:
                 continue
             for name, figure in result.figures.items():
-                path = self.root / "figures" / str(report.step) / f"{safe_name(f'{analysis}/{name}')}.png"
+                path = figure_path(self.root, report.step, f"{analysis}/{name}")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(render_png(figure))
         return written
@@ -167,7 +167,8 @@ def share_run_folder(reporters: Iterable[Any]) -> Path | None:
     folder above (``neuronmap-runs/mlflow.db``) with the run named after the folder. A
     reporter given an explicit folder, writer, logger or run is left alone.
     """
-    from neuronmap.reporters.local import DEFAULT_ROOT, LocalReporter, new_run_name
+    from neuronmap.reporters.local import LocalReporter
+    from neuronmap.runs.folder import DEFAULT_ROOT, new_run_name
 
     items = [getattr(r, "reporter", r) for r in reporters]
     anchor = next((r.run_dir for r in items if isinstance(r, LocalReporter)), None)

@@ -57,7 +57,8 @@ from neuronmap.reporters.base import (
     publish_report,
     render_png,
 )
-from neuronmap.reporters.local import DEFAULT_ROOT, LocalReporter, new_run_name, safe_name
+from neuronmap.reporters.local import LocalReporter
+from neuronmap.runs.folder import DEFAULT_ROOT, new_run_name, safe_name
 
 if TYPE_CHECKING:
     import pandas as pd

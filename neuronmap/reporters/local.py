@@ -1,19 +1,9 @@
 """The embedded default reporter: a self-contained run folder on the local disk.
 
-Layout of ``neuronmap-runs/<run-name>/``::
-
-    metrics.jsonl          one JSON line per logged step (step, epoch, event, metrics)
-    history.csv            the long-format History (step, epoch, event, analysis, layer, metric, value, key)
-    config.json            parameters from log_params
-    tags.json              tags from set_tags
-    figures/<step>/<analysis>/<name>.png
-    tables/<step>/<analysis>/<name>.csv
-    texts/<name>.md        text documents (model cards)
-    artifacts/             files from log_artifact
-    run.json               run status and times
-    report.html            a self-contained page (metrics over steps, latest figures and tables)
-
-``neuronmap report RUN_DIR`` re-renders ``report.html`` from these files.
+The folder's layout, names and readers are :mod:`neuronmap.runs.folder`; this reporter writes
+it (``metrics.jsonl``, ``history.csv``, ``reports/<step>.json``, figures, tables, texts,
+artifacts, ``run.json``) and keeps ``report.html`` current. ``neuronmap report RUN_DIR``
+re-renders ``report.html`` from these files.
 
 The folder survives a crash (see :mod:`neuronmap._files`): ``metrics.jsonl`` appends start on a
 new line, readers skip a torn record with a :class:`~neuronmap.errors.TornLineWarning`, and
@@ -23,10 +13,8 @@ every whole-file JSON write is atomic (temporary file, fsync, rename).
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,35 +26,38 @@ from neuronmap._files import (
     append_jsonl,
     check_run_name,
     read_json,
-    read_jsonl_numbered,
     write_json_atomic,
     write_text_atomic,
 )
 from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
-from neuronmap.results import HISTORY_COLUMNS, split_key
+from neuronmap.runs.folder import (
+    CONFIG_FILE,
+    DEFAULT_ROOT,
+    FAILURES_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    REPORTS_DIR,
+    RUN_FILE,
+    TAGS_FILE,
+    figure_path,
+    new_run_name,
+    read_history,
+    safe_name,
+    table_path,
+    text_path,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from neuronmap.results import Report
 
-__all__ = ["LocalReporter", "read_history", "safe_name"]
-
-DEFAULT_ROOT = "neuronmap-runs"
-
-
-def safe_name(name: str) -> str:
-    """A path-safe version of a figure/table name (``/`` kept as folder separators)."""
-    parts = [re.sub(r"[^A-Za-z0-9._=+-]", "_", p) for p in name.split("/") if p not in ("", ".", "..")]
-    return "/".join(parts) or "unnamed"
-
+# read_history, safe_name: kept importable from here, where they lived before neuronmap.runs
+__all__ = ["DEFAULT_ROOT", "LocalReporter", "new_run_name", "read_history", "safe_name"]
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def new_run_name() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 class LocalReporter(BaseReporter):
@@ -115,7 +106,7 @@ class LocalReporter(BaseReporter):
         self.render_interval_s = render_interval_s
         self._last_render: float | None = None
         self._run_info = {"started": _now(), "status": "RUNNING"}
-        self._write_json("run.json", self._run_info)
+        self._write_json(RUN_FILE, self._run_info)
 
     def __repr__(self) -> str:
         return f"LocalReporter(run_dir={str(self.run_dir)!r})"
@@ -129,7 +120,7 @@ class LocalReporter(BaseReporter):
         return data if isinstance(data, dict) else {}
 
     def _append_line(self, record: Mapping[str, Any]) -> None:
-        append_jsonl(self.run_dir / "metrics.jsonl", record, default=float, allow_nan=False)
+        append_jsonl(self.run_dir / METRICS_FILE, record, default=float, allow_nan=False)
 
     # ------------------------------------------------------------------ Reporter API
     def log_report(self, report: Report) -> None:
@@ -143,11 +134,11 @@ class LocalReporter(BaseReporter):
             for table_name, table in result.tables.items():
                 self.log_table(f"{analysis}/{table_name}", table, report.step)
         status = {n: {"status": r.status, "error": r.error, "notes": list(r.notes)} for n, r in report.results.items()}
-        reports_dir = self.run_dir / "reports"
+        reports_dir = self.run_dir / REPORTS_DIR
         reports_dir.mkdir(exist_ok=True)
         write_text_atomic(reports_dir / f"{report.step}.json", report.to_json(indent=2))
         if any(s["status"] == "failed" for s in status.values()):
-            self._write_json("failures.json", self._read_json("failures.json") | {str(report.step): status})
+            self._write_json(FAILURES_FILE, self._read_json(FAILURES_FILE) | {str(report.step): status})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
         when = _now() if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(
@@ -155,20 +146,20 @@ class LocalReporter(BaseReporter):
         self._append_line({"step": int(step), "epoch": None, "event": None, "time": when, "metrics": _finite(metrics)})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self._write_json("config.json", self._read_json("config.json") | dict(params))
+        self._write_json(CONFIG_FILE, self._read_json(CONFIG_FILE) | dict(params))
 
     def log_figure(self, name: str, figure: Figure, step: int) -> None:
-        path = self.run_dir / "figures" / str(int(step)) / f"{safe_name(name)}.png"
+        path = figure_path(self.run_dir, step, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(render_png(figure))  # drawn once for every reporter (render_png)
 
     def log_table(self, name: str, dataframe: pd.DataFrame, step: int) -> None:
-        path = self.run_dir / "tables" / str(int(step)) / f"{safe_name(name)}.csv"
+        path = table_path(self.run_dir, step, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         dataframe.to_csv(path, index=not isinstance(dataframe.index, pd.RangeIndex))
 
     def log_text(self, name: str, text: str) -> None:
-        path = self.run_dir / "texts" / (safe_name(name) if Path(name).suffix else f"{safe_name(name)}.md")
+        path = text_path(self.run_dir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
 
@@ -180,7 +171,7 @@ class LocalReporter(BaseReporter):
             (shutil.copytree(src, dest, dirs_exist_ok=True) if src.is_dir() else shutil.copy2(src, dest))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._write_json("tags.json", self._read_json("tags.json") | {str(k): str(v) for k, v in tags.items()})
+        self._write_json(TAGS_FILE, self._read_json(TAGS_FILE) | {str(k): str(v) for k, v in tags.items()})
 
     def flush(self) -> None:
         self._write_history()
@@ -197,13 +188,13 @@ class LocalReporter(BaseReporter):
 
     def close(self, status: RunStatus = "FINISHED") -> None:
         self._run_info.update(status=status, ended=_now())
-        self._write_json("run.json", self._run_info)
+        self._write_json(RUN_FILE, self._run_info)
         self._write_history()
         if self.render_html:
             self.render()
 
     def _write_history(self) -> None:
-        write_text_atomic(self.run_dir / "history.csv", read_history(self.run_dir).to_csv(index=False))
+        write_text_atomic(self.run_dir / HISTORY_FILE, read_history(self.run_dir).to_csv(index=False))
 
     def where(self) -> str:
         """Where to look (the per-run console line)."""
@@ -211,37 +202,8 @@ class LocalReporter(BaseReporter):
 
     @property
     def report_path(self) -> Path:
-        return self.run_dir / "report.html"
+        return self.run_dir / REPORT_FILE
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
-
-
-def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """The long-format History of a run folder, rebuilt from ``metrics.jsonl``.
-
-    Keys that are not NeuronMap keys (a user's own metrics) get empty analysis and layer. A torn
-    line (a record cut short by a crash) is skipped with a
-    :class:`~neuronmap.errors.TornLineWarning` naming it; every other record is read.
-
-    Raises:
-        ValueError: A line is valid JSON but not a metrics record (``step`` and ``metrics``).
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    rows: list[list[Any]] = []
-    for number, record in read_jsonl_numbered(path, stacklevel=3):
-        if not (isinstance(record, dict) and isinstance(record.get("metrics"), dict) and "step" in record):
-            raise ValueError(f"line {number} of {path} is not a metrics record (an object with 'step' and "
-                             f"'metrics'): {str(record)[:80]!r}")
-        for key, value in record["metrics"].items():
-            try:
-                analysis, layer, metric = split_key(key)
-            except ValueError:
-                analysis, layer, metric = "", "", key
-            rows.append([record["step"], record.get("epoch"), record.get("event"), analysis, layer, metric,
-                         math.nan if value is None else float(value), key])
-    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
-    frame["value"] = frame["value"].astype(float)
-    return frame
-

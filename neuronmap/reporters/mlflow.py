@@ -31,7 +31,7 @@ from neuronmap.reporters._mlflow_http import bounded_http
 from neuronmap.reporters._present import RunMirror
 from neuronmap.reporters._spool import is_retryable
 from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
-from neuronmap.reporters.local import DEFAULT_ROOT, new_run_name, safe_name
+from neuronmap.runs.folder import DEFAULT_ROOT, new_run_name, safe_name
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -19,7 +19,7 @@ from neuronmap._headline import Scalars, check_scalars
 from neuronmap._imports import TENSORBOARD_AVAILABLE
 from neuronmap.errors import InvalidParameterError
 from neuronmap.reporters.base import BaseReporter, RunStatus, render_png
-from neuronmap.reporters.local import DEFAULT_ROOT, new_run_name
+from neuronmap.runs.folder import DEFAULT_ROOT, new_run_name
 
 if TYPE_CHECKING:
     import pandas as pd

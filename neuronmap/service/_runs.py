@@ -5,7 +5,7 @@ dot) or by ``mlflow:<run_id>``. Every path a request names is checked twice: its
 checked against that pattern, and the resolved path must lie inside the runs root (so
 ``..``, absolute paths and symbolic links out of the root are refused alike).
 
-Histories are read through :func:`neuronmap._run_source.load_run` and cached by the
+Histories are read through :func:`neuronmap.runs.source.load_run` and cached by the
 ``metrics.jsonl`` file's (mtime, size), so a run that is still being written is re-read and a
 finished one is parsed once.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from neuronmap._run_source import MLFLOW_PREFIX, LoadedRun, RunReadError, load_run
+from neuronmap.runs.source import MLFLOW_PREFIX, LoadedRun, RunReadError, load_run
 from neuronmap.service._problems import Problem
 
 __all__ = ["RunStore", "check_name", "encode_history", "filter_history"]

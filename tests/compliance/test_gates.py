@@ -25,8 +25,8 @@ from neuronmap.compliance.gates import (
 )
 from neuronmap.errors import TornLineWarning
 from neuronmap.reporters import LocalReporter
-from neuronmap.reporters.local import read_history
 from neuronmap.results import HISTORY_COLUMNS, History, split_key
+from neuronmap.runs import read_history
 from neuronmap.testing import tiny_mlp, tiny_probe
 
 DPD = "neuronmap/fairness/gender/demographic_parity_difference"

@@ -20,7 +20,7 @@ from neuronmap.reporters import (
     available_reporters,
     get_reporter,
 )
-from neuronmap.reporters.local import read_history
+from neuronmap.runs import read_history
 from neuronmap.testing import check_reporter, tiny_mlp, tiny_probe
 
 

@@ -20,7 +20,7 @@ import pytest
 from neuronmap.cli import main
 from neuronmap.errors import TornLineWarning
 from neuronmap.reporters import LocalReporter
-from neuronmap.reporters.local import read_history
+from neuronmap.runs import read_history
 
 ACC = "neuronmap/probing/net.1/accuracy"
 LOSS = "neuronmap/activation_stats/net.1/mean"

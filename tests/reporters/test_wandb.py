@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from neuronmap.errors import InvalidParameterError, ReporterWarning
 from neuronmap.reporters import CompositeReporter, LocalReporter, TensorBoardReporter
-from neuronmap.reporters.local import read_history
+from neuronmap.runs import read_history
 from neuronmap.testing import check_reporter
 
 wandb = pytest.importorskip("wandb")

@@ -7,7 +7,7 @@ import pytest
 from _service import job_spec
 
 from neuronmap.client import ClientError
-from neuronmap.reporters.local import read_history
+from neuronmap.runs import read_history
 
 
 def test_a_job_runs_and_its_results_are_an_ordinary_run(writer, reader, world) -> None:

@@ -1,14 +1,13 @@
 """Read what a model card needs out of a run folder: metrics with their statistics, figures,
 tables, dated test logs, failures, environment and the audit-trail status.
 
-Everything is read generically from the run-folder layout of
-:class:`~neuronmap.reporters.LocalReporter`, so analyses added later appear on cards unchanged.
+Everything is read generically through the run-folder layout of :mod:`neuronmap.runs.folder`,
+so analyses added later appear on cards unchanged.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,16 @@ from typing import Any
 import pandas as pd
 
 from neuronmap._files import read_jsonl_numbered
-from neuronmap._run_source import load_run
+from neuronmap.runs.folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    iter_reports,
+    latest_files,
+    latest_report,
+    read_object,
+)
+from neuronmap.runs.source import load_run
 
 __all__ = ["metric_rows", "read_run_folder"]
 
@@ -82,33 +90,9 @@ def metric_rows(history: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["analysis"], r["metric"], r["layer"]))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _latest_files(root: Path, suffix: str) -> dict[str, tuple[int, Path]]:
-    """``relative name -> (step, path)`` keeping each name's latest step under ``root/<step>/``."""
-    out: dict[str, tuple[int, Path]] = {}
-    if not root.is_dir():
-        return out
-    for step_dir in root.iterdir():
-        if not (step_dir.is_dir() and step_dir.name.lstrip("-").isdigit()):
-            continue
-        step = int(step_dir.name)
-        for file in step_dir.rglob(f"*{suffix}"):
-            name = file.relative_to(step_dir).with_suffix("").as_posix()
-            if name not in out or out[name][0] < step:
-                out[name] = (step, file)
-    return dict(sorted(out.items()))
-
-
 def _figures(run_dir: Path) -> list[dict[str, Any]]:
     figures = []
-    for name, (step, path) in list(_latest_files(run_dir / "figures", ".png").items())[:_MAX_FIGURES]:
+    for name, (step, path) in list(latest_files(run_dir / "figures", ".png").items())[:_MAX_FIGURES]:
         data = base64.b64encode(path.read_bytes()).decode()
         figures.append({"name": name, "step": step, "path": path.relative_to(run_dir).as_posix(),
                         "data_uri": f"data:image/png;base64,{data}"})
@@ -118,7 +102,7 @@ def _figures(run_dir: Path) -> list[dict[str, Any]]:
 def _tables(run_dir: Path) -> list[dict[str, Any]]:
     """Group-level tables (fairness and bias analyses, or any table named ``*group*``)."""
     tables = []
-    for name, (step, path) in _latest_files(run_dir / "tables", ".csv").items():
+    for name, (step, path) in latest_files(run_dir / "tables", ".csv").items():
         if not (name.split("/")[0] in _GROUP_ANALYSES or "group" in name.lower()):
             continue
         try:
@@ -134,25 +118,20 @@ def _tables(run_dir: Path) -> list[dict[str, Any]]:
 
 def _findings(run_dir: Path) -> list[dict[str, Any]]:
     """The findings of the latest report (``reports/<step>.json``), most important first."""
-    folder = run_dir / "reports"
-    steps = sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.lstrip("-").isdigit()) \
-        if folder.is_dir() else []
-    if not steps:
+    latest = latest_report(run_dir, warn=False)
+    if latest is None:
         return []
-    found = _read_json(folder / f"{steps[-1]}.json").get("findings") or []
+    step, report = latest
+    found = report.get("findings") or []
     return [{"analysis": f.get("analysis"), "kind": f.get("kind"), "line": f.get("line") or f.get("text"),
-             "step": steps[-1]} for f in found if isinstance(f, dict)]
+             "step": step} for f in found if isinstance(f, dict)]
 
 
 def _notes(run_dir: Path) -> dict[str, list[str]]:
     """Each analysis' notes from the latest report that ran it (``reports/<step>.json``)."""
-    folder = run_dir / "reports"
-    if not folder.is_dir():
-        return {}
-    reports = sorted((p for p in folder.glob("*.json") if p.stem.lstrip("-").isdigit()), key=lambda p: int(p.stem))
     notes: dict[str, list[str]] = {}
-    for path in reports:
-        for analysis, info in (_read_json(path).get("analyses") or {}).items():
+    for _, report in iter_reports(run_dir, warn=False):
+        for analysis, info in (report.get("analyses") or {}).items():
             if isinstance(info, dict) and info.get("notes") is not None:
                 notes[str(analysis)] = [str(n) for n in info.get("notes") or []]
     return notes
@@ -160,8 +139,7 @@ def _notes(run_dir: Path) -> dict[str, list[str]]:
 
 def _failures(run_dir: Path) -> list[dict[str, Any]]:
     failures = []
-    for path in sorted((run_dir / "reports").glob("*.json")) if (run_dir / "reports").is_dir() else []:
-        report = _read_json(path)
+    for _, report in iter_reports(run_dir, warn=False):
         for analysis, info in (report.get("analyses") or {}).items():
             if isinstance(info, dict) and info.get("status") == "failed":
                 failures.append({"step": report.get("step"), "analysis": analysis, "error": info.get("error") or ""})
@@ -225,7 +203,7 @@ def _audit(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[st
 
 def _test_log(run_dir: Path, gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     log = []
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     # torn records were reported (TornLineWarning) when load_run read the history
     for lineno, record in read_jsonl_numbered(path, warn=False):
         if not isinstance(record, dict):
@@ -256,8 +234,8 @@ def read_run_folder(run_dir: Path) -> dict[str, Any]:
         "history": history,
         "notes": _notes(run_dir),
         "findings": _findings(run_dir),
-        "config": _read_json(run_dir / "config.json"),
-        "run": {**_read_json(run_dir / "run.json"), "folder": str(run_dir), "name": run_dir.name},
+        "config": read_object(run_dir / CONFIG_FILE, warn=False),
+        "run": {**read_object(run_dir / RUN_FILE, warn=False), "folder": str(run_dir), "name": run_dir.name},
         "failures": _failures(run_dir),
         "figures": _figures(run_dir),
         "tables": _tables(run_dir),

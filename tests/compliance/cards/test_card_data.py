@@ -12,7 +12,7 @@ from compliance_runs import FAIRNESS, append_metrics, make_run
 import neuronmap as nm
 from neuronmap.compliance.cards import REQUIRED_FIELDS, SECTIONS, ModelCard, load_card_data
 from neuronmap.reporters import LocalReporter
-from neuronmap.reporters.local import read_history
+from neuronmap.runs import read_history
 from neuronmap.testing import tiny_mlp, tiny_probe
 
 DPD = "neuronmap/fairness/gender/demographic_parity_difference"

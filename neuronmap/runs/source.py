@@ -29,8 +29,8 @@ import pandas as pd
 from neuronmap._headline import LAYOUT, LAYOUT_TAG, history_key_of
 from neuronmap.errors import NeuronMapError
 from neuronmap.reporters._mlflow_http import READ_RETRIES, READ_TIMEOUT_S, bounded_http
-from neuronmap.reporters.local import read_history
 from neuronmap.results import HISTORY_COLUMNS, split_key
+from neuronmap.runs.folder import read_history
 
 __all__ = ["LoadedRun", "RunReadError", "load_run"]
 
