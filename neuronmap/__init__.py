@@ -35,7 +35,7 @@ _LAZY: dict[str, str] = {
     "Activations": "neuronmap.capture",
     "Analysis": "neuronmap.analyses",
     "AnalysisContext": "neuronmap.analyses",
-    "AnalysisResult": "neuronmap.analyses",
+    "AnalysisResult": "neuronmap.results",
     "AttentionAnalysis": "neuronmap.analyses",
     "Attribution": "neuronmap.analyses",
     "AuditTrail": "neuronmap.compliance.audit",
@@ -51,7 +51,7 @@ _LAZY: dict[str, str] = {
     "Information": "neuronmap.analyses",
     "InvalidParameterError": "neuronmap.errors",
     "LayerNotFoundError": "neuronmap.errors",
-    "MetricSet": "neuronmap.analyses",
+    "MetricSet": "neuronmap.results",
     "ModelCard": "neuronmap.compliance.cards",
     "ModelPerformance": "neuronmap.analyses",
     "NeuronMap": "neuronmap.engine",
@@ -85,7 +85,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         AdversarialRobustness,
         Analysis,
         AnalysisContext,
-        AnalysisResult,
         AttentionAnalysis,
         Attribution,
         CausalTracing,
@@ -96,7 +95,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         CrossLingualAlignment,
         Fairness,
         Information,
-        MetricSet,
         ModelPerformance,
         NeuronStats,
         Probing,
@@ -118,7 +116,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         ProbeSetError,
     )
     from neuronmap.probe import ProbeSet
-    from neuronmap.results import History, Report
+    from neuronmap.results import AnalysisResult, History, MetricSet, Report
     from neuronmap.schedule import Schedule
 
 

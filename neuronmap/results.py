@@ -1,4 +1,5 @@
-"""Results of scheduled runs: :class:`Report` (one run) and :class:`History` (all runs).
+"""Results of scheduled runs: :class:`AnalysisResult` (one analysis, its metrics in a
+:class:`MetricSet`), :class:`Report` (one run) and :class:`History` (all runs).
 
 Metric keys are stable, slash-separated and tracker-safe:
 ``neuronmap/<analysis>/<layer>/<metric>``, with ``_ci_low``, ``_ci_high``, ``_p`` and
@@ -12,15 +13,19 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-if TYPE_CHECKING:  # a run-time import would load every analysis (torch, scipy) for the CLI
-    from neuronmap.analyses.base import AnalysisResult
+from neuronmap.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from neuronmap.findings import Finding
 
-__all__ = ["HISTORY_COLUMNS", "PREFIX", "History", "Report", "metric_key", "split_key"]
+__all__ = ["HISTORY_COLUMNS", "PREFIX", "AnalysisResult", "History", "MetricSet", "Report", "Status", "metric_key",
+           "split_key"]
 
 PREFIX = "neuronmap"
 HISTORY_COLUMNS = ["step", "epoch", "event", "analysis", "layer", "metric", "value", "key"]
@@ -37,6 +42,65 @@ def split_key(key: str) -> tuple[str, str, str]:
     if len(parts) < 4 or parts[0] != PREFIX:
         raise ValueError(f"Not a NeuronMap metric key: {key!r} (expected 'neuronmap/<analysis>/<layer>/<metric>').")
     return parts[1], "/".join(parts[2:-1]), parts[-1]
+
+
+Status = Literal["ok", "skipped", "failed"]
+
+
+class MetricSet(dict[str, float]):
+    """Relative metric keys ``<layer>/<metric>`` -> value, with helpers for statistic siblings."""
+
+    def add(
+        self,
+        layer: str,
+        metric: str,
+        value: float,
+        *,
+        ci: tuple[float, float] | Any | None = None,
+        p: float | None = None,
+        p_adj: float | None = None,
+    ) -> None:
+        """Add ``value`` and, when given, its ``_ci_low``/``_ci_high``/``_p``/``_p_adj`` siblings.
+
+        ``ci`` may be a ``(low, high)`` pair or any object with ``.low`` and ``.high``.
+        """
+        if "/" in metric:
+            raise InvalidParameterError(f"Metric names cannot contain '/'; got {metric!r}.")
+        key = f"{layer}/{metric}"
+        self[key] = float(value)
+        if ci is not None:
+            low, high = (ci.low, ci.high) if hasattr(ci, "low") else ci  # type: ignore[union-attr]
+            self[f"{key}_ci_low"] = float(low)
+            self[f"{key}_ci_high"] = float(high)
+        if p is not None:
+            self[f"{key}_p"] = float(p)
+        if p_adj is not None:
+            self[f"{key}_p_adj"] = float(p_adj)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What one analysis produced in one run."""
+
+    #: Registry name of the analysis (the ``<analysis>`` part of metric keys).
+    name: str
+    #: Relative keys ``<layer>/<metric>`` -> value.
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    #: Named tables.
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    #: Named matplotlib figures (closed by the engine once reported).
+    figures: Mapping[str, Figure] = field(default_factory=dict)
+    #: Human-readable remarks (skipped layers, reasons for NaN ...).
+    notes: tuple[str, ...] = ()
+    #: ``ok``, ``skipped`` (nothing to compute, with a note) or ``failed`` (see ``error``).
+    status: Status = "ok"
+    #: The exception text when the analysis failed.
+    error: str | None = None
+    #: Wall-clock seconds the analysis took.
+    duration_s: float = 0.0
+
+    def finite_metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self.metrics.items() if math.isfinite(v)}
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,20 @@ Third-party analyses register under the entry-point group ``neuronmap.analyses``
 
 from __future__ import annotations
 
-import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from neuronmap.errors import InvalidParameterError
+from neuronmap.results import AnalysisResult, MetricSet  # re-exported: they lived here before
 
 if TYPE_CHECKING:
     import torch
-    from matplotlib.figure import Figure
 
     from neuronmap.capture.hooks import Activations
     from neuronmap.findings import Finding
@@ -41,9 +39,6 @@ __all__ = [
     "get_analysis",
     "register_analysis",
 ]
-
-Status = Literal["ok", "skipped", "failed"]
-
 
 @dataclass
 class AnalysisContext:
@@ -72,62 +67,6 @@ class AnalysisContext:
     def outputs(self) -> np.ndarray | None:
         """The model's top-level output (e.g. logits) on the probe set, when captured."""
         return self.activations.outputs
-
-
-class MetricSet(dict[str, float]):
-    """Relative metric keys ``<layer>/<metric>`` -> value, with helpers for statistic siblings."""
-
-    def add(
-        self,
-        layer: str,
-        metric: str,
-        value: float,
-        *,
-        ci: tuple[float, float] | Any | None = None,
-        p: float | None = None,
-        p_adj: float | None = None,
-    ) -> None:
-        """Add ``value`` and, when given, its ``_ci_low``/``_ci_high``/``_p``/``_p_adj`` siblings.
-
-        ``ci`` may be a ``(low, high)`` pair or any object with ``.low`` and ``.high``.
-        """
-        if "/" in metric:
-            raise InvalidParameterError(f"Metric names cannot contain '/'; got {metric!r}.")
-        key = f"{layer}/{metric}"
-        self[key] = float(value)
-        if ci is not None:
-            low, high = (ci.low, ci.high) if hasattr(ci, "low") else ci  # type: ignore[union-attr]
-            self[f"{key}_ci_low"] = float(low)
-            self[f"{key}_ci_high"] = float(high)
-        if p is not None:
-            self[f"{key}_p"] = float(p)
-        if p_adj is not None:
-            self[f"{key}_p_adj"] = float(p_adj)
-
-
-@dataclass(frozen=True)
-class AnalysisResult:
-    """What one analysis produced in one run."""
-
-    #: Registry name of the analysis (the ``<analysis>`` part of metric keys).
-    name: str
-    #: Relative keys ``<layer>/<metric>`` -> value.
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    #: Named tables.
-    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
-    #: Named matplotlib figures (closed by the engine once reported).
-    figures: Mapping[str, Figure] = field(default_factory=dict)
-    #: Human-readable remarks (skipped layers, reasons for NaN ...).
-    notes: tuple[str, ...] = ()
-    #: ``ok``, ``skipped`` (nothing to compute, with a note) or ``failed`` (see ``error``).
-    status: Status = "ok"
-    #: The exception text when the analysis failed.
-    error: str | None = None
-    #: Wall-clock seconds the analysis took.
-    duration_s: float = 0.0
-
-    def finite_metrics(self) -> dict[str, float]:
-        return {k: v for k, v in self.metrics.items() if math.isfinite(v)}
 
 
 class Analysis(ABC):

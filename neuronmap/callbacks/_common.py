@@ -85,8 +85,7 @@ def build_monitor(monitor: NeuronMap | None, kwargs: Mapping[str, Any], *, owner
 
 def uses_default_reporters(monitor: NeuronMap) -> bool:
     """Whether the user left ``reporters`` unset, so the callback may choose them."""
-    # Private on purpose: only the callbacks of this package may tell "unset" from "[]".
-    return monitor._reporter_spec is None and monitor._reporters is None
+    return not monitor.publisher.user_chose
 
 
 def tracker_reporters(trackers: Iterable[tuple[str, Any]]) -> list[Reporter]:
@@ -131,7 +130,8 @@ def local_reporter(root: str | Path, *, run_dir: str | Path | None = None) -> Lo
 
 def close_monitor(monitor: NeuronMap, status: RunStatus = "FINISHED") -> None:
     """Close the monitor's reporters, rendering the local run's ``report.html`` on the way."""
-    for reporter in monitor._reporters or ():
+    # only reporters that exist already: closing must not create the default folder
+    for reporter in monitor.publisher.reporters if monitor.publisher.resolved else ():
         if isinstance(reporter, LocalReporter):
             reporter.render_html = True
     monitor.close(status)
@@ -185,12 +185,8 @@ def log_card(monitor: NeuronMap, model: nn.Module | None, card: CardSpec) -> Non
 
 def local_run_dir(monitor: NeuronMap) -> str | None:
     """The folder of the monitor's local reporter, if it has one (kept in callback state)."""
-    if monitor._reporters is None:
-        return None
-    for reporter in monitor._reporters:
-        if isinstance(reporter, LocalReporter):
-            return str(reporter.run_dir)
-    return None
+    run_dir = monitor.publisher.run_dir
+    return None if run_dir is None else str(run_dir)
 
 
 def attach_gates(monitor: NeuronMap, gates: Any, *, stop_on_failure: bool) -> Any:

@@ -31,6 +31,7 @@ import yaml
 from neuronmap.compliance.cards._annex_iv import annex_iv_fields, is_filled
 from neuronmap.compliance.cards._sources import metric_rows, read_run_folder
 from neuronmap.errors import InvalidParameterError
+from neuronmap.runs.folder import METRICS_FILE
 
 if TYPE_CHECKING:
     from torch import nn
@@ -183,14 +184,12 @@ class ModelCard:
     @classmethod
     def from_monitor(cls, monitor: NeuronMap, *, model: nn.Module | None = None, data: Any = None) -> ModelCard:
         """Fill a card from a live monitor (its History, config and probe set, and its run folder if any)."""
-        from neuronmap.reporters.local import LocalReporter
-
-        # The private list, not the ``reporters`` property: reading must not create a default folder.
-        local = [r for r in (monitor._reporters or []) if isinstance(r, LocalReporter)]
-        if local and hasattr(monitor, "flush"):
+        # publisher.run_dir, not the ``reporters`` property: reading must not create a default folder.
+        run_dir = monitor.publisher.run_dir
+        if run_dir is not None and hasattr(monitor, "flush"):
             monitor.flush(timeout=60)  # reporters write on background threads: read the folder once written
-        if local and (local[0].run_dir / "metrics.jsonl").exists():
-            base = cls.from_run(local[0].run_dir)
+        if run_dir is not None and (run_dir / METRICS_FILE).exists():
+            base = cls.from_run(run_dir)
         else:
             from neuronmap.compliance.audit import environment_info
 
