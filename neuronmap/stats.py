@@ -53,6 +53,7 @@ __all__ = [
     "mcnemar",
     "permutation_count",
     "permutation_test",
+    "resolution_note",
     "sequential_permutation_pvalue",
     "wilson_interval",
 ]
@@ -656,6 +657,45 @@ def permutation_count(n_tests: int, *, alpha: float = 0.05, resolution: float = 
     if not 0.0 < alpha < 1.0:
         raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
     return max(1, math.ceil(n_tests * resolution / alpha - 1e-9) - 1)
+
+
+def resolution_note(
+    n_permutations: int, n_tests: int, *, alpha: float = 0.05, what: str = "tests", smallest: float | None = None
+) -> str | None:
+    """A note when permutation p-values are too coarse for any corrected p-value to reach ``alpha``.
+
+    A permutation p-value is at least ``1 / (N + 1)`` (Phipson & Smyth 2010), so after a Holm or
+    Bonferroni correction over ``n_tests`` tests the smallest attainable value is
+    ``n_tests / (N + 1)``; when that exceeds ``alpha`` no test can come out significant,
+    however strong the effect. Analyses record ``p_resolution = 1 / (N + 1)`` in their tables
+    and attach this note.
+
+    Args:
+        n_permutations: Permutations behind each p-value.
+        n_tests: Tests in the corrected family.
+        alpha: Significance level.
+        what: What the tests are, for the message ("layers").
+        smallest: The smallest attainable p-value when it is not ``1 / (N + 1)`` (e.g.
+            ``2 / (N + 1)`` for scipy's two-sided permutation p-values).
+
+    Returns:
+        The note, or ``None`` when the resolution does not limit the corrected p-values.
+
+    Example:
+        >>> resolution_note(19, 12, what="layers")[:45]
+        'p-value resolution: with n_permutations=19 no'
+        >>> resolution_note(999, 12) is None
+        True
+    """
+    floor = 1.0 / (n_permutations + 1) if smallest is None else float(smallest)
+    if n_permutations < 1 or n_tests < 1 or n_tests * floor <= alpha:
+        return None
+    return (
+        f"p-value resolution: with n_permutations={n_permutations} no p-value is below "
+        f"{floor:.3g}, so after correcting over {n_tests} "
+        f"{what} none can fall below alpha={alpha}; with n_permutations="
+        f"{permutation_count(n_tests, alpha=alpha)} a corrected p-value can reach alpha / 10."
+    )
 
 
 def sequential_permutation_pvalue(

@@ -47,7 +47,13 @@ from neuronmap.capture.hooks import extract_tensor, model_device
 from neuronmap.data.swaps import BUILTIN_SWAPS, swap_terms
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.probe import ProbeSet
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, bootstrap_ci, permutation_test
+from neuronmap.stats import (
+    PVALUE_METHODS,
+    adjust_pvalues,
+    bootstrap_ci,
+    permutation_test,
+    resolution_note,
+)
 
 __all__ = ["CounterfactualBias"]
 
@@ -216,6 +222,11 @@ class CounterfactualBias(Analysis):
         if not summary.empty:
             summary["mean_delta_score_p_adj"] = adjust_pvalues(summary["mean_delta_score_p"].to_numpy(float),
                                                                method=self.p_adjust)  # fmt: skip
+            tested = summary["mean_delta_score_p_resolution"].dropna()
+            note = resolution_note(self.n_resamples, len(tested), what="attributes",
+                                   smallest=float(tested.max()) if len(tested) else None)
+            if note:
+                notes.append(note)
         worst = pd.concat(examples, ignore_index=True) if examples else pd.DataFrame()
         return AnalysisResult(
             self.name, metrics=_metrics(summary), tables={"summary": summary, "worst_examples": worst},
@@ -263,12 +274,17 @@ class CounterfactualBias(Analysis):
                 row |= {f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}
             else:
                 row |= {f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan}
-        row["mean_delta_score_p"] = np.nan
+        row["mean_delta_score_p"] = row["mean_delta_score_p_resolution"] = np.nan
         if delta is not None and original is not None and len(delta) >= 2 and np.any(delta != 0):
-            row["mean_delta_score_p"] = permutation_test(
+            test = permutation_test(
                 _mean_difference, original + delta, original, permutation_type="samples",
                 n_resamples=self.n_resamples, random_state=rng,
-            ).pvalue  # fmt: skip
+            )  # fmt: skip
+            row["mean_delta_score_p"] = test.pvalue
+            # scipy's two-sided p is twice the one-sided one, which is at least 1 / (N + 1) over N
+            # random sign flips, or 1 / N when all 2^n flips are enumerated (exact test)
+            exact = len(delta) < 63 and 2 ** len(delta) <= self.n_resamples
+            row["mean_delta_score_p_resolution"] = 2.0 / (test.n_resamples + (0 if exact else 1))
         elif delta is not None:
             row["mean_delta_score_p"] = 1.0  # no pair changed its score: the observed mean is the null
         return row

@@ -54,7 +54,7 @@ from neuronmap.analyses.base import (
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.findings import Finding
 from neuronmap.metrics.fairness import GroupReport, fairness_report
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, permutation_count, resolution_note
 
 __all__ = ["Fairness"]
 
@@ -263,6 +263,16 @@ class Fairness(Analysis):
         summary = self._summary(reports, pvalues, adjusted, has_truth=y_true is not None)
         if reports and self.test == "chi2":
             notes.append("p-values: Pearson chi-square tests of equal rates across groups.")
+        elif reports:
+            n_tests = int(np.isfinite(np.array(list(pvalues.values()), float)).sum())
+            if resolution_note(self.n_permutations, n_tests, alpha=self.alpha):
+                notes.append(
+                    f"p-value resolution: with n_permutations={self.n_permutations} the permutation p-values "
+                    f"move in steps of 1/{self.n_permutations + 1} = {1 / (self.n_permutations + 1):.3g} (below "
+                    f"that only the random tie-break orders them), so after correcting over {n_tests} tests a "
+                    f"corrected p-value below alpha={self.alpha} cannot be told from chance; with n_permutations="
+                    f"{permutation_count(n_tests, alpha=self.alpha)} it can reach alpha / 10."
+                )
         figures = {"by_group": _figure(reports, self.confidence)} if reports else {}
         by_group = pd.concat(
             [r.to_frame().assign(attribute=a) for a, r in reports.items()], ignore_index=True
@@ -327,6 +337,8 @@ class Fairness(Analysis):
         adjusted: dict[tuple[str, str], float], *, has_truth: bool,
     ) -> pd.DataFrame:  # fmt: skip
         rows = []
+        # the step of the permutation p-values (the random tie-break spreads p below it uniformly)
+        resolution = 1.0 / (self.n_permutations + 1) if self.test == "permutation" else 0.0
         for attr, report in reports.items():
             table = report.summary()
             for metric in self._chosen(has_truth):
@@ -337,8 +349,10 @@ class Fairness(Analysis):
                 est, low, high = table.loc[metric, ["estimate", "low", "high"]]
                 rows.append({"attribute": attr, "metric": metric, "estimate": est, "ci_low": low,
                              "ci_high": high, "test": hyp or "none", "p": p, "p_adj": p_adj,
+                             "p_resolution": resolution if np.isfinite(p) else np.nan,
                              "significant": bool(p_adj < self.alpha)})  # fmt: skip
-        columns = ["attribute", "metric", "estimate", "ci_low", "ci_high", "test", "p", "p_adj", "significant"]
+        columns = ["attribute", "metric", "estimate", "ci_low", "ci_high", "test", "p", "p_adj", "p_resolution",
+                   "significant"]
         return pd.DataFrame(rows, columns=columns)
 
 

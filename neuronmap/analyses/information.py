@@ -47,7 +47,7 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, resolution_note
 
 __all__ = ["Information"]
 
@@ -148,18 +148,20 @@ class Information(Analysis):
                 p = float((1 + np.count_nonzero(null >= mi - 1e-12)) / (1 + self.n_permutations))
             binned = _quantile_codes(z[:, : self.n_binned], self.n_bins)
             rows.append({"layer": layer, "components": z.shape[1], "mi_knn": mi, "p": p,
+                         "n_permutations": self.n_permutations,
+                         "p_resolution": 1.0 / (self.n_permutations + 1) if self.n_permutations else np.nan,
                          "mi_binned": _mi_miller_madow(binned, y),
                          "mi_binned_plugin": _mi_miller_madow(binned, y, correction=False),
                          "entropy": _unit_entropy(x, self.n_bins), "label_entropy": label_entropy})
             per_component = mutual_info_classif(z, y, n_neighbors=self.n_neighbors, random_state=ctx.random_state)
             components += [{"layer": layer, "component": k, "explained_variance_ratio": float(e), "mi_sklearn": float(v)}
                            for k, (e, v) in enumerate(zip(explained, per_component, strict=True))]
-        table = pd.DataFrame(rows, columns=["layer", "components", "mi_knn", "p", "mi_binned", "mi_binned_plugin",
-                                            "entropy", "label_entropy"])
+        table = pd.DataFrame(rows, columns=["layer", "components", "mi_knn", "p", "n_permutations", "p_resolution",
+                                            "mi_binned", "mi_binned_plugin", "entropy", "label_entropy"])
         table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust)
-        if self.n_permutations and len(table) / (self.n_permutations + 1) > 0.05:
-            notes.append(f"With n_permutations={self.n_permutations} and {len(table)} layers no corrected "
-                         "p-value can fall below 0.05; raise n_permutations.")
+        note = resolution_note(self.n_permutations, len(table), alpha=0.05, what="layers")
+        if note:
+            notes.append(note)
         metrics = MetricSet()
         for r in table.to_dict(orient="records"):
             tested = np.isfinite(r["p"])

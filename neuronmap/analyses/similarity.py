@@ -42,7 +42,7 @@ from neuronmap.analyses.base import (
 from neuronmap.errors import InvalidParameterError, LayerNotFoundError
 from neuronmap.findings import Finding
 from neuronmap.metrics.similarity import cka_matrix, linear_cka, rdm, rsa
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, resolution_note
 
 __all__ = ["CKA", "RSA", "cka_heatmap", "compare_models"]
 
@@ -380,7 +380,8 @@ class RSA(Analysis):
             return AnalysisResult(self.name, status="skipped", notes=("No captured layer matches `layers`.",))
         rows = []
         for layer, acts in items:
-            row: dict[str, Any] = {"layer": layer, "rsa": np.nan, "p": np.nan, "note": ""}
+            row: dict[str, Any] = {"layer": layer, "rsa": np.nan, "p": np.nan, "n_permutations": 0,
+                                   "p_resolution": np.nan, "note": ""}
             if layer == self.reference_layer:
                 row["note"] = "reference layer"
             else:
@@ -388,13 +389,17 @@ class RSA(Analysis):
                     layer_rdm = rdm(_flat(acts)[keep], self.metric)
                     res = rsa(layer_rdm, reference, method=self.method, n_permutations=self.n_permutations,
                               random_state=rng)
-                    row |= {"rsa": res.statistic, "p": res.pvalue}
+                    row |= {"rsa": res.statistic, "p": res.pvalue, "n_permutations": res.n_permutations,
+                            "p_resolution": 1.0 / (res.n_permutations + 1) if res.n_permutations else np.nan}
                 except InvalidParameterError as err:
                     row["note"] = str(err)
                     notes.append(f"{layer}: {err}")
             rows.append(row)
-        table = pd.DataFrame(rows, columns=["layer", "rsa", "p", "note"])
+        table = pd.DataFrame(rows, columns=["layer", "rsa", "p", "n_permutations", "p_resolution", "note"])
         table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust, alpha=self.alpha)
+        note = resolution_note(self.n_permutations, int(table["p"].notna().sum()), alpha=self.alpha, what="layers")
+        if note:
+            notes.append(note)
         table["significant"] = table["p_adj"] < self.alpha
         metrics = MetricSet()
         for r in table.to_dict(orient="records"):

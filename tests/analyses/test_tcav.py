@@ -22,7 +22,7 @@ from _synthetic import (
 
 import neuronmap as nm
 from neuronmap.analyses.tcav import TCAV, _activations_and_gradients
-from neuronmap.errors import InvalidParameterError, ProbeSetError
+from neuronmap.errors import InvalidParameterError, NeuronMapWarning, ProbeSetError
 from neuronmap.interventions import Node, intervene, logits_of
 from neuronmap.metrics.concepts import (
     directional_derivatives,
@@ -195,3 +195,16 @@ def test_tcav_errors_say_what_is_wrong() -> None:
         from neuronmap.analyses._concept_sets import probe_members
 
         probe_members(planted_probe(), [0, 500], "c")
+
+
+def test_interval_is_student_t_over_runs_and_the_runs_test_warns() -> None:
+    model, probe = planted_mlp(), planted_probe()
+    tcav = TCAV({"random": concept_set(shift=0.0, seed=11)}, target=1, layers="net.0", n_runs=4, n_random=4)
+    row = nm.NeuronMap(probe, layers="net.0", analyses=[tcav], reporters=[], strict=True).run(
+        model, step=0).results["tcav"].tables["scores"].iloc[0]
+    half = scipy.stats.t.ppf(0.975, 3) * row["tcav_std"] / 2.0  # sqrt(4 runs)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["tcav"] - half, row["tcav"] + half))
+    with pytest.warns(NeuronMapWarning, match=r"test='runs'\) is Kim et al.'s run-by-run t-test"):
+        TCAV({"random": "random"}, target=1, test="runs")
+    with pytest.raises(InvalidParameterError, match=r"interval must be one of \('t', 'bootstrap'\); got 'bca'"):
+        TCAV({"random": "random"}, target=1, interval="bca")  # type: ignore[arg-type]
