@@ -385,7 +385,7 @@ def cles(x: ArrayLike, y: ArrayLike) -> float:
 
 
 def mcnemar(
-    correct_a: ArrayLike, correct_b: ArrayLike, *, exact: bool | None = None
+    correct_a: ArrayLike, correct_b: ArrayLike, *, exact: bool | None = None, mid_p: bool = False
 ) -> McNemarResult:
     """McNemar's test of two classifiers evaluated on the same examples (McNemar 1947).
 
@@ -400,6 +400,13 @@ def mcnemar(
         exact: Force the exact test (True) or chi-square (False); ``None`` uses the exact
             test when ``b + c < 25``, the usual rule. Without discordant pairs the exact
             test is used (p = 1).
+        mid_p: The mid-p McNemar test instead (``exact`` is then ignored): the exact
+            two-sided binomial p-value minus half the probability of each tail's observed
+            count, ``2 P(X < min(b, c)) + P(X = min(b, c))`` with ``X ~ Bin(b + c, 1/2)``
+            (Fagerland, Lydersen & Laake 2013, BMC Med. Res. Methodol. 13:91). The exact
+            and continuity-corrected tests are conservative (at alpha = 0.05 they rejected a
+            true null in 2.9 % of simulations with about 19 discordant pairs, 3.7 % with
+            about 64); the mid-p test is close to alpha (see the calibration table).
 
     Returns:
         :class:`McNemarResult`.
@@ -420,6 +427,12 @@ def mcnemar(
             f"correct_a and correct_b must have equal length; got {a.size} and {b.size}."
         )
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if mid_p:
+        from scipy.stats import binom
+
+        k, total = min(only_a, only_b), only_a + only_b
+        p = 1.0 if total == 0 else min(1.0, 2.0 * float(binom.cdf(k - 1, total, 0.5)) + float(binom.pmf(k, total, 0.5)))
+        return McNemarResult(float(min(only_a, only_b)), p, only_a, only_b, True)
     use_exact = (only_a + only_b < 25 if exact is None else bool(exact)) or only_a + only_b == 0
     table = [[int(np.sum(a & b)), only_a], [only_b, int(np.sum(~a & ~b))]]
     res = sm_mcnemar(table, exact=use_exact, correction=True)

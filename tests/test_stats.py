@@ -197,6 +197,16 @@ def test_mcnemar_exact_and_chi_square_match_definitions():
     assert chi.pvalue == pytest.approx(scipy.stats.chi2.sf(stat, df=1))
 
 
+def test_mcnemar_mid_p_is_the_exact_p_less_the_observed_point_probability():
+    # Fagerland, Lydersen & Laake (2013): mid-p = exact two-sided p - P(X = b), X ~ Bin(b + c, 1/2)
+    a = np.array([1] * 30 + [1] * 9 + [0] * 3 + [0] * 8, bool)
+    b = np.array([1] * 30 + [0] * 9 + [1] * 3 + [0] * 8, bool)
+    exact = scipy.stats.binomtest(9, 12, 0.5).pvalue
+    assert mcnemar(a, b, mid_p=True).pvalue == pytest.approx(exact - scipy.stats.binom.pmf(9, 12, 0.5))
+    assert mcnemar(a, a, mid_p=True).pvalue == 1.0
+    assert mcnemar([1, 0], [0, 1], mid_p=True).pvalue == pytest.approx(1.0)  # b = c: capped at 1
+
+
 def test_mcnemar_without_discordant_pairs_and_errors():
     res = mcnemar([1, 0, 1], [1, 0, 1], exact=False)
     assert (res.pvalue, res.exact, res.only_a_correct, res.only_b_correct) == (1.0, True, 0, 0)

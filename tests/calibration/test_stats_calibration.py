@@ -8,6 +8,7 @@ from calibration._record import check_rate
 from neuronmap.stats import (
     adjust_pvalues,
     bootstrap_ci,
+    mcnemar,
     permutation_test,
     sequential_permutation_pvalue,
     wilson_interval,
@@ -71,3 +72,21 @@ def test_wilson_interval_covers_a_binomial_proportion(size: str) -> None:
     )
     check_rate(covered, reps, nominal=0.95, kind="coverage", statistic="stats.wilson_interval",
                method="Wilson (1927)", scenario=f"Binomial({n}, 0.8)", size=size)
+
+
+def test_mcnemar_mid_p_rejects_at_alpha_and_the_exact_test_at_most_alpha(size: str) -> None:
+    rng, reps, n = np.random.default_rng(7), 4 * REPS[size], 60
+    exact = mid = power = 0
+    for _ in range(reps):
+        a, b = rng.random(n) < 0.8, rng.random(n) < 0.8  # equal accuracy: about 19 discordant pairs
+        exact += mcnemar(a, b).pvalue < ALPHA
+        mid += mcnemar(a, b, mid_p=True).pvalue < ALPHA
+        power += mcnemar(a, rng.random(n) < 0.5, mid_p=True).pvalue < ALPHA
+    scenario = f"two classifiers right with probability 0.8 each, n={n}"
+    # the exact conditional test is valid and, on a discrete statistic, conservative by design
+    check_rate(exact, reps, nominal=ALPHA, kind="null rejection (at most alpha)", statistic="stats.mcnemar",
+               method="exact binomial (b + c < 25) / continuity-corrected chi-square", scenario=scenario, size=size)
+    check_rate(mid, reps, nominal=ALPHA, kind="null rejection", statistic="stats.mcnemar(mid_p=True)",
+               method="mid-p McNemar (Fagerland et al. 2013)", scenario=scenario, size=size)
+    check_rate(power, reps, nominal=ALPHA, kind="power", statistic="stats.mcnemar(mid_p=True)",
+               method="mid-p McNemar", scenario=f"accuracy 0.8 vs 0.5, n={n}", minimum=0.8, size=size)
