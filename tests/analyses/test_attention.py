@@ -215,7 +215,7 @@ def test_end_to_end_figures_in_the_run_folder_and_in_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     local = LocalReporter(tmp_path, run_name="attn")
-    board = TensorBoardReporter(tmp_path / "tb")
+    board = TensorBoardReporter(tmp_path / "tb", scalars="all")  # per-head detail is opt-in for trackers
     monitor = nm.NeuronMap(
         tiny_text_probe(8),
         layers=["bert.embeddings"],
@@ -237,7 +237,8 @@ def test_end_to_end_figures_in_the_run_folder_and_in_tensorboard(tmp_path):
     events.Reload()
     assert {f"neuronmap/figures/attention/{n}" for n in names} <= set(events.Tags()["images"])
     assert events.Images("neuronmap/figures/attention/importance")[0].step == 3
-    assert key in events.Tags()["scalars"]
+    # trackers chart one section per metric, a line per layer
+    assert f"neuronmap/attention/head0_importance_p_adj/{LAYER0}" in events.Tags()["scalars"]
 
 
 def test_errors():

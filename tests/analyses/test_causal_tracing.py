@@ -90,7 +90,7 @@ def test_heatmap_is_in_the_run_folder_and_in_tensorboard(bert_trace) -> None:
     events.Reload()
     images = events.Images("neuronmap/figures/causal_tracing/heatmap")
     assert [image.step for image in images] == [5] and images[0].width > 100
-    peak = events.Scalars("neuronmap/causal_tracing/bert.embeddings/peak_position")
+    peak = events.Scalars("neuronmap/causal_tracing/peak_position/bert.embeddings")  # a section per metric
     assert [(e.step, e.value) for e in peak] == [(5, KEY)]
 
 

@@ -64,6 +64,7 @@ def main(out: Path, tracker: str) -> None:
     gates = [{"name": "never", "metric": "neuronmap/activation_stats/net.1/std", "min": 1e9}]
     callback = NeuronMapCallback(
         probe=tiny_probe(n=N_PROBE), layers=["net.*"], analyses=analyses(), schedule=nm.Schedule(**SCHEDULE),
+        audit=False,  # the tracker alone: no local run folder beside it (the audit trail needs one)
         **({"gates": gates, "stop_on_failure": True} if tracker == "gate" else {}),
     )
     runs: list[dict[str, object]] = []

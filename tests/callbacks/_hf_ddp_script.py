@@ -80,7 +80,8 @@ def _args(out: Path, **kwargs: Any) -> TrainingArguments:
 
 def evaluate_only(out: Path, model: torch.nn.Module, data: TokenDataset) -> dict[str, Any]:
     """The CI-gate use: a bare ``trainer.evaluate()`` of the trained model, results in a local run folder."""
-    callback = NeuronMapTrainerCallback(probe=tiny_text_probe(n=N_PROBE), layers=LAYERS, analyses=analyses())
+    callback = NeuronMapTrainerCallback(probe=tiny_text_probe(n=N_PROBE), layers=LAYERS, analyses=analyses(),
+                                        audit=False)
     trainer = Trainer(model, _args(out, report_to="none"), eval_dataset=data, callbacks=[callback])
     metrics = trainer.evaluate()
     return {
@@ -94,7 +95,8 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")
     callback = NeuronMapTrainerCallback(
-        probe=tiny_text_probe(n=N_PROBE), layers=LAYERS, analyses=analyses(), schedule=nm.Schedule(**SCHEDULE)
+        probe=tiny_text_probe(n=N_PROBE), layers=LAYERS, analyses=analyses(), schedule=nm.Schedule(**SCHEDULE),
+        audit=False,  # the tracker alone: no local run folder beside it (the audit trail needs one)
     )
     runs: list[dict[str, Any]] = []
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # _ddp_script.py runs as a scrip
 from _ddp_script import N_PROBE, SCHEDULE, analyses
 
 import neuronmap as nm
+from neuronmap._headline import tracker_metrics
 from neuronmap.testing import tiny_mlp, tiny_probe
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -44,7 +45,8 @@ def _single_process_metrics(out: Path, step: int) -> dict[str, float]:
         tiny_probe(n=N_PROBE), layers=["net.*"], analyses=analyses(), schedule=nm.Schedule(**SCHEDULE), reporters=[]
     )
     with pytest.warns(nm.errors.AnalysisFailedWarning):
-        return monitor.run(model, step=step).metrics
+        report = monitor.run(model, step=step)
+    return tracker_metrics(report)  # as trackers get them: a section per metric, a line per layer
 
 
 def test_ddp_two_ranks_log_once_to_one_mlflow_run_with_single_process_values(tmp_path: Path) -> None:
@@ -75,7 +77,7 @@ def test_ddp_two_ranks_log_once_to_one_mlflow_run_with_single_process_values(tmp
     for step in steps:
         expected = _single_process_metrics(tmp_path, step)
         assert sorted(expected) == keys
-        assert expected["neuronmap/order_checksum/model/rows"] == N_PROBE
+        assert expected["neuronmap/order_checksum/rows/model"] == N_PROBE
         for key, value in expected.items():
             (got,) = [m.value for m in logged[key] if m.step == step]
             assert got == pytest.approx(value, rel=1e-6, abs=1e-6), (step, key)

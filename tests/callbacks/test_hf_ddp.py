@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # _hf_ddp_script.py runs as a sc
 from _hf_ddp_script import LAYERS, N_PROBE, SCHEDULE, analyses
 
 import neuronmap as nm
+from neuronmap._headline import tracker_metrics
 from neuronmap.testing import tiny_bert, tiny_text_probe
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -68,7 +69,7 @@ def _single_process_metrics(out: Path) -> dict[int, dict[str, float]]:
         model.load_state_dict(torch.load(out / f"weights-{step}.pt", weights_only=True))
         report = monitor.run(model, step=step, epoch=epoch)
         assert not report.failed
-        metrics[step] = report.metrics
+        metrics[step] = tracker_metrics(report)  # as trackers get them: a section per metric, a line per layer
     return metrics
 
 
@@ -101,7 +102,7 @@ def test_hf_ddp_two_ranks_log_once_to_one_tensorboard_run_with_single_process_va
     expected = _single_process_metrics(tmp_path)
     assert sorted(ours) == sorted(expected[8])
     assert {tag.split("/")[1] for tag in ours} == {"activation_stats", "cka", "row_order"}
-    assert expected[3]["neuronmap/row_order/bert.encoder.layer.1/rows"] == N_PROBE
+    assert expected[3]["neuronmap/row_order/rows/bert.encoder.layer.1"] == N_PROBE
     for tag, values in ours.items():
         assert [step for step, _ in values] == [s for _, s, _ in EXPECTED_RUNS if tag in expected[s]], tag
         for step, value in values:

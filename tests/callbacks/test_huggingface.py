@@ -15,6 +15,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 import neuronmap as nm
+from neuronmap._headline import tracker_metrics
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.callbacks import NeuronMapTrainerCallback
 from neuronmap.callbacks.huggingface import STATE_FILE
@@ -93,12 +94,15 @@ def test_metrics_reach_tensorboard_beside_the_trainers_own(tmp_path: Path) -> No
     events.Reload()
     tags = events.Tags()["scalars"]
     assert "train/loss" in tags  # HF's own, in the same run
-    logged = {e.step: e.value for e in events.Scalars(KEY)}
-    expected = callback.monitor.history.series(KEY)
+    # trackers chart a section per metric with a line per layer (the history keeps the full record)
+    tracker_key = "neuronmap/activation_stats/std/bert.encoder.layer.1"
+    logged = {e.step: e.value for e in events.Scalars(tracker_key)}
+    expected = callback.monitor.history.series(KEY.replace("/mean", "/std"))
     assert sorted(logged) == [4, 8]
     assert [logged[s] for s in (4, 8)] == pytest.approx(expected.loc[[4, 8]].to_list(), rel=1e-6)
-    neuronmap_tags = [t for t in tags if t.startswith("neuronmap/")]
-    assert len(neuronmap_tags) == len(callback.monitor.history.frame["key"].unique())
+    neuronmap_tags = {t for t in tags if t.startswith("neuronmap/")}
+    assert callback.monitor.last_report is not None
+    assert neuronmap_tags == set(tracker_metrics(callback.monitor.last_report))
 
 
 def test_evaluate_alone_runs_once_and_closes_the_run(tmp_path: Path) -> None:
