@@ -244,7 +244,11 @@ def _apply_replacements(block: Block) -> str:
 def _run_python(block: Block, namespace: dict[str, Any]) -> None:
     names = block.marker("fixtures")
     fixture = names[0] if names else DEFAULT_FIXTURES.get(block.doc.name, "bert")
-    namespace.update(FIXTURES[fixture]())
+    given = namespace.setdefault("__fixtures__", {})
+    for name, value in FIXTURES[fixture]().items():
+        # a name an earlier block of the document defined is the document's, not a placeholder
+        if name not in namespace or namespace[name] is given.get(name):
+            namespace[name] = given[name] = value
     code = compile(_apply_replacements(block), block.where, "exec")
     exec(code, namespace)  # the repository's own documentation
 
