@@ -1,7 +1,8 @@
 """Calibration of RSA (Mantel), Information, NeuronStats, TCAV's random-set test and
 CounterfactualBias' statistics. Each analysis runs on simulated arrays through
-:class:`AnalysisContext` (TCAV and CounterfactualBias, which need a model, through the very
-functions their ``run`` applies to the scores)."""
+:class:`AnalysisContext` (TCAV and CounterfactualBias, which need a model, here through the very
+functions their ``run`` applies to the scores, at sizes a model cannot afford; the same
+statistics are checked through ``analysis.run`` in ``test_analysis_runs_calibration.py``)."""
 
 from __future__ import annotations
 
