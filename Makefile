@@ -27,8 +27,11 @@ $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 demo: $(VENV)/.demo-installed
 	$(PY) examples/hf_trainer_sentiment_bias.py --quick --max-steps 30 --eval-steps 15 --out neuronmap-runs/hf-demo
 
+# The doctests run in a second pytest call: --import-mode=importlib (the suite's mode) would import
+# each collected module a second time under another name (two Analysis classes).
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules neuronmap --import-mode=prepend -p no:cacheprovider
 
 # Full-size calibration simulations (tests/calibration; make test runs a small version) and the
 # table of docs/statistics-and-similarity.md regenerated from docs/calibration/results.json.

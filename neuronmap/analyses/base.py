@@ -152,7 +152,7 @@ class Analysis(ABC):
             ...     probe_columns = ("column",)
             ...     def __init__(self): super().__init__(); self.column = "age"
             ...     def run(self, ctx): ...
-            >>> NeedsAge().check_probe(tiny_probe())[0][:49]
+            >>> NeedsAge().check_probe(tiny_probe())[0][:51]
             "NeedsAge(column='age') needs probe-set column 'age'"
         """
         problems = []

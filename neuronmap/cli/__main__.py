@@ -4,4 +4,5 @@ import sys
 
 from neuronmap.cli._main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a doctest collector imports the module
+    sys.exit(main())

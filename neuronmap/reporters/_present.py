@@ -99,7 +99,7 @@ class RunMirror:
         >>> import tempfile
         >>> from neuronmap.results import Report
         >>> mirror = RunMirror(tempfile.mkdtemp())
-        >>> mirror.add(Report(0, None, None, "2024-01-01T00:00:00+00:00"))
+        >>> _ = mirror.add(Report(0, None, None, "2024-01-01T00:00:00+00:00"))
         >>> (mirror.root / "metrics.jsonl").exists()
         True
     """

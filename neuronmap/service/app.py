@@ -126,7 +126,7 @@ def create_app(config: ServiceConfig) -> Any:
         >>> import tempfile
         >>> root = Path(tempfile.mkdtemp())
         >>> app = create_app(ServiceConfig(runs=root / "runs", tokens=root / "tokens.json"))
-        >>> sorted(r.path for r in app.routes if r.path.endswith("/health"))
+        >>> sorted(p for p in app.openapi()["paths"] if p.endswith("/health"))
         ['/api/v1/health']
     """
     from contextlib import asynccontextmanager
