@@ -45,11 +45,15 @@ def default_analyses() -> list[Analysis]:
     """Every built-in analysis that works on a plain classifier without extra configuration."""
     import neuronmap.analyses as analyses
 
-    chosen: list[Analysis] = [analyses.ActivationStats()]
+    chosen: list[Analysis] = []
     for name in ("ModelPerformance", "Probing", "CKA", "NeuronStats"):
         cls = getattr(analyses, name, None)
         if cls is not None:
             chosen.append(cls())
+    # NeuronStats reports dead_fraction and effective_rank too: with both, the report showed
+    # each twice. ActivationStats (the lighter health check) only stands in for it.
+    if not any(type(a).__name__ == "NeuronStats" for a in chosen):
+        chosen.insert(0, analyses.ActivationStats())
     return chosen
 
 

@@ -67,7 +67,7 @@ class ActivationStats(Analysis):
 
 
 def _figure(table: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(7, 3))
+    fig = Figure(figsize=(7, 3), layout="constrained")
     left, right = fig.subplots(1, 2)
     x = range(len(table))
     left.bar(x, table["dead_fraction"], color="#b3261e", label="dead")
@@ -80,5 +80,4 @@ def _figure(table: pd.DataFrame) -> Figure:
     for ax in (left, right):
         ax.set_xticks(list(x), table["layer"], rotation=60, ha="right", fontsize=6)
     fig.suptitle("Activation health by layer", fontsize=9)
-    fig.tight_layout()
     return fig

@@ -384,7 +384,8 @@ def _top_table(
 def _bars(table: pd.DataFrame, method: str) -> Figure:
     groups = list(table.groupby("class", sort=True))[:4] or [("none", table)]
     fig = Figure(
-        figsize=(3.2 * len(groups), 0.25 * max(4, table["rank"].max() if len(table) else 4) + 1.2)
+        figsize=(3.2 * len(groups), 0.25 * max(4, table["rank"].max() if len(table) else 4) + 1.2),
+        layout="constrained",
     )
     axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
     for ax, (cls, part) in zip(axes, groups, strict=True):
@@ -394,7 +395,6 @@ def _bars(table: pd.DataFrame, method: str) -> Figure:
         ax.set_title(f"class {cls}", fontsize=8)
         ax.set_xlabel("mean attribution", fontsize=7)
     fig.suptitle(f"Top-attributed inputs per class ({method})", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -419,7 +419,7 @@ def _token_heatmap(maps: list[np.ndarray], words: list[list[str]], method: str) 
 
 def _pixel_maps(images: list[np.ndarray], maps: list[np.ndarray], method: str) -> Figure:
     count = max(len(maps), 1)
-    fig = Figure(figsize=(2.0 * count, 4.2))
+    fig = Figure(figsize=(2.0 * count, 4.2), layout="constrained")
     axes = fig.subplots(2, count, squeeze=False)
     for j, (image, amap) in enumerate(zip(images, maps, strict=True)):
         shown = image.transpose(1, 2, 0) if image.shape[0] == 3 else image.mean(0)
@@ -430,5 +430,4 @@ def _pixel_maps(images: list[np.ndarray], maps: list[np.ndarray], method: str) -
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.suptitle(f"Pixel attributions ({method}): input (top), attribution (bottom)", fontsize=9)
-    fig.tight_layout()
     return fig

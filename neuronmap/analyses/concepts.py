@@ -188,7 +188,7 @@ def _correlations(scores: np.ndarray, probe: ProbeSet) -> list[dict[str, Any]]:
 
 def _correlation_figure(corr: pd.DataFrame, method: str) -> Figure:
     layers = list(dict.fromkeys(corr["layer"]))[:6]
-    fig = Figure(figsize=(3.2 * len(layers) + 0.6, 3.0))
+    fig = Figure(figsize=(3.2 * len(layers) + 0.6, 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(layers), squeeze=False)[0])
     image = None
     for ax, layer in zip(axes, layers, strict=False):
@@ -314,7 +314,7 @@ class ConceptAlgebra(Analysis):
 
 def _similarity_figure(sim: pd.DataFrame) -> Figure:
     layers = list(dict.fromkeys(sim["layer"]))[:6]
-    fig = Figure(figsize=(2.8 * len(layers) + 0.8, 2.8))
+    fig = Figure(figsize=(2.8 * len(layers) + 0.8, 2.8), layout="constrained")
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
     image = None
     for ax, layer in zip(axes, layers, strict=False):

@@ -257,7 +257,7 @@ def _unit_entropy(x: NDArray[np.float64], n_bins: int) -> float:
 
 
 def _figure(table: pd.DataFrame, label_entropy: float) -> Figure:
-    fig = Figure(figsize=(8, 3))
+    fig = Figure(figsize=(8, 3), layout="constrained")
     left, right = fig.subplots(1, 2)
     x = np.arange(len(table))
     left.plot(x, table["mi_knn"], marker="o", label="k-NN (Ross 2014)")
@@ -270,6 +270,5 @@ def _figure(table: pd.DataFrame, label_entropy: float) -> Figure:
     for ax in (left, right):
         ax.set_xticks(x, table["layer"], rotation=60, ha="right", fontsize=7)
     fig.suptitle("Information by layer", fontsize=9)
-    fig.tight_layout()
     return fig
 

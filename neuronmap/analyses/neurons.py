@@ -302,7 +302,7 @@ def _mean_kurtosis(x: NDArray[np.float64]) -> float:
 
 
 def _figure(summary: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(10, 3))
+    fig = Figure(figsize=(10, 3), layout="constrained")
     axes = fig.subplots(1, 3)
     x = np.arange(len(summary))
     layers = summary["layer"] if len(summary) else []
@@ -324,5 +324,4 @@ def _figure(summary: pd.DataFrame) -> Figure:
     for ax in axes:
         ax.set_xticks(x, layers, rotation=60, ha="right", fontsize=7)
     fig.suptitle("Neuron health and selectivity by layer", fontsize=9)
-    fig.tight_layout()
     return fig

@@ -167,7 +167,7 @@ def _two_columns(embedding: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def _scatter(embedding: NDArray[np.float64], colours: dict[str, NDArray[Any]], *, title: str) -> Figure:
     panels = list(colours.items()) or [("", np.zeros(len(embedding)))]
-    fig = Figure(figsize=(3.6 * len(panels), 3.4))
+    fig = Figure(figsize=(3.6 * len(panels), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (column, values) in zip(axes, panels, strict=True):
         series = pd.Series(values)
@@ -192,5 +192,4 @@ def _scatter(embedding: NDArray[np.float64], colours: dict[str, NDArray[Any]], *
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig

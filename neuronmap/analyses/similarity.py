@@ -235,20 +235,21 @@ def cka_heatmap(matrix: pd.DataFrame, *, title: str = "Linear CKA") -> Figure:
     """
     values = matrix.to_numpy(dtype=np.float64)
     rows, cols = matrix.shape
-    fig = Figure(figsize=(min(12.0, 2.5 + 0.45 * cols), min(11.0, 2.0 + 0.4 * rows)))
+    # Cells wide and tall enough for an 8 pt "0.97" (about 0.3 in) at the saved size; the
+    # constrained layout keeps the rotated tick labels and the colour bar inside the figure.
+    fig = Figure(figsize=(min(16.0, 2.8 + 0.6 * cols), min(14.0, 2.2 + 0.45 * rows)), layout="constrained")
     ax = fig.subplots()
     finite = values[np.isfinite(values)]
     low = min(0.0, float(finite.min())) if finite.size else 0.0
     image = ax.imshow(values, vmin=low, vmax=1.0, cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(rows), [str(r) for r in matrix.index], fontsize=7)
-    if rows * cols <= 144:
+    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(rows), [str(r) for r in matrix.index], fontsize=8)
+    if rows * cols <= 196:
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+    ax.set_title(title, fontsize=10)
     return fig
 
 
