@@ -22,7 +22,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -230,8 +230,9 @@ class JobManager:
         with self._lock:
             self._jobs[job_id] = job
             self._save(job)
+            accepted = replace(job)  # the record as accepted; a free worker may start it at once
         self.executor.submit(job_id, job_dir, self)
-        return job
+        return accepted
 
     @staticmethod
     def _check_with_analyze(spec_path: Path) -> None:

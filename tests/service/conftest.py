@@ -1,4 +1,10 @@
-"""A served world: two runs, a tiny BERT to run jobs on, read and write tokens, a live server."""
+"""A served world, built once per session: two runs, job inputs, read and write tokens, one live server.
+
+Slow parts are shared or overlapped: the run folders and job inputs are made once, one uvicorn
+server serves every test that does not need its own configuration, and the Ray head (when
+test_ray.py is collected) boots in the background from the session's start, while the runs
+are built.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,25 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("httpx")
 
-from _service import LiveServer, make_models, make_runs
+from _service import RAY_CLI, LiveServer, RayHead, make_models, make_runs
 
 from neuronmap.client import Client
 from neuronmap.service.app import ServiceConfig
 from neuronmap.service.tokens import TokenStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_ray_head(request) -> Any:
+    """A ``ray start --head`` launched at once (it takes seconds) if the Ray test will run."""
+    wanted = any(item.path.name == "test_ray.py" for item in request.session.items)
+    if not wanted or not RAY_CLI.exists():
+        yield None
+        return
+    head = RayHead()
+    try:
+        yield head
+    finally:
+        head.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,25 @@
-"""The dashboard in headless Chromium: runs list, a run page with findings and a plotly chart, offline."""
+"""The dashboard in headless Chromium: runs list, a run page, compare and jobs, offline.
+
+One browser serves the module (tests/service/_browser.py drives it over the DevTools protocol),
+and each test waits for what a user would see: rows, findings, plotly's rendered SVG, a job
+that was submitted through the form finishing.
+"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
+import json
 
 import httpx
 import pytest
+from _browser import CHROMIUM, Browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (/usr/bin/chromium)")
 
 
-def _dom(url: str, tmp_path: Path, wait_ms: int = 15000) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,1600",
-             f"--virtual-time-budget={wait_ms}", "--dump-dom", url]
-    return subprocess.run([CHROMIUM, *flags], capture_output=True, text=True, timeout=120, check=True).stdout
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with Browser(tmp_path_factory.mktemp("chromium-profile")) as b:
+        yield b
 
 
 def test_pages_need_a_token_and_serve_plotly_from_the_package(server, world) -> None:
@@ -32,14 +34,55 @@ def test_pages_need_a_token_and_serve_plotly_from_the_package(server, world) -> 
     assert "cdn" not in page.text.lower() and "https://" not in page.text.split("<main>")[0]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (/usr/bin/chromium)")
-def test_runs_list_and_run_page_render_findings_and_an_interactive_chart(server, world, tmp_path) -> None:
-    token = world["read"]
-    runs = _dom(f"{server.url}/ui/login?next=%2Fui%2F#{token}", tmp_path)
-    assert 'data-run="alpha"' in runs and 'data-run="beta"' in runs
-    assert 'class="findings-count"' in runs
-    page = _dom(f"{server.url}/ui/login?next=%2Fui%2Fruns%2Falpha#{token}", tmp_path)
+@needs_chromium
+def test_runs_list_and_run_page_render_findings_and_an_interactive_chart(server, world, browser) -> None:
+    browser.login(server.url, world["read"], "/ui/")
+    browser.wait_for("document.querySelector('tr[data-run=\"beta\"]')")
+    runs = browser.html()
+    assert 'data-run="alpha"' in runs and 'class="findings-count"' in runs
+    browser.goto(f"{server.url}/ui/runs/alpha")
+    browser.wait_for("document.querySelector('#charts .js-plotly-plot .main-svg') "
+                     "&& document.querySelector('#heatmaps .js-plotly-plot .main-svg')")
+    page = browser.html()
     assert 'id="findings"' in page and 'class="finding severity-' in page
-    assert "js-plotly-plot" in page and "main-svg" in page  # plotly drew an interactive chart
     assert 'data-metric="activation_stats/dead_fraction"' in page
-    assert "heatmap" in page
+    assert not browser.errors, browser.errors
+
+
+@needs_chromium
+def test_compare_page_shows_deltas_and_the_cka_heatmap(server, world, browser, reader) -> None:
+    browser.login(server.url, world["read"], "/ui/compare?a=alpha&b=beta")
+    browser.wait_for("document.querySelectorAll('#deltas tbody tr').length > 0 "
+                     "&& document.querySelector('#cka .main-svg')")
+    assert browser.evaluate("[document.querySelector('select[name=a]').value, "
+                            "document.querySelector('select[name=b]').value]") == ["alpha", "beta"]
+    rows = browser.evaluate("[...document.querySelectorAll('#deltas tbody tr')]"
+                            ".map(tr => [...tr.children].map(td => td.textContent))")
+    api = {m["key"]: m for m in reader.compare("alpha", "beta")["metrics"]}
+    assert [r[0] for r in rows] == list(api)
+    for key, a, b, delta in rows:
+        for shown, value in ((a, api[key]["a"]), (b, api[key]["b"]), (delta, api[key]["delta"])):
+            assert shown == "n/a" if value is None else float(shown) == pytest.approx(value, rel=1e-3, abs=1e-12)
+    assert "linear CKA" in browser.html()
+
+
+@needs_chromium
+def test_jobs_page_submits_a_job_that_a_write_token_may_run(server, world, browser) -> None:
+    spec = "activations: mlp-acts.npz\nprobe: {npz: mlp-probe.npz}\nanalyses: [activation_stats]\n"
+    submit = (f"document.getElementById('job-spec').value = {json.dumps(spec)};"
+              "document.getElementById('job-run-name').value = 'ui-job';"
+              "document.querySelector('#job-form button[type=submit]').click(); true")
+    browser.login(server.url, world["read"], "/ui/jobs")
+    browser.evaluate(submit)
+    refused = browser.wait_for("document.getElementById('job-message').textContent")
+    assert "needs a token with scope 'write'" in refused
+    browser.login(server.url, world["write"], "/ui/jobs")
+    browser.evaluate(submit)
+    queued = browser.wait_for("document.getElementById('job-message').textContent")
+    assert queued.startswith("Job ") and queued.endswith(" queued."), queued
+    job_id = queued.split()[1]
+    # the page reloads itself while a job is pending
+    browser.wait_for(f"document.querySelector('tr[data-job=\"{job_id}\"] .job-status')?.textContent === 'succeeded'",
+                     timeout=120)
+    assert browser.evaluate(f"document.querySelector('tr[data-job=\"{job_id}\"] progress').value") == 1
+    assert browser.evaluate("document.querySelector('a[href=\"/ui/runs/ui-job\"]') !== null")

@@ -1,13 +1,20 @@
-"""Analysis jobs over HTTP: a tiny random-init BERT analysed by the local executor (worker processes)."""
+"""Analysis jobs over HTTP, run by the local executor (worker processes).
+
+Job mechanics (queueing, progress, logs, failure, cancel) run on saved activations, so the job
+process imports torch and NeuronMap but not transformers; one job loads a model folder (a
+random-init tiny BERT) end to end.
+"""
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
-from _service import job_spec
+from _service import job_spec, model_job_spec
 
 from neuronmap.client import ClientError
-from neuronmap.runs import read_history
+from neuronmap.reporters.local import read_history
 
 
 def test_a_job_runs_and_its_results_are_an_ordinary_run(writer, reader, world) -> None:
@@ -20,24 +27,34 @@ def test_a_job_runs_and_its_results_are_an_ordinary_run(writer, reader, world) -
     assert reader.run("job-ok").summary["status"] == "FINISHED"
     history = reader.run("job-ok").history
     pd.testing.assert_frame_equal(history, read_history(world["runs"] / "job-ok"))
-    assert "neuronmap/activation_stats/encoder.layer.1/dead_fraction" in set(history["key"])
+    assert "neuronmap/activation_stats/net.2/dead_fraction" in set(history["key"])
     assert any(j["id"] == job.id for j in reader.jobs())
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"colour": 1}, r"Unknown key\(s\) \['colour'\]"),
-    ({"trust_remote_code": True}, "'trust_remote_code' cannot be set by a request"),
-    ({"out": "/tmp/elsewhere"}, "'out' is set by the server"),
-    ({"model": "/etc"}, "outside the server's model roots"),
-    ({"model": "../../.."}, "outside the server's model roots"),
-    ({"probe": {"npz": "/etc/passwd"}}, r"'probe.npz' path '/etc/passwd' is outside"),
-    ({"analyses": ["nope"]}, r"Unknown analysis 'nope'; known analyses: \["),
-    ({"analyses": [{"name": "activation_stats", "args": {"bogus": 1}}]}, "bogus"),
-    ({"layers": None}, "lacks the required key 'layers'"),
+def test_a_job_on_a_model_folder(writer, reader, world) -> None:
+    job = writer.submit_job(model_job_spec(), run_name="job-model").wait(timeout=180)
+    assert job.status == "succeeded", job.logs()
+    history = reader.run("job-model").history
+    pd.testing.assert_frame_equal(history, read_history(world["runs"] / "job-model"))
+    assert "neuronmap/activation_stats/encoder.layer.1/dead_fraction" in set(history["key"])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (job_spec(colour=1), r"Unknown key\(s\) \['colour'\]"),
+    (model_job_spec(trust_remote_code=True), "'trust_remote_code' cannot be set by a request"),
+    (job_spec(out="/tmp/elsewhere"), "'out' is set by the server"),
+    (model_job_spec(model="/etc"), "outside the server's model roots"),
+    (model_job_spec(model="../../.."), "outside the server's model roots"),
+    (job_spec(activations="/etc/passwd"), r"'activations' path '/etc/passwd' is outside"),
+    (job_spec(probe={"npz": "/etc/passwd"}), r"'probe.npz' path '/etc/passwd' is outside"),
+    (job_spec(analyses=["nope"]), r"Unknown analysis 'nope'; known analyses: \["),
+    (job_spec(analyses=[{"name": "activation_stats", "args": {"bogus": 1}}]), "bogus"),
+    (model_job_spec(layers=None), "lacks the required key 'layers'"),
+    ({**job_spec(), "model": "tiny-bert"}, "exactly one of 'model' or 'activations'"),
 ])
-def test_bad_specs_are_422_with_a_clear_message(writer, changes, message) -> None:
+def test_bad_specs_are_422_with_a_clear_message(writer, spec, message) -> None:
     with pytest.raises(ClientError, match=message) as err:
-        writer.submit_job(job_spec(**changes))
+        writer.submit_job(spec)
     assert err.value.status == 422
 
 
@@ -54,21 +71,21 @@ def test_bad_yaml_and_existing_run_names_are_refused(writer) -> None:
 
 
 def test_a_failing_job_is_recorded_and_the_server_stays_healthy(writer, reader) -> None:
-    job = writer.submit_job(job_spec(layers=["encoder.layr.0"]), run_name="job-fails").wait(timeout=120)
+    # activations of 60 examples against a probe set of 24: the run starts, then fails
+    job = writer.submit_job(job_spec(probe={"npz": "probe.npz"}), run_name="job-fails").wait(timeout=120)
     assert job.status == "failed"
-    assert "did you mean 'encoder.layer.0'" in job.record["error"]
+    assert "ProbeSetError" in job.record["error"] and "hold 60 examples but the probe set has 24" in job.record["error"]
     assert "Traceback" in job.logs()  # the log keeps the detail; the record keeps one line
     assert reader.health()["status"] == "ok"
     assert reader.run("alpha").summary["status"] == "FINISHED"
 
 
 def test_cancel_a_running_and_a_queued_job(writer) -> None:
-    running = writer.submit_job(job_spec(), run_name="job-cancel-running")
+    slow = job_spec(analyses=[{"name": "probing", "args": {"cv": 3, "n_permutations": 100000}}])
+    running = writer.submit_job(slow, run_name="job-cancel-running")
     queued = writer.submit_job(job_spec(), run_name="job-cancel-queued")  # one worker: waits its turn
     assert queued.refresh().status == "queued"
     assert queued.cancel().status == "cancelled"
-    import time
-
     deadline = time.monotonic() + 60
     while running.refresh().status == "queued" and time.monotonic() < deadline:
         time.sleep(0.05)

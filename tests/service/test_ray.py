@@ -1,65 +1,63 @@
-"""The Ray executor against a real local Ray head (``ray start --head`` on this machine)."""
+"""The Ray executor against a real local Ray head (``ray start --head`` on 127.0.0.1).
+
+The head is started by the session's ``early_ray_head`` fixture (conftest.py), so that it boots
+while the run folders are built; it has one CPU, no dashboard and no extra worker nodes. The
+server is ``neuronmap serve --executor ray`` in its own process, given the cluster through
+``RAY_ADDRESS`` as in a deployment, so no Ray state lives in the test process.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
+import pandas as pd
 import pytest
-from _service import LiveServer, free_port, job_spec
+from _service import RAY_LOOPBACK_ENV, ServeProcess, job_spec, listening_addresses
 
 from neuronmap.client import Client
-from neuronmap.service.app import ServiceConfig
+from neuronmap.reporters.local import read_history
 
-ray = pytest.importorskip("ray")
-RAY_CLI = Path(sys.executable).parent / "ray"
+pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    if not RAY_CLI.exists():
+def ray_head(early_ray_head):
+    if early_ray_head is None:
         pytest.skip("the ray command is not installed beside this Python")
-    port = free_port()
-    temp = Path(tempfile.mkdtemp(prefix="nm-ray-", dir="/tmp"))  # Ray's socket paths must stay short
-    proc = subprocess.Popen(
-        [str(RAY_CLI), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=80000000",
-         f"--temp-dir={temp}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
     try:
-        out, _ = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            pytest.fail(f"ray start failed:\n{out[-2000:]}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # every process `ray start` left in its session
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(1.0)
-        shutil.rmtree(temp, ignore_errors=True)
+        address = early_ray_head.address()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    yield early_ray_head, address
+    early_ray_head.stop()  # not at the session's end: the rest of the suite gets the CPU back
 
 
-def test_jobs_run_on_the_ray_cluster(ray_head, world) -> None:
-    config = ServiceConfig(runs=world["runs"], tokens=world["tokens"], model_roots=[world["models"]],
-                           executor="ray", ray_address=ray_head)
-    with LiveServer(config) as live, Client(live.url, token=world["write"], retries=0) as client:
+def test_jobs_run_on_the_ray_cluster(ray_head, world, tmp_path) -> None:
+    _, address = ray_head
+    runs = tmp_path / "runs"
+    env = {**os.environ, **RAY_LOOPBACK_ENV, "RAY_ADDRESS": address}
+    args = ["--runs", str(runs), "--tokens", str(world["tokens"]), "--model-root", str(world["models"]),
+            "--executor", "ray"]
+    with ServeProcess(args, env=env, log=tmp_path / "serve.log") as live, \
+            Client(live.url, token=world["write"], retries=0) as client:
         assert client.health()["executor"] == "ray"
         ok = client.submit_job(job_spec(), run_name="ray-ok")
-        bad = client.submit_job(job_spec(layers=["encoder.layr.0"]), run_name="ray-fails")
+        bad = client.submit_job(job_spec(probe={"npz": "probe.npz"}), run_name="ray-fails")
         assert ok.wait(timeout=180).status == "succeeded", ok.logs()
         assert ok.record["executor"] == "ray"
-        assert "neuronmap/activation_stats/encoder.layer.0/dead_fraction" in set(client.run("ray-ok").history["key"])
+        history = client.run("ray-ok").history
+        pd.testing.assert_frame_equal(history, read_history(runs / "ray-ok"))
+        assert "neuronmap/activation_stats/net.0/dead_fraction" in set(history["key"])
         assert bad.wait(timeout=180).status == "failed"
-        assert "did you mean 'encoder.layer.0'" in bad.record["error"]
+        assert "hold 60 examples but the probe set has 24" in bad.record["error"]
+        assert "Traceback" in bad.logs()
         assert client.health()["status"] == "ok"
+
+
+def test_the_ray_head_listens_on_the_loopback_only(ray_head) -> None:
+    # after the jobs: the worker that ran them (and its gRPC server) is still up
+    head, address = ray_head
+    addresses = listening_addresses(head.pids())
+    assert address in addresses  # the GCS
+    assert len(addresses) >= 3, addresses  # GCS, raylet, object manager, agents, workers
+    assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
