@@ -38,7 +38,7 @@ def load_hf_model(
             f"Model directory {str(model_dir)!r} has no config.json; expected a folder saved with "
             "save_pretrained() (config.json plus weights)."
         )
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     auto = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModel
     model = auto.from_pretrained(path, **kwargs).eval()
     try:
