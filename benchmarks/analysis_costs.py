@@ -180,6 +180,8 @@ def _measure(names: list[str], repeats: int) -> Iterator[dict[str, Any]]:
                                    with_outputs=True, progress=False)
         captures.append(time.perf_counter() - t0)
     capture_s = statistics.median(captures[1:])
+    print(f"# capture of {len(probe)} sentences: median {capture_s:.2f} s (the unit of the capture-pass column)",
+          flush=True)
     for name in names:
         yield _time_one(name, model, tokenizer, probe, acts, capture_s, repeats)
 
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     measured = _measure(names, args.repeats) if args.in_process else None
     for name in names:
         got = next(measured) if measured is not None else _run_child(name, args.repeats, args.timeout)
-        print(f"# {name}: {got['seconds']:.2f} s, peak +{got['peak_bytes'] / 2**20:.0f} MiB, {got['status']} "
+        print(f"# {name}: {got['seconds']:.2f} s ({got['seconds'] / got.get('capture_s', float('nan')):.0f} capture "
+              f"passes), peak +{got['peak_bytes'] / 2**20:.0f} MiB, {got['status']} "
               f"{got.get('error', '')}".rstrip(), flush=True)
         results.append(got)
     capture = statistics.median([r["capture_s"] for r in results if "capture_s" in r] or [float("nan")])
