@@ -65,9 +65,9 @@ def test_report_rerenders_a_run_folder(tmp_path, capsys) -> None:
     from neuronmap.testing import tiny_mlp, tiny_probe
 
     reporter = LocalReporter(tmp_path, run_name="run", render_html=False)
-    nm.NeuronMap(tiny_probe(), layers="net.*", analyses=[nm.ActivationStats()], reporters=[reporter]).run(
-        tiny_mlp(), step=0
-    )
+    monitor = nm.NeuronMap(tiny_probe(), layers="net.*", analyses=[nm.ActivationStats()], reporters=[reporter])
+    monitor.run(tiny_mlp(), step=0)
+    monitor.flush()  # published on background threads
     assert not (tmp_path / "run" / "report.html").exists()
     assert main(["report", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "report.html").read_text().startswith("<!DOCTYPE html>")
