@@ -62,6 +62,10 @@ class WandbReporter(BaseReporter):
         step_metric: The x-axis key of NeuronMap's metrics.
         scalars: ``"headline"`` (default): each analysis' headline metrics as charts;
             ``"all"``: every CI and p-value too.
+        line_series: Also log one ``wandb.plot.line_series`` chart per headline metric,
+            with a line per layer over ``neuronmap/step``, under
+            ``neuronmap/charts/<analysis>/<metric>`` (W&B's default panels draw one chart
+            per key, i.e. one per layer).
 
     Only a run this reporter started is finished by :meth:`close` (``FAILED`` and
     ``KILLED`` finish it with exit code 1, which W&B shows as failed).
@@ -89,6 +93,7 @@ class WandbReporter(BaseReporter):
         init_timeout: float = 30.0,
         step_metric: str = "neuronmap/step",
         scalars: Scalars = "headline",
+        line_series: bool = True,
     ) -> None:
         WANDB_AVAILABLE.require("WandbReporter")
         if run is not None and not (hasattr(run, "experiment") or callable(getattr(run, "log", None))):
@@ -114,6 +119,9 @@ class WandbReporter(BaseReporter):
         }
         self.init_timeout = init_timeout
         self.scalars = check_scalars(scalars, "WandbReporter")
+        self.line_series = bool(line_series)
+        #: (analysis, metric) -> layer -> [(step, value)], the history the line charts redraw.
+        self._series: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
         self._mirror: RunMirror | None = None
 
     def __repr__(self) -> str:
@@ -232,6 +240,8 @@ class WandbReporter(BaseReporter):
         metrics = tracker_metrics(report, scalars=self.scalars)
         if metrics:
             self.log_metrics(metrics, report.step)
+        if self.line_series:
+            self._log_line_series(tracker_metrics(report, scalars="headline"), report.step)
         found = findings_of(report)
         run = self.run
         run.summary["neuronmap/findings"] = summary_text(found)
@@ -246,6 +256,35 @@ class WandbReporter(BaseReporter):
         if self._mirror is None:
             self._mirror = RunMirror(Path(run.dir) / "neuronmap")
         self._mirror.add(report)
+
+    def _log_line_series(self, headline: Mapping[str, float], step: int) -> None:
+        """One chart per headline metric with a line per layer, redrawn from every step so far.
+
+        A custom chart is a table W&B draws whole, so each report logs the series up to now;
+        the last one logged is the chart the run page shows.
+        """
+        import math
+
+        import wandb
+
+        touched: set[tuple[str, str]] = set()
+        for key, value in headline.items():
+            parts = key.split("/", 3)
+            if len(parts) != 4 or not math.isfinite(float(value)):
+                continue
+            _, analysis, metric, layer = parts
+            points = self._series.setdefault((analysis, metric), {}).setdefault(layer, [])
+            points[:] = [p for p in points if p[0] != int(step)] + [(int(step), float(value))]
+            touched.add((analysis, metric))
+        for analysis, metric in sorted(touched):
+            lines = self._series[(analysis, metric)]
+            layers = list(lines)
+            chart = wandb.plot.line_series(
+                xs=[[s for s, _ in lines[layer]] for layer in layers],
+                ys=[[v for _, v in lines[layer]] for layer in layers],
+                keys=layers, title=f"{analysis}: {metric} by layer", xname=self.step_metric,
+            )
+            self._log({f"neuronmap/charts/{analysis}/{metric}": chart, self.step_metric: int(step)})
 
     def where(self) -> str:
         """Where to look (the per-run console line)."""

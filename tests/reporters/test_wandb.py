@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from neuronmap.errors import InvalidParameterError, ReporterWarning
@@ -189,3 +190,53 @@ def test_logs_into_a_lightning_wandb_logger_run(wandb_dir: Path) -> None:
     rows = _history(_run_dir(wandb_dir))
     assert [(r["neuronmap/step"], r["neuronmap/a/l/m"]) for r in rows if "neuronmap/a/l/m" in r] == [(10, 0.9)]
     assert [(r["trainer/global_step"], r["train_loss"]) for r in rows if "train_loss" in r] == [(100, 0.3), (101, 0.2)]
+
+
+def test_log_report_line_series_summary_and_files_read_back(wandb_dir: Path) -> None:
+    """log_report: headline scalars, one line-series chart per metric (a line per layer), the
+    findings in the run summary, figures and the full record under files/neuronmap."""
+    import neuronmap as nm
+    from neuronmap.testing import tiny_mlp, tiny_probe
+
+    rep = WandbReporter(project="neuronmap-test", dir=wandb_dir)
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.1", "net.3"], analyses=[nm.ActivationStats()], reporters=[])
+    model = tiny_mlp()
+    for step in (0, 10):
+        report = monitor.run(model, step=step)
+        rep.log_report(report)
+        with torch.no_grad():
+            model.net[0].weight.mul_(1.5)  # the next step's activations differ
+    rep.close()
+
+    run = _run_dir(wandb_dir)
+    rows = _history(run)
+    std = [(r["neuronmap/step"], r["neuronmap/activation_stats/std/net.1"]) for r in rows
+           if "neuronmap/activation_stats/std/net.1" in r]
+    assert [s for s, _ in std] == [0, 10] and std[1][1] > std[0][1]
+    assert not any(k.endswith("_ci_low") or k.endswith("_p") for r in rows for k in r)  # headline only
+    charts = [r for r in rows if any(k.startswith("neuronmap/charts/activation_stats/std") for k in r)]
+    assert len(charts) == 2  # redrawn at each report; the last holds every step
+    prefix = "neuronmap/charts/activation_stats/std"
+    path_key = next(k for k in charts[-1] if k.startswith(prefix) and k.endswith("/path"))
+    table = json.loads((run / "files" / charts[-1][path_key]).read_text())
+    assert set(table["columns"]) == {"step", "lineKey", "lineVal"}
+    col = {c: i for i, c in enumerate(table["columns"])}
+    by_layer: dict[str, list[tuple[int, float]]] = {}
+    for row in table["data"]:
+        by_layer.setdefault(row[col["lineKey"]], []).append((row[col["step"]], row[col["lineVal"]]))
+    assert sorted(by_layer) == ["net.1", "net.3"]
+    assert by_layer["net.1"] == [(0, pytest.approx(std[0][1])), (10, pytest.approx(std[1][1]))]
+    summary: dict[str, Any] = {}
+    for record in _records(next(run.glob("run-*.wandb"))):
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+    from neuronmap.findings import findings_of, summary_text
+
+    assert summary["neuronmap/findings_count"] == len(findings_of(report))
+    assert summary["neuronmap/findings"] == summary_text(findings_of(report))
+    assert any(k.startswith("neuronmap/figures/activation_stats/") for r in rows for k in r)
+    mirror = run / "files" / "neuronmap"
+    lines = [json.loads(line) for line in (mirror / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 10]
+    assert lines[-1]["metrics"]["neuronmap/activation_stats/net.1/std"] == pytest.approx(std[1][1])  # history layout
+    assert (mirror / "report.html").exists() and sorted(p.name for p in (mirror / "reports").iterdir())
