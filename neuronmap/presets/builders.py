@@ -10,7 +10,7 @@ from __future__ import annotations
 import math as _math
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,9 @@ import pandas as pd
 from neuronmap.errors import InvalidParameterError
 from neuronmap.generate import generate
 from neuronmap.presets.base import Preset
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable  # importlib.resources.abc is 3.11+
 
 __all__ = ["PRESETS", "bracket_depth", "code", "events", "get_preset", "math", "multilingual", "places", "temporal"]
 
@@ -38,8 +41,9 @@ _PERIODS = ((-10_000, "before 1500"), (1500, "1500-1799"), (1800, "1800-1899"), 
             (1950, "1950-1999"), (2000, "2000 on"))  # fmt: skip
 
 
-def _data(name: str) -> Any:
-    return files("neuronmap.presets").joinpath("data", name)
+def _data(name: str) -> Traversable:
+    # One child per joinpath: Traversable.joinpath takes a single name on Python 3.10.
+    return files("neuronmap.presets").joinpath("data").joinpath(name)
 
 
 @cache
@@ -48,7 +52,12 @@ def _csv(name: str) -> pd.DataFrame:
         return pd.read_csv(fh, keep_default_na=False)
 
 
-def _stats(n_permutations: int, n_bootstrap: int) -> dict[str, int]:
+class _Stats(TypedDict):
+    n_permutations: int
+    n_bootstrap: int
+
+
+def _stats(n_permutations: int, n_bootstrap: int) -> _Stats:
     return {"n_permutations": n_permutations, "n_bootstrap": n_bootstrap}
 
 
@@ -119,7 +128,8 @@ def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
 
     _check_n(n, "math")
     rng = np.random.default_rng([seed, 31])
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     ops = list(_OPS)
     tries = 0
     while len(rows) < n and tries < 50 * n:
@@ -130,7 +140,9 @@ def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
         a, b = (int(rng.integers(10 ** (d - 1), 10**d)) for d in digits)
         result = _OPS[op](a, b)
         correct = i % 2 == 0
-        shown = result if correct else result + int(rng.choice([-1, 1])) * max(1, int(abs(result) * rng.uniform(0.05, 0.3)))
+        shown = result
+        if not correct:  # only wrong rows draw from rng, so a seed keeps giving the same frame
+            shown += int(rng.choice([-1, 1])) * max(1, int(abs(result) * rng.uniform(0.05, 0.3)))
         text = _MATH_TEMPLATES[(i // 6) % len(_MATH_TEMPLATES)].format(a=a, op=op, b=b, c=shown)
         if text in seen:
             continue
@@ -138,7 +150,8 @@ def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
         big = max(a, b)
         rows.append({"text": text, "operator": op, "a": a, "b": b, "result": result, "shown_result": shown,
                      "correct": "true" if correct else "false", "magnitude": len(str(big)),
-                     "log_magnitude": _math.log10(big), "log_result": _math.copysign(_math.log10(1 + abs(result)), result),
+                     "log_magnitude": _math.log10(big),
+                     "log_result": _math.copysign(_math.log10(1 + abs(result)), result),
                      "label": op})  # fmt: skip
     frame = pd.DataFrame(rows)
     stats = _stats(n_permutations, n_bootstrap)
@@ -195,7 +208,8 @@ def temporal(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_boots
 
     _check_n(n, "temporal")
     rng = np.random.default_rng([seed, 51])
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     tries = 0
     while len(rows) < n and tries < 50 * n:
         tries += 1
@@ -236,11 +250,14 @@ def places(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n
     frame = table.rename(columns={"name": "text"}).copy()
     if n is not None:
         _check_n(n, "places", maximum=len(frame))
-        frame = frame.iloc[np.sort(np.random.default_rng([seed, 61]).permutation(len(frame))[:n])].reset_index(drop=True)
+        keep = np.sort(np.random.default_rng([seed, 61]).permutation(len(frame))[:n])
+        frame = frame.iloc[keep].reset_index(drop=True)
     return Preset("places", frame, [WorldModelProbe("space", **_stats(n_permutations, n_bootstrap))],
-                  description=f"{len(frame)} world cities with approximate coordinates (public facts, two decimals).",
-                  findings={"world_model": "Latitude/longitude R² above the random-feature baseline that holds for "
-                            "held-out continents means a linear 'map' in the layer (Gurnee & Tegmark 2023)."})  # fmt: skip
+                  description=f"{len(frame)} world cities with approximate coordinates "
+                              "(public facts, two decimals).",
+                  findings={"world_model": "Latitude/longitude R² above the random-feature baseline that holds "
+                            "for held-out continents means a linear 'map' in the layer "
+                            "(Gurnee & Tegmark 2023)."})  # fmt: skip
 
 
 def events(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n_bootstrap: int = 1000) -> Preset:
@@ -252,7 +269,8 @@ def events(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n
     frame["period"] = [next(label for start, label in reversed(_PERIODS) if y >= start) for y in frame["year"]]
     if n is not None:
         _check_n(n, "events", maximum=len(frame))
-        frame = frame.iloc[np.sort(np.random.default_rng([seed, 71]).permutation(len(frame))[:n])].reset_index(drop=True)
+        keep = np.sort(np.random.default_rng([seed, 71]).permutation(len(frame))[:n])
+        frame = frame.iloc[keep].reset_index(drop=True)
     return Preset("events", frame, [WorldModelProbe("time", **_stats(n_permutations, n_bootstrap))],
                   description=f"{len(frame)} historical events from 490 BC to 2022 with their year.",
                   findings={"world_model": "Year R² above baselines, holding for held-out periods, means a linear "
