@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> Path:
         decodable = latest.get(f"neuronmap/representation_bias/bert.encoder.layer.5/{attribute}_decodability", float("nan"))
         print(f"{attribute:6s} demographic parity difference {parity:.3f}   counterfactual flip rate {flips:.3f}   "
               f"decodable from the last layer {decodable:.3f}")
+    last = callback.monitor.last_report
+    if last is not None:  # the findings of the last scheduled run, ranked (failures, thresholds, effects)
+        print(f"\nFindings at step {last.step}:\n{last.summary(limit=10)}\n")
     print(f"NeuronMap ran at steps {callback.monitor.history.steps}; reporters {callback.monitor.reporters}")
     for reporter in callback.monitor.reporters:
         if isinstance(reporter, LocalReporter):

@@ -106,3 +106,7 @@ def test_help_documents_the_config_format_and_its_example_is_valid(tmp_path: Pat
     path = tmp_path / "analysis.yaml"
     path.write_text(yaml.safe_dump(example))
     assert load_config(path)["analyses"][1] == {"name": "probing", "args": {"cv": 3}}
+    # docs/analyses.md shows the same format
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "analyses.md").read_text(encoding="utf-8")
+    shown = yaml.safe_load(docs.split("## Without a training loop")[1].split("```yaml\n")[1].split("```")[0])
+    assert shown == example
