@@ -191,11 +191,14 @@ def _time_one(name: str, model: Any, tokenizer: Any, probe: Any, acts: Any, capt
     import matplotlib.pyplot as plt
 
     from neuronmap.analyses.base import AnalysisContext
+    from neuronmap.results import History
 
     analysis = _cases(tokenizer)[name]()
     times, peaks, status, error = [], [], "ok", ""
     for _ in range(repeats):
-        ctx = AnalysisContext(model=model, probe=probe, activations=acts, step=0, batch_size=32)
+        # an empty History, as the engine passes on a first run (CKA's drift figure reads it)
+        ctx = AnalysisContext(model=model, probe=probe, activations=acts, step=0, batch_size=32,
+                              history=History())
         with _PeakRSS() as mem:
             t0 = time.perf_counter()
             try:
