@@ -153,7 +153,8 @@ class Client:
         return self._get("/whoami")
 
     # ------------------------------------------------------------------ runs
-    def runs(self, *, query: str | None = None, status: str | None = None, page_size: int = 100) -> list[dict[str, Any]]:
+    def runs(self, *, query: str | None = None, status: str | None = None,
+             page_size: int = 100) -> list[dict[str, Any]]:
         """Every run (all pages), newest first, optionally filtered."""
         return list(self._pages("/runs", page_size, q=query, status=status))
 

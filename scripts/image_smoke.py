@@ -8,7 +8,13 @@
    unauthorised request, and a clean stop.
 
     python scripts/image_smoke.py                       # installs from the package index
-    python scripts/image_smoke.py --offline-site "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    python scripts/image_smoke.py --offline-site "$SITE"                   # no network
+
+``--wheel-cache DIR`` (with ``--offline-site``, as the test runs it) keeps the NeuronMap wheel
+built from the current sources in ``DIR/<digest of the sources>/`` and hands that wheel to
+``docker/install.sh`` instead of the source tree, so an unchanged checkout skips the build (a
+few seconds); any change to the package, pyproject.toml or README.md builds a new one.
 
 Prints one JSON line with what was checked; exit status 0 when every step passed.
 """
@@ -16,8 +22,10 @@ Prints one JSON line with what was checked; exit status 0 when every step passed
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,12 +54,39 @@ def _status(url: str, token: str | None = None) -> int:
         return int(err.code)
 
 
+def _sources_digest() -> str:
+    digest = hashlib.blake2b(digest_size=10)
+    files = [ROOT / "pyproject.toml", ROOT / "README.md",
+             *(p for p in sorted((ROOT / "neuronmap").rglob("*")) if p.is_file() and "__pycache__" not in p.parts)]
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _cached_wheel(cache: Path, build: Path, env: dict[str, str], report: dict[str, object]) -> Path:
+    """The wheel of the current sources from ``cache``, built there first if needed."""
+    folder = cache / _sources_digest()
+    wheels = sorted(folder.glob("neuronmap-*.whl"))
+    report["wheel_cached"] = bool(wheels)
+    if not wheels:
+        for old in cache.glob("*"):  # wheels of other sources are stale
+            shutil.rmtree(old, ignore_errors=True)
+        # built by this interpreter (the fresh venv has no pip before install.sh); the wheel is pure Python
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                        "--no-index", "--no-build-isolation", "-w", str(folder), str(build)],
+                       check=True, env=env, cwd=build.parent)
+        wheels = sorted(folder.glob("neuronmap-*.whl"))
+    return wheels[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="where the venv and data go (default: a temp folder)")
     parser.add_argument("--offline-site", default=None, metavar="DIR",
                         help="take dependencies from this site-packages instead of the index")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the healthcheck to pass")
+    parser.add_argument("--wheel-cache", default=None, metavar="DIR",
+                        help="reuse the NeuronMap wheel built from identical sources (needs --offline-site)")
     args = parser.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="neuronmap-image-"))
@@ -74,15 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("neuronmap", "pyproject.toml", "README.md", "constraints.txt", "docker"):
         (build / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(work / name, build / name)
-    subprocess.run(["sh", str(build / "docker" / "install.sh"), str(python), str(build)], check=True, env=env,
-                   cwd=work)
+    target = str(build)
+    if args.wheel_cache:
+        if not args.offline_site:
+            raise SystemExit("--wheel-cache needs --offline-site (the index install builds from the source tree)")
+        target = str(_cached_wheel(Path(args.wheel_cache), build, env, report))
+    subprocess.run(["sh", str(build / "docker" / "install.sh"), str(python), target], check=True, env=env, cwd=work)
     report["install_s"] = round(time.perf_counter() - t0, 1)
     installed = subprocess.run([str(python), "-c", "import neuronmap, sys; print(neuronmap.__file__)"],
                                capture_output=True, text=True, check=True, env=env, cwd=work).stdout.strip()
     if not installed.startswith(str(venv)):
         raise SystemExit(f"neuronmap was imported from {installed}, not from the fresh environment {venv}")
     token = subprocess.run([str(venv / "bin" / "neuronmap"), "token", "create", "--scope", "read", "--tokens",
-                            str(data / "tokens.json")], capture_output=True, text=True, check=True, env=env).stdout.strip()
+                            str(data / "tokens.json")],
+                           capture_output=True, text=True, check=True, env=env).stdout.strip()
     port = _free_port()
     env.update(NEURONMAP_HOST="127.0.0.1", NEURONMAP_PORT=str(port), NEURONMAP_RUNS=str(data / "runs"),
                NEURONMAP_TOKEN_FILE=str(data / "tokens.json"))

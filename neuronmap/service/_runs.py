@@ -7,7 +7,8 @@ checked against that pattern, and the resolved path must lie inside the runs roo
 
 Histories are read through :func:`neuronmap.runs.source.load_run` and cached by the
 ``metrics.jsonl`` file's (mtime, size), so a run that is still being written is re-read and a
-finished one is parsed once.
+finished one is parsed once. An MLflow run has no such stamp short of fetching it, so its
+History is fetched again when it is older than :data:`MLFLOW_TTL_S` seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,199}$")
 _MLFLOW_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
 _SIGNIFICANCE = 0.05
+#: Seconds an MLflow run's History is served from the cache before it is fetched again.
+MLFLOW_TTL_S = 30.0
 
 
 def check_name(name: str, what: str = "run") -> str:
@@ -87,7 +91,8 @@ class RunStore:
             check_name(part, kind.rstrip("s"))
         path = _inside(run_dir / kind, run_dir.joinpath(kind, *parts), kind.rstrip("s"))
         if path.suffix != suffix or not path.is_file():
-            raise Problem(404, f"Run {name!r} has no {kind.rstrip('s')} {relpath!r}.", slug=f"{kind.rstrip('s')}-not-found")
+            raise Problem(404, f"Run {name!r} has no {kind.rstrip('s')} {relpath!r}.",
+                          slug=f"{kind.rstrip('s')}-not-found")
         return path
 
     # ------------------------------------------------------------------ listing
@@ -95,7 +100,8 @@ class RunStore:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and _NAME.match(p.name) and ((p / "metrics.jsonl").is_file() or (p / "run.json").is_file()))
+                      if p.is_dir() and _NAME.match(p.name)
+                      and ((p / "metrics.jsonl").is_file() or (p / "run.json").is_file()))
 
     def list_runs(self, *, query: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Summaries of every run, newest first, filtered by a substring and a status."""
@@ -136,7 +142,9 @@ class RunStore:
                               slug="run-not-found")
             if not _MLFLOW_ID.match(name[len(MLFLOW_PREFIX):]):
                 raise Problem(404, f"{name!r} is not an MLflow run id.", slug="run-not-found")
-            return self._load_cached(name, (0, 0), lambda: load_run(name, tracking_uri=self.mlflow_uri))
+            # an MLflow run has no cheap change stamp: re-read it at most every MLFLOW_TTL_S seconds
+            bucket = (int(time.monotonic() // MLFLOW_TTL_S), 0)
+            return self._load_cached(name, bucket, lambda: load_run(name, tracking_uri=self.mlflow_uri))
         run_dir = self.run_dir(name)
         try:
             st = (run_dir / "metrics.jsonl").stat()
@@ -189,7 +197,8 @@ class RunStore:
         if stored is not None:
             items = stored.get("findings", stored) if isinstance(stored, dict) else stored
             return {"source": "findings.json", "step": None, "findings": [_as_finding(i) for i in items or []]}
-        reports = sorted(((int(p.stem), p) for p in (run_dir / "reports").glob("*.json") if p.stem.lstrip("-").isdigit()),
+        reports = sorted(((int(p.stem), p) for p in (run_dir / "reports").glob("*.json")
+                          if p.stem.lstrip("-").isdigit()),
                          key=lambda t: t[0]) if (run_dir / "reports").is_dir() else []
         if not reports:
             return {"source": "none", "step": None, "findings": []}

@@ -103,7 +103,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServiceConfig(
         runs=Path(args.runs), tokens=Path(args.tokens) if args.tokens else default_token_file(),
-        model_roots=[Path(r) for r in args.model_root], mlflow_uri=args.mlflow or os.environ.get("NEURONMAP_MLFLOW_URI"),
+        model_roots=[Path(r) for r in args.model_root],
+        mlflow_uri=args.mlflow or os.environ.get("NEURONMAP_MLFLOW_URI"),
         executor=args.executor, workers=args.workers, ray_address=args.ray_address,
         max_body_bytes=args.max_body_bytes, cors_origins=list(args.cors_origin),
     )

@@ -59,7 +59,8 @@ class LocalExecutor:
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
-            raise InvalidParameterError(f"The 'workers' parameter of LocalExecutor must be >= 1. Got {workers} instead.")
+            raise InvalidParameterError(
+                f"The 'workers' parameter of LocalExecutor must be >= 1. Got {workers} instead.")
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neuronmap-job")
         self._futures: dict[str, Future[None]] = {}
         self._procs: dict[str, subprocess.Popen[str]] = {}

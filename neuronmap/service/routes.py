@@ -177,7 +177,8 @@ def api_router(state: ServiceState) -> APIRouter:
         return {"status": status, **report.to_dict(), "run": run, "baseline": body.baseline}
 
     @router.get("/runs/{run}/audit", tags=["runs"], dependencies=read)
-    def audit(run: str, head: str | None = Query(None, description="the last entry's hash kept elsewhere")) -> dict[str, Any]:
+    def audit(run: str,
+              head: str | None = Query(None, description="the last entry's hash kept elsewhere")) -> dict[str, Any]:
         """Verify the run's hash-chained audit trail (every bad line named)."""
         from neuronmap.compliance._audit_verify import verify
 

@@ -3,12 +3,14 @@
 Slow parts are shared or overlapped: the run folders and job inputs are made once, one uvicorn
 server serves every test that does not need its own configuration, and the Ray head (when
 test_ray.py is collected) boots in the background from the session's start, while the runs
-are built.
+are built; so does the MLflow server when test_mlflow.py is collected.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,45 @@ def early_ray_head(request) -> Any:
         yield head
     finally:
         head.stop()
+
+
+class _Background:
+    """Start a server's blocking ``start()`` on a thread; ``wait()`` returns it or raises its error."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="early-start", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.server.start()
+        except BaseException as err:
+            self.error = err
+
+    def wait(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_mlflow_server(request, tmp_path_factory) -> Any:
+    """A real ``mlflow server`` (tests/_servers.py) starting at once if test_mlflow.py will run."""
+    wanted = any(item.path.name == "test_mlflow.py" for item in request.session.items)
+    if not wanted or importlib.util.find_spec("mlflow") is None:
+        yield None
+        return
+    from _servers import MLflowServer
+
+    starting = _Background(MLflowServer(tmp_path_factory.mktemp("mlflow-server")))
+    try:
+        yield starting
+    finally:
+        starting.thread.join()
+        starting.server.stop()
 
 
 @pytest.fixture(scope="session")
