@@ -56,7 +56,7 @@ def _values_table(report: Report) -> str:
 def _figures(report: Report, limit: int = 6) -> str:
     from neuronmap.reporters.base import render_png
 
-    out = []
+    out: list[str] = []
     for name, result in report.results.items():
         for fig_name, figure in result.figures.items():
             if len(out) >= limit:

@@ -117,7 +117,8 @@ def preflight(monitor: NeuronMap, model: nn.Module, *, owner: str = "NeuronMap")
                     f"Analyses {wanting} need the model's output (logits), but {type(target).__name__}'s forward "
                     "returned none NeuronMap can read (a tensor, or a tuple/dict/ModelOutput with `logits`)."
                 )
-            if monitor.reduce == "none" and captured:
+            # max_bytes=None is "no budget": nothing to check against
+            if monitor.reduce == "none" and captured and monitor.max_bytes is not None:
                 per_example = sum(t.element_size() * t.nelement() for t in captured.values()) / n
                 needed = per_example * len(monitor.probe)
                 if needed > monitor.max_bytes:

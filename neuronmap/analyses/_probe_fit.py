@@ -169,7 +169,7 @@ def ridge_cv_statistic(
             margin[start : start + len(block)] += (true_score - other).sum(axis=0)
     fraction = 0.5 + np.arctan(margin / len(y)) / np.pi
     # keep the fraction strictly inside (0, 1) so floor() recovers the count in float64
-    return correct + np.clip(fraction, 1e-9, 1.0 - 1e-9)
+    return correct.astype(np.float64) + np.clip(fraction, 1e-9, 1.0 - 1e-9)
 
 
 def ridge_correct_counts(

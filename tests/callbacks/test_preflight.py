@@ -74,6 +74,13 @@ def test_preflight_catches_a_memory_budget_that_cannot_hold_the_probe_set() -> N
         monitor.preflight(tiny_mlp())
 
 
+def test_preflight_with_no_memory_budget_passes() -> None:
+    # max_bytes=None means "no budget"; the preflight used to compare the estimate with None (TypeError)
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], reduce="none", max_bytes=None, reporters=[])
+    found = monitor.preflight(tiny_mlp())
+    assert found.shapes["net.4"] == (32, 2) and monitor.preflight_passed
+
+
 def test_after_preflight_a_capture_failure_skips_the_run_and_training_goes_on() -> None:
     class Flaky(torch.nn.Module):
         def __init__(self) -> None:
