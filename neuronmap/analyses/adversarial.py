@@ -139,7 +139,8 @@ class AdversarialRobustness(Analysis):
         >>> adv = AdversarialRobustness(epsilons=[0.1, 0.5], n_bootstrap=99)
         >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[adv], reporters=[])
         >>> m = monitor.run(tiny_mlp(), step=0).metrics
-        >>> m["neuronmap/adversarial/input/pgd_linf_flip_rate_eps0.5"] >= m["neuronmap/adversarial/input/fgsm_linf_flip_rate_eps0.5"]
+        >>> key = "neuronmap/adversarial/input/{}_linf_flip_rate_eps0.5"
+        >>> m[key.format("pgd")] >= m[key.format("fgsm")]
         True
     """
 
@@ -172,24 +173,32 @@ class AdversarialRobustness(Analysis):
         super().__init__(layers=layers, name=name)
         eps = [float(e) for e in epsilons]
         if not eps or any(not math.isfinite(e) or e <= 0 for e in eps):
-            raise InvalidParameterError(f"The 'epsilons' parameter of AdversarialRobustness must be positive numbers; got {list(epsilons)!r}.")
+            raise InvalidParameterError(
+                f"The 'epsilons' parameter of AdversarialRobustness must be positive numbers; got {list(epsilons)!r}."
+            )
         norms_ = [norms] if isinstance(norms, str) else list(norms)
         for label, values, allowed in (("attacks", list(attacks), _ATTACKS), ("norms", norms_, NORMS),
                                        ("text_perturbations", list(text_perturbations), PERTURBATIONS)):
             bad = [v for v in values if v not in allowed]
             if bad or (label != "text_perturbations" and not values):
                 raise InvalidParameterError(
-                    f"The '{label}' parameter of AdversarialRobustness must list values from {list(allowed)}; got {values!r}."
+                    f"The '{label}' parameter of AdversarialRobustness must list values from {list(allowed)}; "
+                    f"got {values!r}."
                 )
         for label, value, low in (("pgd_steps", pgd_steps, 1), ("bisection_steps", bisection_steps, 0),
                                   ("n_bootstrap", n_bootstrap, 1), ("max_length", max_length, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(f"The '{label}' parameter of AdversarialRobustness must be an int >= {low}; got {value!r}.")
+                raise InvalidParameterError(
+                    f"The '{label}' parameter of AdversarialRobustness must be an int >= {low}; got {value!r}."
+                )
         if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 2):
-            raise InvalidParameterError(f"The 'max_examples' parameter must be an int >= 2 or None; got {max_examples!r}.")
+            raise InvalidParameterError(
+                f"The 'max_examples' parameter must be an int >= 2 or None; got {max_examples!r}."
+            )
         if text_perturbations and (tokenizer is None or not callable(tokenizer)):
             raise InvalidParameterError(
-                f"text_perturbations={list(text_perturbations)} needs the probe set's tokenizer (tokenizer=...); got {tokenizer!r}."
+                f"text_perturbations={list(text_perturbations)} needs the probe set's tokenizer (tokenizer=...); "
+                f"got {tokenizer!r}."
             )
         if p_adjust not in PVALUE_METHODS:
             raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
@@ -300,7 +309,9 @@ class AdversarialRobustness(Analysis):
             return fgsm(forward, b.x, b.y, radius, norm=norm, dims=b.dims, mask=b.mask)  # type: ignore[arg-type]
         return pgd(forward, b.x, b.y, radius, norm=norm, steps=self.pgd_steps, dims=b.dims, mask=b.mask)  # type: ignore[arg-type]
 
-    def _flips(self, space: InputSpace, batches: list[_Batch], make: Any) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+    def _flips(
+        self, space: InputSpace, batches: list[_Batch], make: Any
+    ) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
         flips, gains, advs = [], [], []
         for b in batches:
             adv = make(b)
@@ -330,9 +341,11 @@ class AdversarialRobustness(Analysis):
                 def forward(v: torch.Tensor, b: _Batch = b) -> torch.Tensor:
                     return self._scores(space, b, v)
 
-                radii.append(minimal_flip_radius(
-                    lambda r, b=b, n=norm: self._attack(space, b, "fgsm", n, r), forward, b.y,
-                    high=self.max_epsilon, steps=self.bisection_steps).numpy())  # fmt: skip
+                def attack(r: torch.Tensor, b: _Batch = b, n: str = norm) -> torch.Tensor:
+                    return self._attack(space, b, "fgsm", n, r)
+
+                radii.append(minimal_flip_radius(attack, forward, b.y, high=self.max_epsilon,
+                                                 steps=self.bisection_steps).numpy())  # fmt: skip
             r = np.concatenate(radii)
             finite = r[np.isfinite(r)]
             row: dict[str, Any] = {"norm": norm, "attack": "fgsm", "n": len(r), "flippable": len(finite),
@@ -410,7 +423,9 @@ class AdversarialRobustness(Analysis):
             for batch in probe.batches(ctx.batch_size, device):
                 scores = output_scores(ctx.model(**batch))
                 if scores is None:
-                    raise InvalidParameterError(f"{type(ctx.model).__name__} returned no tensor on the perturbed texts.")
+                    raise InvalidParameterError(
+                        f"{type(ctx.model).__name__} returned no tensor on the perturbed texts."
+                    )
                 scores = scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
                 out.append(decisions(scores).cpu())
         return torch.cat(out).numpy()
@@ -436,7 +451,8 @@ def _metrics(layer: str, table: pd.DataFrame, min_eps: pd.DataFrame, shift: pd.D
         m.add(r["layer"], f"rel_shift_{e}", r["rel_shift"], ci=(r["rel_shift_ci_low"], r["rel_shift_ci_high"]))
         m.add(r["layer"], f"cka_{e}", r["cka"])
     for r in text.to_dict(orient="records"):
-        m.add("text", f"{r['perturbation']}_flip_rate", r["flip_rate"], ci=(r["flip_rate_ci_low"], r["flip_rate_ci_high"]))
+        m.add("text", f"{r['perturbation']}_flip_rate", r["flip_rate"],
+              ci=(r["flip_rate_ci_low"], r["flip_rate_ci_high"]))
     return m
 
 
@@ -448,7 +464,8 @@ def _flip_figure(table: pd.DataFrame, min_eps: pd.DataFrame, confidence: float) 
     for ax, norm in zip(axes, norms, strict=True):
         part = table[table["norm"] == norm]
         for attack, rows in part.groupby("attack", sort=False):
-            ax.plot(rows["epsilon"], rows["flip_rate"], marker="o", color=colors[str(attack)], label=str(attack).upper())
+            ax.plot(rows["epsilon"], rows["flip_rate"], marker="o", color=colors[str(attack)],
+                    label=str(attack).upper())
             ax.fill_between(rows["epsilon"], rows["flip_rate_ci_low"], rows["flip_rate_ci_high"],
                             color=colors[str(attack)], alpha=0.2)
         first = part[part["attack"] == part["attack"].iloc[0]]
