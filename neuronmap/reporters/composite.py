@@ -8,13 +8,13 @@ answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronmap.errors import InvalidParameterError, ReporterError
 from neuronmap.reporters._spool import guard_reporters
-from neuronmap.reporters.base import BaseReporter, Reporter, RunStatus
+from neuronmap.reporters.base import BaseReporter, Reporter, RunStatus, log_metrics_at
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,17 +98,21 @@ class CompositeReporter(BaseReporter):
         return (getattr(r, "reporter", r) for r in self.reporters)
 
     def _each(self, method: str, *args: Any) -> None:
+        self._each_call(lambda child: getattr(child, method)(*args))
+
+    def _each_call(self, call: Callable[[Any], object]) -> None:
         errors: list[ReporterError] = []
         for child in self.reporters:
             try:
-                getattr(child, method)(*args)
+                call(child)
             except ReporterError as err:  # only with strict=True: every child still gets the call
                 errors.append(err)
         if errors:
             raise errors[0]
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._each("log_metrics", metrics, step)
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        # the publisher's timestamp goes to every child, so a retried payload is one point in each tracker
+        self._each_call(lambda child: log_metrics_at(child, metrics, step, timestamp=timestamp))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._each("log_params", params)

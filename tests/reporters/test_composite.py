@@ -20,6 +20,7 @@ from neuronmap.reporters import (
     available_reporters,
     get_reporter,
 )
+from neuronmap.reporters.base import log_metrics_at
 from neuronmap.runs import read_history
 from neuronmap.testing import check_reporter, tiny_mlp, tiny_probe
 
@@ -69,6 +70,27 @@ def test_strict_raises_after_every_child_had_the_call(tmp_path: Path) -> None:
     assert list(read_history(local.run_dir)["step"]) == [1]
 
 
+class Stamped(BaseReporter):
+    """Records the timestamp each log_metrics call carries."""
+
+    name = "stamped"
+
+    def __init__(self) -> None:
+        self.stamps: list[float | None] = []
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, *, timestamp: float | None = None) -> None:
+        self.stamps.append(timestamp)
+
+
+def test_the_publisher_timestamp_reaches_every_child() -> None:
+    # the composite used to drop it (its log_metrics took no timestamp), so each child stamped its own time
+    a, b = Stamped(), Stamped()
+    both = CompositeReporter([a, b])
+    log_metrics_at(both, {"neuronmap/x/l/m": 1.0}, 2, timestamp=1234.5)
+    both.close()
+    assert a.stamps == b.stamps == [1234.5]
+
+
 def test_the_engine_does_not_wrap_a_composite_twice(tmp_path: Path) -> None:
     local = LocalReporter(tmp_path, "run")
     both = CompositeReporter([local])
@@ -96,8 +118,9 @@ def test_registry_builds_each_builtin_and_lists_names_on_a_typo(tmp_path: Path) 
 
 def test_composite_by_name_needs_children_and_takes_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The registry table's `composite` alone has nothing to fan out to: a clear error, not a TypeError.
-    with pytest.raises(InvalidParameterError, match=r"CompositeReporter needs the reporters to send each call to.*got None\. "
-                       r"In NeuronMap\(reporters=\[\.\.\.\]\) list them directly"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"CompositeReporter needs the reporters to send each call to.*got None\. "
+                             r"In NeuronMap\(reporters=\[\.\.\.\]\) list them directly"):
         get_reporter("composite")
     with pytest.raises(InvalidParameterError, match=r"got \[\]"):
         CompositeReporter([])
@@ -111,7 +134,8 @@ def test_composite_by_name_needs_children_and_takes_names(tmp_path: Path, monkey
 
 
 def test_rejects_children_that_are_not_reporters() -> None:
-    with pytest.raises(InvalidParameterError, match=r"CompositeReporter needs Reporter objects; dict lacks \['log_metrics'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"CompositeReporter needs Reporter objects; dict lacks \['log_metrics'"):
         CompositeReporter([{}])  # type: ignore[list-item]
 
 
