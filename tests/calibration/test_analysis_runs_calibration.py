@@ -37,6 +37,12 @@ def _context(layers: dict[str, np.ndarray], probe: ProbeSet, seed: int, outputs:
                            step=0, random_state=seed)
 
 
+def _power_floor(size: str) -> float:
+    """0.8 at full size; at the fast size (a dozen replications) a power near 0.9 misses 0.8 too
+    often by chance, so the smoke check asks for half."""
+    return 0.8 if size == "full" else 0.5
+
+
 # ----------------------------------------------------------------------------- TCAV
 def _first_layer(model: nn.Module, probe: ProbeSet) -> np.ndarray:
     inputs = probe.inputs
@@ -118,7 +124,7 @@ class _Interaction(nn.Module):
 
 
 def test_counterfactual_bias_through_the_analysis(size: str) -> None:
-    rng, reps, n = np.random.default_rng(40), {"fast": 20, "full": 400}[size], 80
+    rng, reps, n = np.random.default_rng(40), {"fast": 12, "full": 400}[size], 80
     analysis = CounterfactualBias({"gender": [("he", "she")]}, tokenizer=_TOKENIZER, n_resamples=499)
     null = covered = power = 0
     for rep in range(reps):
@@ -141,7 +147,7 @@ def test_counterfactual_bias_through_the_analysis(size: str) -> None:
     check_rate(covered, reps, nominal=0.95, kind="coverage", statistic="CounterfactualBias mean_delta_score CI",
                method="CounterfactualBias.run: BCa bootstrap", **common)
     check_rate(power, reps, nominal=ALPHA, kind="power", statistic="CounterfactualBias mean_delta_score p",
-               method="CounterfactualBias.run: paired sign-flip permutation", minimum=0.8, size=size,
+               method="CounterfactualBias.run: paired sign-flip permutation", minimum=_power_floor(size), size=size,
                scenario=f"{n} texts saying 'he'; 'she' adds 1.2 to the logit")
 
 
@@ -191,7 +197,7 @@ def _multiclass(rng: np.random.Generator, n: int, tpr_b: float = 0.7) -> tuple[n
 
 
 def test_fairness_multiclass_tests_through_the_analysis(size: str) -> None:
-    rng, reps, n = np.random.default_rng(42), {"fast": 8, "full": 300}[size], 300
+    rng, reps, n = np.random.default_rng(42), {"fast": 6, "full": 300}[size], 300
     metrics = ("equal_opportunity_difference", "false_positive_rate_difference", "equalized_odds_difference")
     for test in ("chi2", "permutation"):
         analysis = Fairness("g", test=test, positive_label=2, n_permutations=199, n_resamples=20, min_group_size=5,
@@ -211,15 +217,16 @@ def test_fairness_multiclass_tests_through_the_analysis(size: str) -> None:
             check_rate(k, reps, nominal=ALPHA, kind="null rejection", statistic=f"Fairness {m} (multiclass)",
                        method=f"Fairness.run, test='{test}', positive_label=2 of 3 classes", size=size,
                        scenario=f"n={n}, 3 groups with different class mixes")
-        check_rate(power, reps, nominal=ALPHA, kind="power", statistic="Fairness equal_opportunity_difference (multiclass)",
-                   method=f"Fairness.run, test='{test}'", minimum=0.8, size=size,
+        check_rate(power, reps, nominal=ALPHA, kind="power",
+                   statistic="Fairness equal_opportunity_difference (multiclass)",
+                   method=f"Fairness.run, test='{test}'", minimum=_power_floor(size), size=size,
                    scenario=f"n={2 * n}, TPR of class 2: 0.40 in one group, 0.70 in the others")
 
 
 # ----------------------------------------------------------------------------- WEAT
 def test_weat_through_representation_bias(size: str) -> None:
     """Eight words per target and attribute set; null: the embeddings carry no association."""
-    rng, reps, d = np.random.default_rng(43), {"fast": 60, "full": 1000}[size], 16
+    rng, reps, d = np.random.default_rng(43), {"fast": 30, "full": 1000}[size], 16
     analysis = RepresentationBias("attr", n_permutations=999, min_group_size=5)
     tags = np.repeat(["target_x", "target_y", "attr_a", "attr_b"], 8)
     null = power = 0

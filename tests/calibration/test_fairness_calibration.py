@@ -55,7 +55,9 @@ def _data(rng: np.random.Generator, n: int, base_rates: list[float]) -> tuple[np
     ("scenario", "base_rates"),
     [("2 groups, base rates 0.2 / 0.6", [0.2, 0.6]), ("3 groups, one without positives", [0.3, 0.6, 0.0])],
 )
-def test_fairness_tests_reject_true_nulls_at_alpha(size: str, test: str, scenario: str, base_rates: list[float]) -> None:
+def test_fairness_tests_reject_true_nulls_at_alpha(
+    size: str, test: str, scenario: str, base_rates: list[float]
+) -> None:
     rng, reps = np.random.default_rng(10), REPS[size]
     analysis = Fairness("g", test=test, n_permutations=199, n_resamples=50, min_group_size=5)
     metrics = ("equal_opportunity_difference", "false_positive_rate_difference", "equalized_odds_difference")
