@@ -110,8 +110,9 @@ def api_router(state: ServiceState) -> APIRouter:
                  "step_max": step_max, "limit": limit, "offset": offset}
         # a cached, unchanged run is answered on the event loop: a thread hop costs more than the lookup
         loaded = runs.peek(run) or await run_in_threadpool(runs.load, run)
-        encoded = history_cache.get(loaded, run, query) or await run_in_threadpool(
-            history_cache.get_or_build, loaded, run, query)
+        encoded = history_cache.get(loaded, run, query)
+        if encoded is None:
+            encoded = await run_in_threadpool(history_cache.get_or_build, loaded, run, query)
         return encoded.response(request.headers)
 
     @router.get("/runs/{run}/metrics", tags=["runs"], dependencies=read)
