@@ -233,7 +233,8 @@ class RepresentationBias(Analysis):
             if weat_sets is not None:
                 effect, p = weat_test(*(x[idx] for idx in weat_sets), n_permutations=self.n_permutations,
                                       random_state=int(rng.integers(2**31)))
-                rows.append(_Row(layer, "weat", {"weat_effect_size": effect, "weat_effect_size_p": p}))
+                rows.append(_Row(layer, "weat", {"weat_effect_size": effect, "weat_effect_size_p": p,
+                                                 "p_resolution": 1.0 / (1 + self.n_permutations)}))
         table = self._table(rows)
         n_tests = int(table["decodability_p"].notna().sum()) if "decodability_p" in table else len(table)
         if rows and n_tests / (self.n_permutations + 1) > self.alpha:

@@ -15,6 +15,7 @@ from neuronmap.analyses.base import AnalysisContext
 from neuronmap.analyses.counterfactual import CounterfactualBias
 from neuronmap.analyses.fairness import Fairness
 from neuronmap.analyses.information import Information
+from neuronmap.analyses.representation_bias import RepresentationBias
 from neuronmap.analyses.similarity import RSA
 from neuronmap.capture.hooks import Activations
 from neuronmap.stats import resolution_note
@@ -93,3 +94,13 @@ def test_counterfactual_records_the_two_sided_resolution() -> None:
     assert row["mean_delta_score_p"] >= row["mean_delta_score_p_resolution"] - 1e-12
     # even one test cannot reach alpha = 0.05 when the smallest two-sided p is 0.1
     assert any(n.startswith("p-value resolution: with n_permutations=19 no p-value is below 0.1") for n in result.notes)
+
+
+def test_weat_rows_record_their_resolution_too() -> None:
+    rng = np.random.default_rng(0)
+    tags = np.repeat(["target_x", "target_y", "attr_a", "attr_b"], 6)
+    probe = nm.ProbeSet(torch.zeros(len(tags), 1), groups={"attr": np.tile(["u", "v"], 12)}, metadata={"weat": tags})
+    ctx = AnalysisContext(model=nn.Identity(), probe=probe, step=0,
+                          activations=Activations({"layer": rng.normal(size=(len(tags), 8))}))
+    table = RepresentationBias("attr", n_permutations=49, min_group_size=5).run(ctx).tables["representation_bias"]
+    assert np.allclose(table["p_resolution"], 1 / 50) and len(table) == 2  # decodability and WEAT rows
