@@ -4,6 +4,11 @@ The local executor runs ``python -m neuronmap.service._job_runner JOB_DIR`` in a
 (so that cancelling can stop it and a crash cannot take the server down) and reads its standard
 output: lines ``NEURONMAP-PROGRESS <fraction> <stage>`` and ``NEURONMAP-RESULT <run folder>``
 are protocol, everything else is log. The Ray executor calls :func:`run_job` in a Ray worker.
+
+``python -m neuronmap.service._job_runner --standby`` is the same child started ahead of its
+job: it imports the analysis stack (torch, scipy, scikit-learn, NeuronMap's engine: seconds of
+CPU) and then waits for one job folder on its standard input (end of input: it exits). The
+local executor keeps one such process ready, so a submitted job starts at once.
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ def _run(job_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the child process; exit 0 with a result line, or 1 with one error line."""
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--standby"]:
+        import neuronmap.cli.config
+        import neuronmap.engine  # noqa: F401 - imported ahead of the job, which is the point
+
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0  # the server stopped (or no longer needs this process)
+        args = [line.strip()]
     try:
         run_dir = _run(Path(args[0]))
     except Exception as err:  # one line for the job record; the traceback goes to the job's log

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -48,6 +49,10 @@ class Executor(Protocol):
 class LocalExecutor:
     """Jobs in child processes on this machine, ``workers`` at a time.
 
+    After :meth:`warm_up` one child process waits ready (``_job_runner --standby``: the
+    analysis stack already imported), so a job starts without seconds of imports; each job
+    takes it and a new one is started when the job ends.
+
     Example:
         >>> executor = LocalExecutor(workers=1)
         >>> executor.name
@@ -66,20 +71,51 @@ class LocalExecutor:
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._standby: subprocess.Popen[str] | None = None
+        self._warm = False
+        self._closed = False
+
+    def warm_up(self) -> None:
+        """Keep a job process ready from now on (the job manager calls this when jobs are enabled)."""
+        with self._lock:
+            self._warm = True
+            if self._standby is None and not self._closed:
+                self._standby = _spawn()
 
     def submit(self, job_id: str, job_dir: Path, manager: JobManager) -> None:
         self._futures[job_id] = self._pool.submit(self._run, job_id, job_dir, manager)
+
+    def _start(self, job_dir: Path) -> subprocess.Popen[str]:
+        """The standby process given this job (or a fresh one if it is gone); call with the lock held."""
+        proc, self._standby = self._standby, None
+        if proc is not None and proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(f"{job_dir}\n")
+                proc.stdin.close()
+                return proc
+            except OSError:  # it died while waiting: start one the slow way
+                _stop(proc)
+        proc = _spawn()
+        assert proc.stdin is not None
+        proc.stdin.write(f"{job_dir}\n")
+        proc.stdin.close()
+        return proc
 
     def _run(self, job_id: str, job_dir: Path, manager: JobManager) -> None:
         with self._lock:
             if job_id in self._cancelled:
                 return
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "neuronmap.service._job_runner", str(job_dir)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-            )
+            proc = self._start(job_dir)
             self._procs[job_id] = proc
+        try:
+            self._follow(job_id, proc, manager)
+        finally:
+            with self._lock:
+                if self._warm and self._standby is None and not self._closed:
+                    self._standby = _spawn()  # after the job, so that it does not compete with it for CPU
+
+    def _follow(self, job_id: str, proc: subprocess.Popen[str], manager: JobManager) -> None:
         manager.update(job_id, status="running", progress=0.01, message="starting")
         last_error = ""
         assert proc.stdout is not None
@@ -121,9 +157,23 @@ class LocalExecutor:
         with self._lock:
             procs = list(self._procs.items())
             self._cancelled.update(self._futures)
+            self._closed = True
+            standby, self._standby = self._standby, None
         for _, proc in procs:
             _stop(proc)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if standby is not None:
+            _stop(standby, grace=2.0)
+
+
+def _spawn() -> subprocess.Popen[str]:
+    """A job process in standby: it imports the analysis stack, then reads its job folder from stdin."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "neuronmap.service._job_runner", "--standby"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,  # its own process group: cancel stops it and whatever it started
+    )
 
 
 def _stop(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
@@ -165,7 +215,7 @@ class RayExecutor:
                                         "--ray-address host:port (a head started with `ray start --head`).")
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         from neuronmap.service._job_runner import run_job
 
         self._remote = ray.remote(num_cpus=num_cpus, max_retries=0)(run_job)

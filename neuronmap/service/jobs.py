@@ -154,6 +154,9 @@ class JobManager:
                 job.message = "failed"
             self._jobs[job.id] = job
             self._save(job)
+        warm_up = getattr(executor, "warm_up", None)
+        if self.model_roots and warm_up is not None:  # jobs are possible: have a job process ready
+            warm_up()
 
     # ------------------------------------------------------------------ records
     def job_dir(self, job_id: str) -> Path:

@@ -19,7 +19,7 @@ from neuronmap.audit import AuditTrail
 from neuronmap.capture import capture_activations
 from neuronmap.reporters import LocalReporter
 from neuronmap.service.app import ServiceConfig, create_app
-from neuronmap.testing import tiny_bert, tiny_mlp, tiny_probe, tiny_text_probe
+from neuronmap.testing import tiny_mlp, tiny_probe, tiny_text_probe
 
 RAY_CLI = Path(sys.executable).parent / "ray"
 #: Ray's switch for a single-machine "cluster" on the loopback: with it off, ``ray start`` keeps
@@ -210,15 +210,13 @@ def make_runs(root: Path) -> None:
             reporter.run_dir / "activations" / "10.npz")
 
 
-def make_models(root: Path, *, bert: bool = True) -> None:
-    """What jobs may read: saved activations of a tiny MLP with their probe set (jobs on these
-    import no transformers), a probe set of another size, and a random-init tiny BERT."""
+def make_models(root: Path) -> None:
+    """What jobs may read: saved activations of a tiny MLP with their probe set, and a probe set of
+    another size (a job that pairs them fails once it runs)."""
     probe = tiny_probe(n=60)
     probe.save(root / "mlp-probe.npz")
     capture_activations(tiny_mlp(seed=3), probe, layers="net.*", progress=False).save(root / "mlp-acts.npz")
     tiny_text_probe(n=24).save(root / "probe.npz")
-    if bert:
-        tiny_bert(layers=2).save_pretrained(root / "tiny-bert")
 
 
 def job_spec(**changes: object) -> dict[str, object]:
@@ -230,7 +228,7 @@ def job_spec(**changes: object) -> dict[str, object]:
 
 
 def model_job_spec(**changes: object) -> dict[str, object]:
-    """A job on the tiny BERT model folder (the job process loads it with transformers)."""
+    """A job spec naming a model folder (validation tests only: no model is loaded)."""
     spec: dict[str, object] = {"model": "tiny-bert", "probe": {"npz": "probe.npz"}, "layers": ["encoder.layer.*"],
                                "analyses": ["activation_stats"], "batch_size": 8}
     spec.update(changes)

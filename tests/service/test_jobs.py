@@ -1,8 +1,10 @@
 """Analysis jobs over HTTP, run by the local executor (worker processes).
 
-Job mechanics (queueing, progress, logs, failure, cancel) run on saved activations, so the job
-process imports torch and NeuronMap but not transformers; one job loads a model folder (a
-random-init tiny BERT) end to end.
+Jobs run on saved activations, so the job process imports torch and NeuronMap but not
+transformers: what these tests check is the service's part (queueing, progress, logs, failure,
+cancel, results as a run folder). Loading a model folder is ``neuronmap analyze``'s own code
+(``run_config``, which the job process calls), tested with a tiny BERT in tests/test_analyze.py;
+the job spec's ``model`` path is checked here (confined to the model roots, 422 otherwise).
 """
 
 from __future__ import annotations
@@ -29,14 +31,6 @@ def test_a_job_runs_and_its_results_are_an_ordinary_run(writer, reader, world) -
     pd.testing.assert_frame_equal(history, read_history(world["runs"] / "job-ok"))
     assert "neuronmap/activation_stats/net.2/dead_fraction" in set(history["key"])
     assert any(j["id"] == job.id for j in reader.jobs())
-
-
-def test_a_job_on_a_model_folder(writer, reader, world) -> None:
-    job = writer.submit_job(model_job_spec(), run_name="job-model").wait(timeout=180)
-    assert job.status == "succeeded", job.logs()
-    history = reader.run("job-model").history
-    pd.testing.assert_frame_equal(history, read_history(world["runs"] / "job-model"))
-    assert "neuronmap/activation_stats/encoder.layer.1/dead_fraction" in set(history["key"])
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -97,3 +91,16 @@ def test_cancel_a_running_and_a_queued_job(writer) -> None:
     with pytest.raises(ClientError, match="No job with id 'nope'") as err:
         writer.job("nope")
     assert err.value.status == 404
+
+
+def test_a_job_process_waits_ready_and_stops_with_the_executor(server) -> None:
+    from neuronmap.service.executors import LocalExecutor
+
+    standby = server.state.jobs.executor._standby  # the session server has model roots: jobs are enabled
+    assert standby is not None and standby.poll() is None
+    executor = LocalExecutor(workers=1)
+    executor.warm_up()
+    process = executor._standby
+    assert process is not None and process.poll() is None
+    executor.shutdown()
+    assert process.poll() is not None and executor._standby is None
