@@ -223,6 +223,28 @@ def test_fairness_multiclass_tests_through_the_analysis(size: str) -> None:
                    scenario=f"n={2 * n}, TPR of class 2: 0.40 in one group, 0.70 in the others")
 
 
+def test_fairness_multiclass_tests_at_a_larger_size(size: str) -> None:
+    """The same simulation through the test ``Fairness.run`` applies to each (attribute, rate)
+    (``Fairness._test``; ``test_fairness_calibration.py`` checks it is the reported one), at a size
+    the run, which also bootstraps intervals and draws a figure, cannot afford."""
+    rng, reps, n = np.random.default_rng(44), {"fast": 100, "full": 3000}[size], 300
+    hypotheses = {"equal_opportunity_difference": "true_positive_rate",
+                  "false_positive_rate_difference": "false_positive_rate",
+                  "equalized_odds_difference": "equalized_odds"}  # fmt: skip
+    for test in ("chi2", "permutation"):
+        analysis = Fairness("g", test=test, positive_label=2, n_permutations=199)
+        rejected = dict.fromkeys(hypotheses, 0)
+        for _ in range(reps):
+            y, group, logits = _multiclass(rng, n)
+            codes = np.unique(group, return_inverse=True)[1].astype(np.intp)
+            for metric, hyp in hypotheses.items():
+                rejected[metric] += analysis._test(hyp, codes, logits.argmax(axis=1) == 2, y == 2, rng) < ALPHA
+        for metric, k in rejected.items():
+            check_rate(k, reps, nominal=ALPHA, kind="null rejection", statistic=f"Fairness {metric} (multiclass)",
+                       method=f"test='{test}', positive_label=2 of 3 classes (Fairness._test)", size=size,
+                       scenario=f"n={n}, 3 groups with different class mixes")
+
+
 # ----------------------------------------------------------------------------- WEAT
 def test_weat_through_representation_bias(size: str) -> None:
     """Eight words per target and attribute set; null: the embeddings carry no association."""
