@@ -93,7 +93,8 @@ def test_tcav_random_set_test_rejects_a_random_concept_at_alpha(size: str) -> No
 def test_counterfactual_statistics(size: str) -> None:
     rng, reps, pairs = np.random.default_rng(33), REPS[size], 80
     analysis = CounterfactualBias("gender", tokenizer=lambda *a, **k: None, n_resamples=499)
-    null = cover = flip_cover = power = 0
+    null = cover = flip_cover = abs_cover = power = 0
+    mean_abs = 0.05 * np.sqrt(2 / np.pi)  # E|delta| for delta ~ N(0, 0.05)
     for _ in range(reps):
         original = rng.uniform(0.2, 0.8, pairs)
         delta = rng.normal(0.0, 0.05, pairs)  # symmetric around 0: no counterfactual bias
@@ -102,12 +103,15 @@ def test_counterfactual_statistics(size: str) -> None:
         null += row["mean_delta_score_p"] < ALPHA
         cover += row["mean_delta_score_ci_low"] <= 0.0 <= row["mean_delta_score_ci_high"]
         flip_cover += row["flip_rate_ci_low"] <= 0.2 <= row["flip_rate_ci_high"]
+        abs_cover += row["mean_abs_delta_score_ci_low"] <= mean_abs <= row["mean_abs_delta_score_ci_high"]
         shifted = analysis._row("gender", flips, delta + 0.03, original, rng)
         power += shifted["mean_delta_score_p"] < ALPHA
     common = {"size": size, "scenario": f"{pairs} swapped pairs, delta ~ N(0, 0.05)"}
     check_rate(null, reps, nominal=ALPHA, kind="null rejection", statistic="CounterfactualBias mean_delta_score p",
                method="paired sign-flip permutation", **common)
     check_rate(cover, reps, nominal=0.95, kind="coverage", statistic="CounterfactualBias mean_delta_score CI",
+               method="BCa bootstrap", **common)
+    check_rate(abs_cover, reps, nominal=0.95, kind="coverage", statistic="CounterfactualBias mean_abs_delta_score CI",
                method="BCa bootstrap", **common)
     check_rate(flip_cover, reps, nominal=0.95, kind="coverage", statistic="CounterfactualBias flip_rate CI",
                method="BCa bootstrap", size=size, scenario=f"{pairs} pairs, flip probability 0.2")
