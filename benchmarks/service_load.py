@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -49,8 +50,10 @@ def _make_run(root: Path, steps: int, keys: int) -> None:
     reporter = LocalReporter(root, run_name="bench", render_html=False)
     layers = [f"encoder.layer.{i}" for i in range(max(1, keys // 10))]
     names = [f"neuronmap/bench/{layer}/m{j}" for layer in layers for j in range(10)][:keys]
+    # seeded random values: as incompressible as real metrics (a regular pattern would gzip 80x)
+    rng = random.Random(0)
     for step in range(steps):
-        reporter.log_metrics({k: float(step + i) / 100 for i, k in enumerate(names)}, step=step)
+        reporter.log_metrics({k: rng.random() for k in names}, step=step)
     reporter.close()
 
 
