@@ -109,10 +109,15 @@ def test_disparity_intervals_cover_the_population_gap(size: str, scenario: str, 
 
 def test_equalized_odds_interval_covers_zero_for_equal_groups(size: str) -> None:
     rng, reps, n = np.random.default_rng(13), INTERVAL_REPS[size] * 3 // 5, 300
-    covered = 0
+    metrics = ("equalized_odds_difference", "equal_opportunity_difference", "false_positive_rate_difference")
+    covered = dict.fromkeys(metrics, 0)
     for rep in range(reps):
         y, y_pred, group = _data(rng, n, [0.5, 0.5])
         summary = fairness_report(y, y_pred, sensitive_features=group, n_resamples=300, random_state=rep).summary()
-        covered += summary.loc["equalized_odds_difference", "low"] <= 0.0
-    check_rate(covered, reps, nominal=0.95, kind="coverage", statistic="fairness_report equalized_odds_difference CI",
-               method="max-|t| band over TPR and FPR pairs", scenario=f"2 equal groups, n={n}", size=size)
+        for metric in metrics:
+            covered[metric] += summary.loc[metric, "low"] <= 0.0
+    for metric, k in covered.items():
+        method = "max-|t| band over TPR and FPR pairs" if metric == "equalized_odds_difference" else \
+            "max-|t| bootstrap band of pairwise gaps"
+        check_rate(k, reps, nominal=0.95, kind="coverage", statistic=f"fairness_report {metric} CI",
+                   method=method, scenario=f"2 equal groups, n={n}", size=size)
