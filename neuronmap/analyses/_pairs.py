@@ -116,7 +116,8 @@ def pair_batches(
     keep = (correct_all != wrong_all).numpy()
     notes = []
     if not keep.all():
-        notes.append(f"{int((~keep).sum())} of {len(keep)} pairs have the same clean and corrupted answer and were left out.")
+        notes.append(f"{int((~keep).sum())} of {len(keep)} pairs have the same clean and corrupted answer "
+                     "and were left out.")
     batches = []
     kept = np.flatnonzero(keep)
     for start in range(0, len(kept), batch_size):
@@ -153,7 +154,8 @@ def normalized_effect_ci(
 def _predictions(model: nn.Module, probe: ProbeSet, batch_size: int, device: torch.device | None) -> torch.Tensor:
     out = []
     for batch in probe.batches(batch_size, device, trim=False):
-        logits = answer_logits(logits_of(forward(model, batch, positional=probe.positional)), batch.get("attention_mask"))
+        output = forward(model, batch, positional=probe.positional)
+        logits = answer_logits(logits_of(output), batch.get("attention_mask"))
         out.append(logits.argmax(dim=-1).cpu())
     return torch.cat(out)
 

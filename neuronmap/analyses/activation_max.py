@@ -125,7 +125,8 @@ class ActivationMaximization(Analysis):
         names = resolve_layers(model, self.layer)
         if len(names) != 1:
             raise InvalidParameterError(
-                f"ActivationMaximization needs one layer; the selector {self.layer!r} matches {len(names)}: {names[:5]}."
+                f"ActivationMaximization needs one layer; the selector {self.layer!r} matches {len(names)}: "
+                f"{names[:5]}."
             )
         layer = names[0]
         module = dict(model.named_modules())[layer]

@@ -131,7 +131,8 @@ class AttentionAnalysis(Analysis):
         super().__init__(layers=layers)
         if measure not in _MEASURES:
             raise InvalidParameterError(
-                f"The 'measure' parameter of AttentionAnalysis must be one of {list(_MEASURES)}; got {measure!r} instead."
+                f"The 'measure' parameter of AttentionAnalysis must be one of {list(_MEASURES)}; "
+                f"got {measure!r} instead."
             )
         self.ablation = ablation
         self.measure = measure

@@ -99,7 +99,8 @@ class CausalTracing(Analysis):
         n_resamples: int = 1000,
     ) -> None:
         super().__init__(layers=layers)
-        if not (isinstance(target, (int, np.integer)) and not isinstance(target, bool) and target >= 0) and target not in _TARGETS:
+        is_id = isinstance(target, (int, np.integer)) and not isinstance(target, bool) and target >= 0
+        if not is_id and target not in _TARGETS:
             raise InvalidParameterError(f"target must be one of {_TARGETS} or a class/token id >= 0; got {target!r}.")
         if not noise > 0:
             raise InvalidParameterError(f"noise must be a positive number of standard deviations; got {noise!r}.")
@@ -210,7 +211,8 @@ class CausalTracing(Analysis):
         size = len(next(iter(batch.values())))
         device = next(iter(batch.values())).device
         if self.target == "prediction":
-            logits = answer_logits(logits_of(forward(model, batch, positional=probe.positional)), batch.get("attention_mask"))
+            output = forward(model, batch, positional=probe.positional)
+            logits = answer_logits(logits_of(output), batch.get("attention_mask"))
             return logits.argmax(dim=-1)
         if self.target == "label":
             labels = probe.labels
@@ -308,7 +310,9 @@ def _corrupt_mask(probe: ProbeSet, corrupt: str | list[int] | None) -> torch.Ten
     """``[n, tokens]`` bool: which token embeddings receive noise."""
     ids = next(iter(probe.inputs.values()))
     if ids.ndim < 2:
-        raise ProbeSetError(f"Causal tracing needs token sequences [n, tokens]; the probe inputs have shape {tuple(ids.shape)}.")
+        raise ProbeSetError(
+            f"Causal tracing needs token sequences [n, tokens]; the probe inputs have shape {tuple(ids.shape)}."
+        )
     n, width = ids.shape[:2]
     real = probe.attention_mask.bool() if probe.attention_mask is not None else torch.ones(n, width, dtype=torch.bool)
     if corrupt is None:

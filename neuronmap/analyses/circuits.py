@@ -121,12 +121,14 @@ class CircuitDiscovery(PairedNodeAnalysis):
         try:
             with torch.no_grad():
                 search = _Search(model, nodes, batches, positional=ctx.probe.positional)
-                single = {n: 1.0 - search.score({n}) for n in progress(nodes, desc="circuit discovery: nodes", unit="node")}
+                single = {n: 1.0 - search.score({n})
+                          for n in progress(nodes, desc="circuit discovery: nodes", unit="node")}
                 ablated, removed_at = self._prune(search, nodes, single)
                 final = search.evaluate(ablated)
         finally:
             model.train(was_training)
-        retained = normalized_effect_ci(final, search.clean, search.corrupted, n_resamples=self.n_resamples, seed=ctx.random_state)
+        retained = normalized_effect_ci(final, search.clean, search.corrupted, n_resamples=self.n_resamples,
+                                        seed=ctx.random_state)
         kept = [n for n in nodes if n not in ablated]
         metrics = MetricSet()
         metrics.add("model", "metric_retained", retained[0], ci=None if np.isnan(retained[1]) else retained[1:])
@@ -147,7 +149,9 @@ class CircuitDiscovery(PairedNodeAnalysis):
             figures={"circuit": _graph_figure(table, retained[0], self.keep)}, notes=tuple(notes),
         )
 
-    def _prune(self, search: _Search, nodes: list[Node], single: dict[Node, float]) -> tuple[set[Node], dict[Node, int]]:
+    def _prune(
+        self, search: _Search, nodes: list[Node], single: dict[Node, float]
+    ) -> tuple[set[Node], dict[Node, int]]:
         visit = list(reversed(nodes)) if self.order == "reverse" else sorted(nodes, key=lambda n: single[n])
         ablated: set[Node] = set()
         removed_at: dict[Node, int] = {}
@@ -170,7 +174,9 @@ class _Search:
 
     def __init__(self, model: nn.Module, nodes: list[Node], batches: list[PairBatch], *, positional: bool) -> None:
         self.model, self.nodes, self.batches, self.positional = model, nodes, batches, positional
-        self.clean = np.concatenate([logit_diff(model, b.clean, b, positional=positional).cpu().numpy() for b in batches])
+        self.clean = np.concatenate(
+            [logit_diff(model, b.clean, b, positional=positional).cpu().numpy() for b in batches]
+        )
         # The corrupted run is never patched, so every node's corrupted activation is recorded
         # once here instead of re-running the corrupted prompts in every evaluation (which
         # halves the forward passes of the search; the values are the same tensors).
@@ -244,7 +250,8 @@ def _graph_figure(table: pd.DataFrame, retained: float, keep: float) -> Figure:
     ax.set_yticks([])
     ax.set_xlim(-0.6, len(order) + 1.6)
     ax.set_ylim(-ymax - 0.8, ymax + 0.8)
-    ax.set_title(f"Circuit: {len(kept)}/{len(table)} nodes keep {retained:.2f} of the metric (target {keep:.2f})", fontsize=8)
+    ax.set_title(f"Circuit: {len(kept)}/{len(table)} nodes keep {retained:.2f} of the metric (target {keep:.2f})",
+                 fontsize=8)
     for spine in ("top", "right", "left"):
         ax.spines[spine].set_visible(False)
     fig.tight_layout()

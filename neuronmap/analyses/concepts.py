@@ -76,7 +76,8 @@ class ConceptExtraction(Analysis):
         >>> import neuronmap as nm
         >>> from neuronmap.testing import tiny_mlp, tiny_probe
         >>> extraction = ConceptExtraction("pca", n_components=3)
-        >>> report = nm.NeuronMap(tiny_probe(), layers="net.1", analyses=[extraction], reporters=[]).run(tiny_mlp(), step=0)
+        >>> monitor = nm.NeuronMap(tiny_probe(), layers="net.1", analyses=[extraction], reporters=[])
+        >>> report = monitor.run(tiny_mlp(), step=0)
         >>> 0 < report.metrics["neuronmap/concept_extraction/net.1/explained_variance"] <= 1
         True
     """
@@ -169,8 +170,9 @@ def _correlations(scores: np.ndarray, probe: ProbeSet) -> list[dict[str, Any]]:
     for variable, values in columns:
         values = np.asarray(values)
         numeric = values.dtype.kind in "iuf" and len(np.unique(values)) > _MAX_LEVELS
+        distinct = np.unique(values.astype(str) if values.dtype.kind == "O" else values)
         levels = [(None, values.astype(float))] if numeric else [
-            (lvl, (values == lvl).astype(float)) for lvl in np.unique(values.astype(str) if values.dtype.kind == "O" else values)
+            (lvl, (values == lvl).astype(float)) for lvl in distinct
         ]
         if not numeric and len(levels) == 2:
             levels = levels[1:]  # the other level is its complement: same |r|, same p
@@ -277,14 +279,16 @@ class ConceptAlgebra(Analysis):
         members = {n: probe_members(probe, s, n) for n, s in self._specs.items()}
         metrics, sim_rows, ana_rows, notes = MetricSet(), [], [], []
         for layer, x in acts.items():
-            directions = {n: self._direction(c[layer], x, members[n], ctx.random_state) for n, c in concept_acts.items()}
+            directions = {n: self._direction(c[layer], x, members[n], ctx.random_state)
+                          for n, c in concept_acts.items()}
             sim = cosine_similarity_table(directions)
             sim_rows += [{"layer": layer, "concept_a": a, "concept_b": b, "cosine": float(sim.loc[a, b])}
                          for a in sim.index for b in sim.columns]
             for expr in self.expressions:
                 a, b, c = expr[:3]
                 query = analogy_query(*(concept_acts[n][layer].mean(axis=0) for n in (a, b, c)))
-                exclude = np.concatenate([members[n] for n in (a, b, c) if members[n] is not None] or [np.array([], int)])
+                excluded = [member for n in (a, b, c) if (member := members[n]) is not None]
+                exclude = np.concatenate(excluded or [np.array([], int)])
                 idx, cos = nearest_examples(x, query, k=self.top_k, exclude=exclude)
                 expected = members[expr[3]] if len(expr) == 4 else None
                 hits = np.isin(idx, expected) if expected is not None else np.full(len(idx), np.nan)
@@ -292,7 +296,8 @@ class ConceptAlgebra(Analysis):
                 extra = example_labels(probe, idx)
                 ana_rows += [{"layer": layer, "expression": label, "rank": r, "example": int(i), "cosine": float(cs),
                               "expected": expr[3] if len(expr) == 4 else None, "hit": hits[r],
-                              **{k: v[r] for k, v in extra.items()}} for r, (i, cs) in enumerate(zip(idx, cos, strict=True))]
+                              **{k: v[r] for k, v in extra.items()}}
+                             for r, (i, cs) in enumerate(zip(idx, cos, strict=True))]
                 if expected is not None:
                     metrics.add(layer, f"analogy_{a}_minus_{b}_plus_{c}_hit_rate", float(np.mean(hits)))
                 elif len(expr) == 4:
@@ -303,7 +308,9 @@ class ConceptAlgebra(Analysis):
                               figures={"similarity": _similarity_figure(pd.DataFrame(sim_rows))},
                               notes=tuple(dict.fromkeys(notes)))
 
-    def _direction(self, concept: np.ndarray, probe_acts: np.ndarray, members: np.ndarray | None, seed: int) -> np.ndarray:
+    def _direction(
+        self, concept: np.ndarray, probe_acts: np.ndarray, members: np.ndarray | None, seed: int
+    ) -> np.ndarray:
         if self.direction == "centroid":
             return centroid_direction(concept, probe_acts)
         rest = np.ones(len(probe_acts), dtype=bool)

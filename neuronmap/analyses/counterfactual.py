@@ -97,7 +97,9 @@ def resolve_swaps(swaps: SwapSpec) -> dict[str, SwapList]:
             elif _is_pairs(value) or (isinstance(value, Mapping) and value):
                 out[str(key)] = value
             else:
-                raise InvalidParameterError(f"swaps[{key!r}] must be a built-in name, pairs or a mapping; got {value!r}.")
+                raise InvalidParameterError(
+                    f"swaps[{key!r}] must be a built-in name, pairs or a mapping; got {value!r}."
+                )
         return out
     if _is_pairs(swaps) and swaps:
         return {"custom": swaps}  # type: ignore[dict-item]

@@ -103,7 +103,9 @@ class CrossLingualAlignment(Analysis):
         super().__init__(layers=layers, name=name)
         for label, value, low in (("n_permutations", n_permutations, 0), ("n_bootstrap", n_bootstrap, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(f"The '{label}' parameter of CrossLingualAlignment must be an int >= {low}; got {value!r}.")
+                raise InvalidParameterError(
+                    f"The '{label}' parameter of CrossLingualAlignment must be an int >= {low}; got {value!r}."
+                )
         if p_adjust not in PVALUE_METHODS:
             raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
         self.pivot = pivot
@@ -141,7 +143,8 @@ class CrossLingualAlignment(Analysis):
                 b = x[[index[(other, p)] for p in shared]]
                 rows.append(self._compare(layer, other, a, b, rng, ctx.random_state))
         if not rows:
-            return AnalysisResult(self.name, status="skipped", notes=("No language shares 3+ sentences with the pivot.",))
+            return AnalysisResult(self.name, status="skipped",
+                                  notes=("No language shares 3+ sentences with the pivot.",))
         table = pd.DataFrame(rows)
         table["retrieval_p_adj"] = adjust_pvalues(table["retrieval_p"].to_numpy(float), method=self.p_adjust,
                                                   alpha=self.alpha)  # fmt: skip

@@ -154,7 +154,8 @@ class Information(Analysis):
                          "mi_binned_plugin": _mi_miller_madow(binned, y, correction=False),
                          "entropy": _unit_entropy(x, self.n_bins), "label_entropy": label_entropy})
             per_component = mutual_info_classif(z, y, n_neighbors=self.n_neighbors, random_state=ctx.random_state)
-            components += [{"layer": layer, "component": k, "explained_variance_ratio": float(e), "mi_sklearn": float(v)}
+            components += [{"layer": layer, "component": k, "explained_variance_ratio": float(e),
+                            "mi_sklearn": float(v)}
                            for k, (e, v) in enumerate(zip(explained, per_component, strict=True))]
         table = pd.DataFrame(rows, columns=["layer", "components", "mi_knn", "p", "n_permutations", "p_resolution",
                                             "mi_binned", "mi_binned_plugin", "entropy", "label_entropy"])

@@ -209,8 +209,8 @@ class NeuronStats(Analysis):
         if selective:
             columns = ["layer", "neuron", "preferred_class", "selectivity", "statistic", "p", "p_adj"]
             tables["selective_neurons"] = pd.concat(selective, ignore_index=True)[columns]
-        return AnalysisResult(self.name, metrics=metrics, tables=tables, figures={"neurons": _figure(tables["summary"])},
-                              notes=tuple(notes))
+        return AnalysisResult(self.name, metrics=metrics, tables=tables,
+                              figures={"neurons": _figure(tables["summary"])}, notes=tuple(notes))
 
     def _classes(self, ctx: AnalysisContext) -> tuple[tuple[NDArray[np.int64], list[Any]] | None, list[str]]:
         if self.target is None:

@@ -128,8 +128,13 @@ class ActivationPatching(PairedNodeAnalysis):
             model.train(was_training)
         return self._result(acc, ctx.random_state, notes)
 
-    def _patch_batch(self, model: Any, batch: PairBatch, nodes: list[Node], acc: _Accumulator, *, positional: bool) -> None:
-        source, target = (batch.clean, batch.corrupted) if self.direction == "denoising" else (batch.corrupted, batch.clean)
+    def _patch_batch(
+        self, model: Any, batch: PairBatch, nodes: list[Node], acc: _Accumulator, *, positional: bool
+    ) -> None:
+        if self.direction == "denoising":
+            source, target = batch.clean, batch.corrupted
+        else:
+            source, target = batch.corrupted, batch.clean
         with torch.no_grad(), record(model, nodes) as seen:
             ld_source = logit_diff(model, source, batch, positional=positional)
         src = dict(seen)
@@ -160,7 +165,8 @@ class ActivationPatching(PairedNodeAnalysis):
                 with intervene(model, {node: _constant(src[node])}):
                     acc.add(node, "exact", logit_diff(model, target, batch, positional=positional))
                 if grad is not None:
-                    acc.add(node, "approx", ld_target + attribution_patching_effect(delta, grad, sum_dims=delta.ndim - 1))
+                    approx = attribution_patching_effect(delta, grad, sum_dims=delta.ndim - 1)
+                    acc.add(node, "approx", ld_target + approx)
                 positions = self.per_position is True or (self.per_position == "layers" and node.head is None)
                 if positions and delta.ndim == 3:
                     acc.add(node, "pos_exact", torch.stack([
@@ -168,7 +174,8 @@ class ActivationPatching(PairedNodeAnalysis):
                         for p in range(delta.shape[1])
                     ], dim=1))
                     if grad is not None:
-                        acc.add(node, "pos_approx", ld_target[:, None] + attribution_patching_effect(delta, grad, sum_dims=1))
+                        pos_approx = attribution_patching_effect(delta, grad, sum_dims=1)
+                        acc.add(node, "pos_approx", ld_target[:, None] + pos_approx)
 
     def _result(self, acc: _Accumulator, seed: int, notes: list[str]) -> AnalysisResult:
         src, tgt = acc.baseline("source"), acc.baseline("target")
@@ -184,7 +191,8 @@ class ActivationPatching(PairedNodeAnalysis):
                 metrics.add(node.name, "attribution_effect", float(row["attribution"]))
             rows.append(row)
             if acc.has(node, "pos_exact"):
-                pe, pa = acc.get(node, "pos_exact"), acc.get(node, "pos_approx") if acc.has(node, "pos_approx") else None
+                pe = acc.get(node, "pos_exact")
+                pa = acc.get(node, "pos_approx") if acc.has(node, "pos_approx") else None
                 effects = [normalized_effect(pe[:, p], clean=src, corrupted=tgt) for p in range(pe.shape[1])]
                 for p, eff in enumerate(effects):
                     approx = normalized_effect(pa[:, p], clean=src, corrupted=tgt) if pa is not None else float("nan")

@@ -365,7 +365,9 @@ class Probing(Analysis):
             return permutation_count(n_layers, alpha=self.alpha)
         return int(self.n_permutations)
 
-    def _cross_val_predict(self, x: NDArray[np.float64], y: NDArray[np.int64], data: list[FoldData]) -> NDArray[np.int64]:
+    def _cross_val_predict(
+        self, x: NDArray[np.float64], y: NDArray[np.int64], data: list[FoldData]
+    ) -> NDArray[np.int64]:
         from sklearn.base import clone
         from sklearn.linear_model import LogisticRegression
 

@@ -118,7 +118,10 @@ class RegressionProbing(Analysis):
         super().__init__(layers=layers, name=name)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise InvalidParameterError(f"The 'target' parameter of {type(self).__name__} must be a column name or a list of them; got {target!r}.")
+            raise InvalidParameterError(
+                f"The 'target' parameter of {type(self).__name__} must be a column name or a list of them; "
+                f"got {target!r}."
+            )
         _check_int("cv", cv, minimum=2)
         _check_int("n_permutations", n_permutations, minimum=0)
         _check_int("n_bootstrap", n_bootstrap, minimum=1)
@@ -154,7 +157,9 @@ class RegressionProbing(Analysis):
 
     def score(
         self, ctx: AnalysisContext
-    ) -> tuple[pd.DataFrame, dict[tuple[str, str], NDArray[np.float64]], dict[str, NDArray[np.float64]], list[str]] | str:
+    ) -> tuple[
+        pd.DataFrame, dict[tuple[str, str], NDArray[np.float64]], dict[str, NDArray[np.float64]], list[str]
+    ] | str:
         """The per-(layer, target) table, held-out predictions and targets, and notes; or why it was skipped."""
         ys, keep = self._targets(ctx)
         notes: list[str] = []
@@ -162,7 +167,8 @@ class RegressionProbing(Analysis):
             notes.append(f"{int((~keep).sum())} examples with a missing target were left out.")
         n = int(keep.sum())
         if n < 2 * self.cv:
-            return f"Only {n} examples with every target {self.targets}; {type(self).__name__} needs at least {2 * self.cv}."
+            return (f"Only {n} examples with every target {self.targets}; "
+                    f"{type(self).__name__} needs at least {2 * self.cv}.")
         items = self.layer_items(ctx)
         if not items:
             return "No captured layer matches `layers`."
@@ -211,8 +217,10 @@ class RegressionProbing(Analysis):
         for t in self.targets:
             values = pd.to_numeric(pd.Series(ctx.probe.column(t)), errors="coerce")
             if values.notna().sum() == 0:
-                raise ProbeSetError(f"Target {t!r} of {type(self).__name__} has no numeric value in probe set "
-                                    f"{ctx.probe.name!r}; regression probes need numbers (use Probing for classes).")  # fmt: skip
+                raise ProbeSetError(
+                    f"Target {t!r} of {type(self).__name__} has no numeric value in probe set "
+                    f"{ctx.probe.name!r}; regression probes need numbers (use Probing for classes)."
+                )
             raw[t] = values.to_numpy(dtype=np.float64)
         keep = np.logical_and.reduce([np.isfinite(v) for v in raw.values()])
         return {t: v[keep] for t, v in raw.items()}, keep
@@ -233,7 +241,8 @@ class RegressionProbing(Analysis):
         ci = bootstrap_ci(r2_score, y, pred, **kw)
         row: dict[str, Any] = {"layer": layer, "target": target, "features": width, "n": len(y),
                                "r2": ci.estimate, "r2_ci_low": ci.low, "r2_ci_high": ci.high,
-                               "rmse": float(np.sqrt(np.mean((y - pred) ** 2))), "ridge_alpha": float(np.median(alphas)),
+                               "rmse": float(np.sqrt(np.mean((y - pred) ** 2))),
+                               "ridge_alpha": float(np.median(alphas)),
                                "p": np.nan}  # fmt: skip
         if self.n_permutations:
             stats = permutation_r2(data, y, np.vstack([np.arange(len(y)), perms]))
@@ -267,7 +276,8 @@ class RegressionProbing(Analysis):
             if "random_feature_r2" in r:
                 m.add(r["layer"], f"{pre}random_feature_r2", r["random_feature_r2"])
             if "holdout_r2" in r and np.isfinite(r["holdout_r2"]):
-                m.add(r["layer"], f"{pre}holdout_r2", r["holdout_r2"], ci=(r["holdout_r2_ci_low"], r["holdout_r2_ci_high"]))
+                m.add(r["layer"], f"{pre}holdout_r2", r["holdout_r2"],
+                      ci=(r["holdout_r2_ci_low"], r["holdout_r2_ci_high"]))
         return m
 
 

@@ -203,7 +203,8 @@ class TCAV(Analysis):
         )
 
         def capture(concept_probe: ProbeSet) -> dict[str, np.ndarray]:
-            return capture_reduced(model, concept_probe, layers, reduce=reduce, batch_size=ctx.batch_size, device=ctx.device)
+            return capture_reduced(model, concept_probe, layers, reduce=reduce, batch_size=ctx.batch_size,
+                                   device=ctx.device)
 
         concept_acts = {
             name: concept_activations(spec, name, probe=probe, probe_acts=acts, capture=capture)
@@ -225,7 +226,8 @@ class TCAV(Analysis):
         table["significant"] = table["p_adj"] < self.alpha
         metrics = MetricSet()
         for row in table.itertuples():
-            metrics.add(row.layer, f"tcav_{row.concept}", row.tcav, ci=(row.ci_low, row.ci_high), p=row.p, p_adj=row.p_adj)
+            metrics.add(row.layer, f"tcav_{row.concept}", row.tcav, ci=(row.ci_low, row.ci_high), p=row.p,
+                        p_adj=row.p_adj)
             metrics.add(row.layer, f"cav_accuracy_{row.concept}", row.cav_accuracy)
         return AnalysisResult(
             self.name,
@@ -257,7 +259,8 @@ class TCAV(Analysis):
             for concept, acts in concept_acts.items():
                 m = sizes[concept]
                 if m < 4:
-                    notes.append(f"Concept {concept!r}: {m} usable examples (random pool {n_pool}); at least 4 are needed.")
+                    notes.append(f"Concept {concept!r}: {m} usable examples (random pool {n_pool}); "
+                                 "at least 4 are needed.")
                     rows.append(_empty_row(layer, concept))
                     continue
                 if m not in nulls:
@@ -432,7 +435,8 @@ def _batch_gradients(
         acts[node.module] = reduce_tokens(act, reduce, mask).reshape(size, -1).float().cpu().numpy()  # type: ignore[arg-type]
         if keep.any():
             g = torch.zeros_like(act) if grad is None else grad
-            grads[node.module] = _reduce_gradient(g, reduce, mask).reshape(size, -1)[rows.to(g.device)].float().cpu().numpy()
+            reduced = _reduce_gradient(g, reduce, mask).reshape(size, -1)
+            grads[node.module] = reduced[rows.to(g.device)].float().cpu().numpy()
     return acts, grads
 
 
@@ -447,7 +451,8 @@ def _figure(table: pd.DataFrame, alpha: float) -> Figure:
         sub = sub.reindex(layers)
         col, err = ("random_tcav", "random_std") if concept == "random" else ("tcav", "tcav_std")
         xs = np.arange(len(layers)) + (j - len(concepts) / 2) * width
-        ax.bar(xs, sub[col], width, yerr=sub[err], label=concept, color="#bbb" if concept == "random" else None, capsize=2)
+        ax.bar(xs, sub[col], width, yerr=sub[err], label=concept, color="#bbb" if concept == "random" else None,
+               capsize=2)
         if concept != "random":
             for x, y, p in zip(xs, sub["tcav"], sub["p_adj"], strict=True):
                 if np.isfinite(p) and p < alpha:
