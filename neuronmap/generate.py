@@ -90,7 +90,10 @@ def load_template_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(spec, dict):
-        raise NeuronMapError(f"Template file {str(path)!r} must hold a mapping with 'templates' and 'values'; got {type(spec).__name__}.")
+        raise NeuronMapError(
+            f"Template file {str(path)!r} must hold a mapping with 'templates' and 'values'; "
+            f"got {type(spec).__name__}."
+        )
     return spec
 
 
@@ -113,7 +116,9 @@ def _values(spec: Mapping[str, Any]) -> dict[str, list[_Value]]:
 def _templates(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     raw = spec.get("templates")
     if not isinstance(raw, list) or not raw:
-        raise InvalidParameterError(f"'templates' must be a non-empty list of strings or mappings with 'text'; got {raw!r}.")
+        raise InvalidParameterError(
+            f"'templates' must be a non-empty list of strings or mappings with 'text'; got {raw!r}."
+        )
     out = []
     for i, t in enumerate(raw):
         if isinstance(t, str):
@@ -121,7 +126,9 @@ def _templates(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         elif isinstance(t, Mapping) and isinstance(t.get("text"), str):
             out.append(dict(t))
         else:
-            raise InvalidParameterError(f"templates[{i}] must be a string or a mapping with a 'text' string; got {t!r}.")
+            raise InvalidParameterError(
+                f"templates[{i}] must be a string or a mapping with a 'text' string; got {t!r}."
+            )
     return out
 
 
@@ -173,7 +180,8 @@ def generate(spec: Mapping[str, Any] | str | Path, *, n: int | None = None, seed
             rendered |= {k: t.render(**chosen, **rendered) for k, t in column_templates.items()}
         except TemplateError as err:
             raise InvalidParameterError(
-                f"Template {tid} ({templates[tid]['text']!r}) failed to render: {err}. Placeholders with values: {sorted(values)}."
+                f"Template {tid} ({templates[tid]['text']!r}) failed to render: {err}. "
+                f"Placeholders with values: {sorted(values)}."
             ) from err
         if rendered["text"] in seen:
             continue
@@ -191,7 +199,9 @@ def generate(spec: Mapping[str, Any] | str | Path, *, n: int | None = None, seed
     label = spec.get("label")
     if label:
         if label not in frame:
-            raise InvalidParameterError(f"label column {label!r} is not produced by the spec; columns: {list(frame.columns)}.")
+            raise InvalidParameterError(
+                f"label column {label!r} is not produced by the spec; columns: {list(frame.columns)}."
+            )
         frame["label"] = frame[label]
     frame.attrs.update(name=spec.get("name", "generated"), description=spec.get("description", ""),
                        label=label, groups=list(spec.get("groups") or []))  # fmt: skip

@@ -130,7 +130,9 @@ def resolve_nodes(
         LayerNotFoundError: A selector matches no module.
     """
     if layers is None and heads is None:
-        raise InvalidParameterError("Pass layers= (module outputs) and/or heads= (attention output projections); got neither.")
+        raise InvalidParameterError(
+            "Pass layers= (module outputs) and/or heads= (attention output projections); got neither."
+        )
     modules = resolve_layers(model, layers) if layers is not None else []
     projections = resolve_layers(model, heads) if heads is not None else []
     if projections:

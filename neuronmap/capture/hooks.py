@@ -161,8 +161,10 @@ class Activations(Mapping[str, np.ndarray]):
                 reduce = bytes(data["__reduce__"]).decode() if "__reduce__" in data.files else "mean"
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as err:
             # np.load raises whichever its reader hits first; one error type names the file instead
-            raise CorruptFileError(f"Cannot read activations from {str(path)!r}: it is truncated, corrupt or not an "
-                                   f"activations .npz written by Activations.save ({type(err).__name__}: {err}).") from err
+            raise CorruptFileError(
+                f"Cannot read activations from {str(path)!r}: it is truncated, corrupt or not an "
+                f"activations .npz written by Activations.save ({type(err).__name__}: {err})."
+            ) from err
         if not arrays:
             raise CorruptFileError(f"{str(path)!r} holds no activations (no 'layer:' arrays); it is not a file "
                                    "written by Activations.save.")

@@ -104,7 +104,8 @@ class AuditVerification:
             files = (f", {self.files_checked} evidence files match" if self.evidence_checked
                      else ", evidence files NOT checked (no manifests in the trail)")
             verdict = "OK" if self.verified else "chain OK but NOT VERIFIED"
-            return f"audit trail {verdict}: {self.entries} entries, {self.runs} engine runs{files}{sig}, head {self.head}"
+            return (f"audit trail {verdict}: {self.entries} entries, {self.runs} engine runs{files}{sig}, "
+                    f"head {self.head}")
         return f"audit trail TAMPERED ({len(self.problems)} problems):\n" + "\n".join(f"  {p}" for p in self.problems)
 
 
@@ -202,7 +203,8 @@ def _parse(raw: str) -> dict[str, Any] | None:
         return None
     if not isinstance(entry, dict) or any(k not in entry for k in _REQUIRED):
         return None
-    if not isinstance(entry["hash"], str) or not isinstance(entry["prev_hash"], str) or not isinstance(entry["seq"], int):
+    if not (isinstance(entry["hash"], str) and isinstance(entry["prev_hash"], str)
+            and isinstance(entry["seq"], int)):
         return None
     return entry
 
@@ -212,7 +214,8 @@ def _check_signature(lineno: int, entry: dict[str, Any], key: bytes) -> list[Aud
     if "hmac" not in entry:
         return [AuditProblem(lineno, "signature", "entry is not signed (no 'hmac') although a key is set")]
     if not hmac.compare_digest(str(entry["hmac"]), expected):
-        return [AuditProblem(lineno, "signature", "HMAC does not match: the line was forged or signed with another key")]
+        return [AuditProblem(lineno, "signature",
+                             "HMAC does not match: the line was forged or signed with another key")]
     return []
 
 

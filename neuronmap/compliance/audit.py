@@ -241,7 +241,8 @@ class AuditTrail:
             AuditError: The file's last line is not a valid entry, so the chain cannot continue.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        entry: dict[str, Any] = {"kind": kind, "timestamp": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        entry: dict[str, Any] = {"kind": kind, "timestamp": now}
         entry.update(environment_info())
         entry.update(fields)
         with self.path.open("a+", encoding="utf-8") as fh:

@@ -341,7 +341,10 @@ def _judge(check: GateCheck, value: float, base: float | None) -> tuple[bool, fl
     rule = check.baseline
     if rule is not None and base is not None:
         if rule.mode == "relative":
-            delta = (value - base) / abs(base) if base != 0 else (0.0 if value == base else math.copysign(math.inf, value - base))
+            if base != 0:
+                delta = (value - base) / abs(base)
+            else:
+                delta = 0.0 if value == base else math.copysign(math.inf, value - base)
         else:
             delta = value - base
         ok = ok and (rule.min_delta is None or delta >= rule.min_delta)

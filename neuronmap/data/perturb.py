@@ -25,7 +25,8 @@ References:
 Example:
     >>> char_swap("the model is robust", rate=1.0, seed=0) != "the model is robust"
     True
-    >>> synonym_swap("a good movie", rate=1.0, seed=0) in {f"a {w} {m}" for w in SYNONYMS["good"] for m in SYNONYMS["movie"]}
+    >>> swapped = {f"a {w} {m}" for w in SYNONYMS["good"] for m in SYNONYMS["movie"]}
+    >>> synonym_swap("a good movie", rate=1.0, seed=0) in swapped
     True
 """
 

@@ -145,7 +145,9 @@ def kernel_cka(
         raise InvalidParameterError(f"kernel must be one of {_KERNELS}; got {kernel!r}.")
     if isinstance(sigma, str):
         if sigma not in _SIGMA_RULES:
-            raise InvalidParameterError(f"sigma must be a positive number, None or one of {_SIGMA_RULES}; got {sigma!r}.")
+            raise InvalidParameterError(
+                f"sigma must be a positive number, None or one of {_SIGMA_RULES}; got {sigma!r}."
+            )
     elif sigma is not None and not (np.isfinite(sigma) and sigma > 0):
         raise InvalidParameterError(
             f"sigma must be a positive number, None or one of {_SIGMA_RULES}; got {sigma!r}."

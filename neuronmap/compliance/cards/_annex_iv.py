@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from neuronmap.compliance.cards.data import ModelCard
 
-__all__ = ["ANNEX_IV_ITEMS", "DESIGN_SPECIFICATIONS", "annex_iv_fields", "annex_iv_status", "is_filled", "is_not_applicable",
-           "sign_off_status", "strict_problems"]
+__all__ = ["ANNEX_IV_ITEMS", "DESIGN_SPECIFICATIONS", "annex_iv_fields", "annex_iv_status", "is_filled",
+           "is_not_applicable", "sign_off_status", "strict_problems"]
 
 #: Annex IV 2(b)'s sub-items, each its own field under ``annex_iv.design_specifications``.
 DESIGN_SPECIFICATIONS = ("general_logic", "algorithms", "key_design_choices", "classification_choices",

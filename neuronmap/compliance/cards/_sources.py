@@ -176,8 +176,9 @@ def _audit(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[st
             summary["last_evaluation"] = {"timestamp": entry.get("timestamp"), "seq": entry.get("seq"),
                                           "kind": kind, "line": lineno}
         git = entry.get("git") or {}
-        if isinstance(git, dict) and git.get("commit") and git["commit"] not in [c["commit"] for c in summary["commits"]]:
-            summary["commits"].append({"commit": git["commit"], "dirty": git.get("dirty"),
+        commit = git.get("commit") if isinstance(git, dict) else None
+        if commit and commit not in [c["commit"] for c in summary["commits"]]:
+            summary["commits"].append({"commit": commit, "dirty": git.get("dirty"),
                                        "first_seen": entry.get("timestamp"), "kind": kind})
         if kind == "engine_run":
             summary["model_name"] = entry.get("model_name") or summary["model_name"]

@@ -104,7 +104,8 @@ def _merge(auto: Mapping[str, Any], user: Any) -> dict[str, Any]:
         out["text"] = user
         return out
     for key, value in user.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        both_mappings = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merge(out[key], value) if both_mappings else value
     return out
 
 

@@ -50,7 +50,19 @@ __all__ = ["DISCLAIMER", "HUB_LICENSES", "CardFormat", "CardIncompleteError", "a
 CardFormat = Literal["md", "html"]
 _PACKAGE_DIR = "model_card_templates"
 #: License identifiers the Hugging Face Hub accepts in ``license:`` (others become ``other`` + ``license_name``).
-HUB_LICENSES = frozenset(["apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0", "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "unknown", "other"])
+HUB_LICENSES = frozenset([
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m",
+    "bigscience-bloom-rail-1.0", "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd",
+    "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5",
+    "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0",
+    "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0",
+    "cc-by-nc-sa-4.0", "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0",
+    "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0",
+    "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl",
+    "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1",
+    "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "llama2", "llama3", "llama3.1",
+    "llama3.2", "llama3.3", "llama4", "gemma", "unknown", "other",
+])
 #: Shown at the top of every Annex IV document, and stated in the docs.
 DISCLAIMER = ("This document structures technical evidence for the provider. It is not legal advice, and "
               "neither it nor NeuronMap performs a conformity assessment (Article 43 of Regulation (EU) "
@@ -129,7 +141,9 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def make_environment(fmt: CardFormat, *, search_path: str | os.PathLike[str] | None = None) -> ImmutableSandboxedEnvironment:
+def make_environment(
+    fmt: CardFormat, *, search_path: str | os.PathLike[str] | None = None
+) -> ImmutableSandboxedEnvironment:
     """The sandboxed environment for ``fmt`` (built-in templates, plus ``search_path`` first)."""
     if fmt not in get_args(CardFormat):
         raise InvalidParameterError(f"Card format must be one of {get_args(CardFormat)}; got {fmt!r}.")
@@ -177,7 +191,8 @@ def hub_metadata(card: ModelCard) -> tuple[dict[str, Any], list[str]]:
         meta["metrics"] = sorted({r["hub_id"] for r in overall})
         metrics = []
         for row in overall:
-            entry: dict[str, Any] = {"type": row["hub_id"], "value": round(float(row["value"]), 6), "name": row["label"]}
+            entry: dict[str, Any] = {"type": row["hub_id"], "value": round(float(row["value"]), 6),
+                                     "name": row["label"]}
             if row["metric"] == "f1_macro":
                 entry["config"] = "macro"
             if row.get("has_ci"):
