@@ -8,8 +8,10 @@ A scheduled run in background mode is split where the live model stops being nee
     completion thread   results ─▶ report complete, in step order ─▶ history, findings,
                         publisher (its own threads), listeners (gates, audit trail)
 
-The worker is a *process* started with the ``spawn`` method: never ``fork`` a process that
-holds torch's OpenMP threads (the child can deadlock on a lock a dead thread held). It gets
+The worker is a *process* forked from multiprocessing's fork server (``spawn`` where there is
+none): never ``fork`` the training process, which holds torch's OpenMP threads (the child can
+deadlock on a lock a dead thread held); the fork server is a fresh single-threaded process
+that has imported the analyses once, so a worker starts in milliseconds. It gets
 the probe set and the analyses once, at start, and then one message per run: the activations
 and model output as numpy arrays, the run's step/epoch/event and the parameter-free modules
 of the monitored layers (activation functions: enough for structure checks such as
@@ -27,7 +29,7 @@ The worker caps its thread pools (``torch.set_num_threads``, and ``OMP_NUM_THREA
 (default 1), so that it does not compete with the data loader for cores.
 
 A script that uses ``executor="background"`` needs the ``if __name__ == "__main__":`` guard
-that every ``spawn`` user needs (PyTorch's ``DataLoader(num_workers>0)`` on macOS and Windows
+that every ``spawn``/``forkserver`` user needs (PyTorch's ``DataLoader(num_workers>0)`` on macOS and Windows
 too): the worker imports the main module to find the classes of user-defined analyses.
 """
 
@@ -35,11 +37,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import queue
 import signal
 import threading
 import time
@@ -150,6 +152,8 @@ class _Run:
     #: perf_counter at the start of capture (for the console line's duration).
     t_run: float
     remote: dict[str, AnalysisResult] | None = None
+    #: Generation of the worker it was last sent to (0: none yet).
+    sent_to: int = 0
     report: Report | None = None
     complete: threading.Event = field(default_factory=threading.Event)
 
@@ -174,9 +178,9 @@ class _ModelStandIn(nn.Module):
         )
 
 
-def structure_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
-    """Parameter-free ``torch.nn`` modules among ``layers`` of ``model`` (what the worker may inspect)."""
-    out: dict[str, nn.Module] = {}
+def structure_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, bytes]:
+    """Parameter-free ``torch.nn`` modules among ``layers`` of ``model``, pickled (what the worker may inspect)."""
+    out: dict[str, bytes] = {}
     for layer in layers:
         try:
             module = model.get_submodule(layer)
@@ -184,7 +188,12 @@ def structure_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.M
             continue
         stateless = next(iter(module.parameters()), None) is None and next(iter(module.buffers()), None) is None
         if stateless and not list(module.children()) and type(module).__module__.startswith("torch.nn"):
-            out[layer] = module
+            # pickled now, on the training thread: the next capture will attach hooks to the
+            # live module while the hand-off thread sends this message
+            try:
+                out[layer] = pickle.dumps(module)
+            except Exception:  # a hook of someone else's (a closure) on the module: leave it out
+                continue
     return out
 
 
@@ -205,9 +214,33 @@ def run_recorded(analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
 
 
 # ---------------------------------------------------------------------------- worker process
+def _context() -> Any:
+    """``forkserver`` where the platform has it, else ``spawn``; never plain ``fork``.
+
+    The fork server is a fresh single-threaded process that imports the analyses once (the
+    preload), so a worker (and a restart after a crash) starts in tens of milliseconds instead of
+    re-importing torch, scikit-learn and matplotlib for seconds.
+    """
+    global _PRELOAD_SET
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    if not _PRELOAD_SET:
+        # '__main__' is the default preload: classes of the user's script are found there
+        context.set_forkserver_preload(["__main__", "neuronmap._executor", "neuronmap.analyses"])
+        _PRELOAD_SET = True
+    return context
+
+
+_PRELOAD_SET = False
+
+
 def _cap_threads(threads: int) -> None:
     """Cap every thread pool the analyses may use (torch intra-op, BLAS through threadpoolctl)."""
     import torch
+
+    # for the processes an analysis may start (joblib); this process' pools are capped below
+    os.environ.update({k: str(threads) for k in _THREAD_VARIABLES})
 
     torch.set_num_threads(threads)
     try:
@@ -254,7 +287,7 @@ def _serve(jobs: Any, results: Any, init: dict[str, Any]) -> None:
             return
         results.send(("started", message["seq"]))
         ctx = AnalysisContext(
-            model=_ModelStandIn(message["modules"]),
+            model=_ModelStandIn({k: pickle.loads(v) for k, v in message["modules"].items()}),
             probe=probe,
             activations=Activations(message["arrays"], reduce=message["reduce"], outputs=message["outputs"]),
             step=message["step"], epoch=message["epoch"], event=message["event"], history=history,
@@ -278,14 +311,18 @@ class BackgroundRuns:
     """Hands runs to a worker process and completes their reports in step order.
 
     Created by :class:`~neuronmap.NeuronMap` for ``executor="background"``; not public API.
+    Two helper threads do the waiting, so that the training thread never does: the hand-off
+    thread starts workers (the fork server's first start imports torch and the analyses:
+    seconds) and sends the runs, in order; the completion thread receives results, notices a
+    dead worker, and completes the reports.
 
     Args:
         analyses: The monitor's analyses; those without ``needs_model`` (and picklable) go to
             the worker, the others run on the training thread.
-        probe: The probe set (sent to the worker once).
+        probe: The probe set (sent to each worker once).
         finish: ``finish(run, results) -> Report``: the engine's completion step (findings,
             history, publishing, listeners), called on the completion thread in step order.
-        history: ``() -> History`` the worker starts from (and restarts from after a crash).
+        history: ``() -> History`` a worker starts from (and restarts from after a crash).
         threads: Thread cap of the worker.
         batch_size, random_state: The monitor's settings, for the worker's context.
     """
@@ -329,79 +366,60 @@ class BackgroundRuns:
         self._runs: collections.OrderedDict[int, _Run] = collections.OrderedDict()
         self._running: int | None = None
         self._started_any = False
+        self._want_worker = False
+        self._generation = 0
         self._process: Any = None
         self._jobs: Any = None
         self._results: Any = None
-        self._outbox: queue.Queue[Any] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = False
         #: Worker processes started so far (1 + restarts after crashes).
         self.starts = 0
+        #: ``state_dict()`` of each worker-side analysis after its last run in the worker.
+        self.states: dict[str, dict[str, Any]] = {}
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ state
     @property
     def worker_pid(self) -> int | None:
         """Process id of the live worker, if one is running."""
         process = self._process
         return process.pid if process is not None and process.exitcode is None else None
 
-    def start(self) -> None:
-        """Start the worker now (the engine calls it at preflight, so that start-up overlaps training)."""
-        with self._lock:
-            if self._process is None and self.remote and not self._closed:
-                self._spawn()
+    def _with_state(self, analysis: Analysis) -> Analysis:
+        """``analysis`` as the worker last left it (a copy with its reported state loaded)."""
+        state = self.states.get(analysis.name)
+        if not state:
+            return analysis
+        restored = copy.deepcopy(analysis)
+        restored.load_state_dict(state)
+        return restored
 
-    def _spawn(self) -> None:
-        # Called with the lock held.
-        context = multiprocessing.get_context("spawn")
-        jobs_r, jobs_w = context.Pipe(duplex=False)
-        results_r, results_w = context.Pipe(duplex=False)
-        init = {"probe": self.probe, "analyses": self.remote, "history": self._history().to_records(),
-                "threads": self.threads, "batch_size": self.batch_size, "random_state": self.random_state}
-        process = context.Process(target=_worker_main, args=(jobs_r, results_w, init), daemon=True,
-                                  name="neuronmap-analyses")
-        # The thread-pool variables are read once by the native libraries when the child loads
-        # them, so they must be in its environment from the start (spawn copies ours).
-        with _ENV_LOCK:
-            saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
-            os.environ.update({k: str(self.threads) for k in _THREAD_VARIABLES})
-            try:
-                process.start()
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-        jobs_r.close()
-        results_w.close()
-        self._process, self._jobs, self._results = process, jobs_w, results_r
-        self._running = None
-        self._started_any = False
-        self.starts += 1
-        if not self._threads:
-            self._threads = [threading.Thread(target=self._send_loop, name="neuronmap-handoff", daemon=True),
-                             threading.Thread(target=self._receive_loop, name="neuronmap-complete", daemon=True)]
-            for thread in self._threads:
-                thread.start()
-        else:
-            with self._lock:
-                self._lock.notify_all()  # the completion thread waits for a worker to watch
+    def state_dict(self, analysis: Analysis) -> dict[str, Any]:
+        """The state of ``analysis`` as its worker reported it (its own, if it runs here)."""
+        with self._lock:
+            return self.states.get(analysis.name) or analysis.state_dict()
 
     # ------------------------------------------------------------------ training thread
+    def start(self) -> None:
+        """Have a worker started now (the engine calls it at preflight: start-up overlaps training)."""
+        with self._lock:
+            if self.remote and not self._closed:
+                self._want_worker = True
+                self._ensure_threads()
+                self._lock.notify_all()
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def hand_off(self, run: _Run) -> None:
         """Queue ``run`` for the worker; waits only while :data:`MAX_IN_FLIGHT` runs are pending."""
         with self._lock:
             while len(self._runs) >= MAX_IN_FLIGHT and not self._closed:
                 self._lock.wait(0.5)
-            if self._process is None:
-                self._spawn()
             self._runs[run.seq] = run
-            self._outbox.put((self._jobs, run.message))
-
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+            self._ensure_threads()
+            self._lock.notify_all()
 
     def pending(self) -> int:
         """Runs handed off whose report is not complete yet."""
@@ -433,29 +451,98 @@ class BackgroundRuns:
             process, jobs = self._process, self._jobs
             self._process = None
             self._lock.notify_all()
-        self._outbox.put(None)
         _stop(process, jobs)
 
     def restart(self) -> None:
-        """Stop the worker after the runs in flight (it restarts with fresh state at the next hand-off)."""
+        """Stop the worker after the runs in flight (a new one starts, with the monitor's state)."""
         self.wait()
         with self._lock:
             process, jobs = self._process, self._jobs
             self._process = None
+            self.states.clear()  # the monitor's analyses hold the restored state now
         _stop(process, jobs)
 
     # ------------------------------------------------------------------ helper threads
+    def _ensure_threads(self) -> None:
+        # Called with the lock held.
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._send_loop, name="neuronmap-handoff", daemon=True),
+                             threading.Thread(target=self._receive_loop, name="neuronmap-complete", daemon=True)]
+            for thread in self._threads:
+                thread.start()
+
+    def _unsent(self) -> list[_Run]:
+        # Called with the lock held: runs the current worker has not been sent (every run still
+        # waiting for its results, when the next worker is yet to start), in order.
+        fresh = self._process is None
+        return [r for r in self._runs.values() if r.remote is None and (fresh or r.sent_to != self._generation)]
+
     def _send_loop(self) -> None:
-        # Pickling and writing the activations happen here, not on the training thread, and a
-        # worker busy with the previous run (not reading its pipe) never blocks a hand-off.
+        # Starting workers, pickling and writing the activations happen here, not on the
+        # training thread; a worker busy with the previous run never blocks a hand-off.
         while True:
-            item = self._outbox.get()
-            if item is None:
-                return
-            connection, message = item
-            # a dead worker's pipe refuses the message: the completion thread resends it
-            with contextlib.suppress(OSError, ValueError):
-                connection.send(message)
+            with self._lock:
+                while not self._closed and not (self._unsent() or (self._want_worker and self._process is None)):
+                    self._lock.wait(0.5)
+                if self._closed:
+                    return
+                need_worker = self._process is None
+            if need_worker:
+                try:
+                    started = self._start_worker()
+                except Exception as err:  # e.g. a probe set that cannot be pickled
+                    self._fail_unsent(f"the analysis worker could not start ({type(err).__name__}: {err})")
+                    continue
+                with self._lock:
+                    self._want_worker = False
+                    if self._closed:
+                        _stop(started[0], started[1])
+                        return
+                    self._process, self._jobs, self._results = started
+                    self._generation += 1
+                    self._running, self._started_any = None, False
+                    self.starts += 1
+                    self._lock.notify_all()  # the completion thread watches the new worker
+            with self._lock:
+                batch, jobs = self._unsent(), self._jobs
+                for run in batch:
+                    run.sent_to = self._generation
+            for run in batch:
+                try:
+                    jobs.send(run.message)
+                except OSError:
+                    pass  # a dead worker's pipe refuses the message: it is resent to the next worker
+                except Exception as err:  # never let this thread die: later runs need it
+                    text = f"its activations could not be sent to the worker ({type(err).__name__}: {err})"
+                    self._deliver(run.seq, self._failed(text), crash=True)
+
+    def _start_worker(self) -> tuple[Any, Any, Any]:
+        context = _context()
+        jobs_r, jobs_w = context.Pipe(duplex=False)
+        results_r, results_w = context.Pipe(duplex=False)
+        with self._lock:
+            analyses = [self._with_state(a) for a in self.remote]
+        init = {"probe": self.probe, "analyses": analyses, "history": self._history().to_records(),
+                "threads": self.threads, "batch_size": self.batch_size, "random_state": self.random_state}
+        process = context.Process(target=_worker_main, args=(jobs_r, results_w, init), daemon=True,
+                                  name="neuronmap-analyses")
+        # The thread-pool variables are read once by the native libraries when a process loads
+        # them, so they must be in the environment of the process that loads them (the fork
+        # server when it starts now, or a spawned worker).
+        with _ENV_LOCK:
+            saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+            os.environ.update({k: str(self.threads) for k in _THREAD_VARIABLES})
+            try:
+                process.start()
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        jobs_r.close()
+        results_w.close()
+        return process, jobs_w, results_r
 
     def _receive_loop(self) -> None:
         while True:
@@ -491,12 +578,8 @@ class BackgroundRuns:
         _, seq, results, states = message
         with self._lock:
             self._running = None
-        by_name = {a.name: a for a in self.remote}
-        for name, state in states.items():
-            if state and name in by_name:
-                # the monitor's copy carries the worker's state: state_dict() of the monitor
-                # (checkpoints) and a restarted worker see it
-                by_name[name].load_state_dict(state)
+            # what the monitor's state_dict() (checkpoints) reports, and a restarted worker loads
+            self.states.update(states)
         self._deliver(seq, results)
 
     def _on_worker_death(self, process: Any) -> None:
@@ -517,15 +600,17 @@ class BackgroundRuns:
             text = f"the analysis worker process crashed ({how}) while running this run's analyses ({names})"
             self._deliver(crashed, self._failed(text), crash=True)
         with self._lock:
-            if self._runs and not self._closed:
-                # the runs handed off after the crashed one go to a fresh worker, in order
-                self._spawn()
-                for run in self._runs.values():
-                    if run.remote is None:
-                        self._outbox.put((self._jobs, run.message))
+            self._lock.notify_all()  # the runs handed off after the crashed one go to a new worker
 
     def _failed(self, text: str) -> dict[str, AnalysisResult]:
         return {a.name: AnalysisResult(a.name, status="failed", error=text) for a in self.remote}
+
+    def _fail_unsent(self, text: str) -> None:
+        with self._lock:
+            seqs = [r.seq for r in self._unsent()]
+            self._want_worker = False
+        for seq in seqs:
+            self._deliver(seq, self._failed(text), crash=True)
 
     def _deliver(self, seq: int, results: dict[str, AnalysisResult], *, crash: bool = False) -> None:
         """Store ``results`` for run ``seq``, then complete every run that is next in order."""
@@ -568,7 +653,7 @@ def _stop(process: Any, jobs: Any) -> None:
 
 def worker_message(run_seq: int, *, step: int, epoch: int | None, event: str | None, started: str,
                    arrays: Mapping[str, np.ndarray], reduce: str, outputs: np.ndarray | None,
-                   modules: Mapping[str, nn.Module]) -> dict[str, Any]:
+                   modules: Mapping[str, bytes]) -> dict[str, Any]:
     """The message one run sends to the worker: numpy arrays and plain values."""
     return {"seq": run_seq, "step": step, "epoch": epoch, "event": event, "started": started,
             "arrays": {k: np.asarray(v) for k, v in arrays.items()}, "reduce": reduce,

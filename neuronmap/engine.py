@@ -661,7 +661,8 @@ class NeuronMap:
         return {
             "schedule": self.schedule.state.to_dict(),
             "history": self.history.to_records(),
-            "analyses": {a.name: a.state_dict() for a in self.analyses},
+            "analyses": {a.name: a.state_dict() if self._background is None else self._background.state_dict(a)
+                         for a in self.analyses},
             "probe_fingerprint": self.probe.fingerprint(),
         }
 
