@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import sys
 import threading
@@ -49,13 +48,13 @@ from typing import TYPE_CHECKING, Any
 
 from neuronmap._files import append_jsonl, write_text_atomic
 from neuronmap.errors import InvalidParameterError, ReporterError, ReporterWarning
+from neuronmap.reporters._spool_codec import _Codec
 from neuronmap.reporters.base import (
     BaseReporter,
     Reporter,
     RunStatus,
     log_metrics_at,
     publish_report,
-    render_png,
 )
 from neuronmap.reporters.local import LocalReporter
 from neuronmap.runs.folder import DEFAULT_ROOT, new_run_name, safe_name
@@ -429,133 +428,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _read_done(spool_dir: Path) -> int:
     path = spool_dir / "done"
     return int(path.read_text().strip() or 0) if path.exists() else 0
-
-
-class _Codec:
-    """JSON encoding of call arguments; files under ``<spool_dir>/files/<seq>/``."""
-
-    def __init__(self, spool_dir: Path, seq: int, *, folder: str = "spool") -> None:
-        self.root = spool_dir
-        # rejected calls keep their files apart: "files/" is emptied once the spool drains
-        self.folder = Path("files" if folder == "spool" else f"{folder}-files") / str(seq)
-        self._count = 0
-
-    def _new_file(self, suffix: str) -> tuple[Path, str]:
-        self._count += 1
-        rel = self.folder / f"{self._count}{suffix}"
-        (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-        return self.root / rel, rel.as_posix()
-
-    def encode_args(self, args: Sequence[Any]) -> list[Any]:
-        return [self.encode(a) for a in args]
-
-    def decode_args(self, args: Sequence[Any]) -> list[Any]:
-        return [self.decode(a) for a in args]
-
-    def encode(self, value: Any) -> Any:
-        import pandas as pd
-
-        from neuronmap.results import Report
-
-        if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
-            return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else {"$float": str(value)}
-        if isinstance(value, Mapping):
-            return {str(k): self.encode(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.encode(v) for v in value]
-        if isinstance(value, Path):
-            if not value.exists():  # kept as a name: the tracker will reject it, not the spool
-                return {"$missing": str(value)}
-            path, rel = self._new_file("")
-            path.mkdir()
-            dest = path / value.name
-            shutil.copytree(value, dest) if value.is_dir() else shutil.copy2(value, dest)
-            return {"$path": f"{rel}/{value.name}"}
-        if isinstance(value, pd.DataFrame):
-            path, rel = self._new_file(".csv")
-            keep_index = not isinstance(value.index, pd.RangeIndex)
-            value.to_csv(path, index=keep_index)
-            return {"$table": rel, "index": keep_index}
-        if isinstance(value, Report):
-            return {"$report": self._encode_report(value)}
-        if hasattr(value, "savefig"):
-            path, rel = self._new_file(".png")
-            # fixed geometry (no bbox cropping), so the PNG is exactly dpi * size pixels
-            path.write_bytes(render_png(value, dpi=value.dpi, tight=False))
-            return {"$figure": rel, "dpi": float(value.dpi)}
-        if hasattr(value, "item"):  # numpy / torch scalars
-            return self.encode(value.item())
-        return str(value)
-
-    def decode(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self.decode(v) for v in value]
-        if not isinstance(value, dict):
-            return value
-        if "$float" in value:
-            return float(value["$float"])
-        if "$path" in value:
-            return self.root / value["$path"]
-        if "$missing" in value:
-            return Path(value["$missing"])
-        if "$table" in value:
-            import pandas as pd
-
-            return pd.read_csv(self.root / value["$table"], index_col=0 if value["index"] else None)
-        if "$figure" in value:
-            return _figure_from_png(self.root / value["$figure"], dpi=value["dpi"])
-        if "$report" in value:
-            return self._decode_report(value["$report"])
-        return {k: self.decode(v) for k, v in value.items()}
-
-    def _encode_report(self, report: Report) -> dict[str, Any]:
-        return {
-            "step": report.step, "epoch": report.epoch, "event": report.event, "timestamp": report.timestamp,
-            "probe_fingerprint": report.probe_fingerprint, "timings": self.encode(dict(report.timings)),
-            "results": {
-                name: {
-                    "metrics": self.encode(dict(r.metrics)), "status": r.status, "error": r.error,
-                    "notes": list(r.notes), "duration_s": r.duration_s,
-                    "tables": {k: self.encode(t) for k, t in r.tables.items()},
-                    "figures": {k: self.encode(f) for k, f in r.figures.items()},
-                }
-                for name, r in report.results.items()
-            },
-        }
-
-    def _decode_report(self, data: Mapping[str, Any]) -> Report:
-        from neuronmap.analyses.base import AnalysisResult
-        from neuronmap.results import Report
-
-        results = {
-            name: AnalysisResult(
-                name, metrics=self.decode(r["metrics"]), status=r["status"], error=r["error"],
-                notes=tuple(r["notes"]), duration_s=r["duration_s"],
-                tables={k: self.decode(t) for k, t in r["tables"].items()},
-                figures={k: self.decode(f) for k, f in r["figures"].items()},
-            )
-            for name, r in data["results"].items()
-        }
-        return Report(
-            step=data["step"], epoch=data["epoch"], event=data["event"], timestamp=data["timestamp"],
-            results=results, probe_fingerprint=data["probe_fingerprint"], timings=self.decode(data["timings"]),
-        )
-
-
-def _figure_from_png(path: Path, *, dpi: float) -> Figure:
-    """A figure of the PNG's exact pixel size that shows the PNG (no pyplot involved)."""
-    from matplotlib.figure import Figure
-    from matplotlib.image import imread
-
-    image = imread(path)
-    height, width = image.shape[:2]
-    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-    axes.imshow(image, interpolation="none")
-    axes.set_axis_off()
-    return figure
 
 
 def default_spool_root(reporters: Sequence[Reporter]) -> Path:
