@@ -45,7 +45,6 @@ import pickle
 import signal
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from torch import nn
 
+from neuronmap._failures import run_analysis
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.errors import AnalysisFailedWarning, InvalidParameterError, NeuronMapWarning
 from neuronmap.results import Report
@@ -198,19 +198,8 @@ def structure_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, byte
 
 
 def run_recorded(analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
-    """Run ``analysis``; a failure becomes a ``failed`` result (the engine's non-strict policy)."""
-    t0 = time.perf_counter()
-    was_training = ctx.model.training
-    try:
-        result = analysis.run(ctx)
-    except Exception as err:
-        error = traceback.format_exception_only(type(err), err)[-1].strip()
-        return AnalysisResult(analysis.name, status="failed", error=error, duration_s=time.perf_counter() - t0)
-    finally:
-        ctx.model.train(was_training)
-    return AnalysisResult(result.name, metrics=result.metrics, tables=result.tables, figures=result.figures,
-                          notes=result.notes, status=result.status, error=result.error,
-                          duration_s=time.perf_counter() - t0)
+    """Run ``analysis``; a failure becomes a ``failed`` result (the engine's non-strict policy, unwarned)."""
+    return run_analysis(analysis, ctx, warn=False)
 
 
 # ---------------------------------------------------------------------------- worker process

@@ -59,7 +59,8 @@ def preflight(monitor: NeuronMap, model: nn.Module, *, owner: str = "NeuronMap")
     Raises:
         PreflightError: One or more problems; ``.problems`` lists them.
     """
-    from neuronmap.capture.hooks import ActivationCapture, run_probe
+    from neuronmap.capture.hooks import run_probe
+    from neuronmap.capture.monitored import monitored_capture
     from neuronmap.distributed import (
         current_world,
         eager_forward,
@@ -95,10 +96,7 @@ def preflight(monitor: NeuronMap, model: nn.Module, *, owner: str = "NeuronMap")
     if names is not None and n > 0:
         needs_outputs = any(a.needs_outputs for a in monitor.analyses)
         batch = monitor.probe.subset(np.arange(n))
-        cap = ActivationCapture(
-            target, list(names.values()), reduce=monitor.reduce, capture=monitor.capture,  # type: ignore[arg-type]
-            output_index=monitor.output_index, capture_model_output=needs_outputs,
-        )
+        cap = monitored_capture(monitor, target, names)
         try:
             with ranks_agree(current_world(monitor.distributed), "Preflight"), \
                     eager_forward(target, list(names.values())):

@@ -8,7 +8,6 @@ nothing, so idle costs one integer comparison.
 from __future__ import annotations
 
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -28,24 +27,20 @@ from neuronmap._executor import (
     structure_modules,
     worker_message,
 )
+from neuronmap._failures import guarded, run_analysis
 from neuronmap._preflight import Preflight
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
 from neuronmap.capture.checks import check_device, check_max_bytes
-from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, model_device, run_probe
+from neuronmap.capture.hooks import Activations, model_device
+from neuronmap.capture.monitored import NoModel, capture_probe
 from neuronmap.capture.reduce import Reduction, check_reduction
 from neuronmap.distributed import (
     DistributedMode,
     current_world,
-    eager_forward,
-    gather_rows,
-    hook_layers,
     is_sharded,
-    ranks_agree,
-    shard_probe,
     unwrap_model,
 )
 from neuronmap.errors import (
-    AnalysisError,
     AnalysisFailedWarning,
     InvalidParameterError,
     ReporterWarning,
@@ -58,16 +53,6 @@ from neuronmap.results import History, Report
 from neuronmap.schedule import Schedule, ScheduleState
 
 __all__ = ["NeuronMap"]
-
-
-class _NoModel(nn.Module):
-    """Stands in for the model when analysing saved activations; calling it is an error."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("This analysis needs the model, but only saved activations were given.")
-
-#: Key under which the model output travels with the layers through the distributed gather.
-_OUTPUTS_KEY = "\x00outputs"
 
 
 class NeuronMap:
@@ -224,19 +209,6 @@ class NeuronMap:
     def reporters(self, value: Sequence[Reporter]) -> None:
         self.publisher.reporters = value
 
-    @property
-    def _reporter_spec(self) -> Sequence[Reporter | str] | None:
-        # kept for code written against 0.1, which read the engine's private fields
-        return self.publisher.spec
-
-    @property
-    def _reporters(self) -> list[Reporter] | None:
-        return self.publisher.reporters if self.publisher.resolved else None
-
-    def _guarded_reporters(self) -> list[Reporter]:
-        """The reporters, each behind its own spool (outage tolerance lives in ``reporters._spool``)."""
-        return self.publisher.guarded
-
     def add_listener(self, listener: Callable[[Report, nn.Module], None]) -> None:
         """Call ``listener(report, model)`` after every run (audit trail, gates)."""
         self._listeners.append(listener)
@@ -325,29 +297,7 @@ class NeuronMap:
             LayerNotFoundError, ForwardError, MemoryBudgetError: As :func:`capture_activations`;
                 under ``torch.distributed``, on every rank when any rank failed.
         """
-        target = unwrap_model(model)
-        names = hook_layers(target, self.layers)
-        world = current_world(self.distributed)
-        probe = self.probe if world is None else shard_probe(self.probe, world)
-        cap = ActivationCapture(
-            target,
-            list(names.values()),
-            reduce=self.reduce,
-            capture=self.capture,  # type: ignore[arg-type]
-            output_index=self.output_index,
-            capture_model_output=any(a.needs_outputs for a in self.analyses),
-        )
-        with ranks_agree(world), eager_forward(target, list(names.values())):
-            run_probe(target, probe, cap, batch_size=self.batch_size, device=self.device, max_bytes=self.max_bytes)
-        captured = cap.collect()
-        arrays = {clean: _numpy(captured[real]) for clean, real in names.items() if real in captured}
-        outputs = cap.collect_outputs()
-        if outputs is not None:
-            arrays[_OUTPUTS_KEY] = _numpy(outputs)
-        if world is not None:
-            arrays = gather_rows(arrays, len(self.probe), world)
-        logits = arrays.pop(_OUTPUTS_KEY, None)
-        return Activations(arrays, reduce=self.reduce, outputs=logits)
+        return capture_probe(self, model)
 
     def run(self, model: nn.Module, *, step: int, epoch: int | None = None, event: str | None = None) -> Report:
         """Capture, analyse and report now, whatever the schedule says.
@@ -487,7 +437,7 @@ class NeuronMap:
                 )
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return self._analyse_and_report(
-            activations, model if model is not None else _NoModel(), step=step, epoch=epoch, event=event,
+            activations, model if model is not None else NoModel(), step=step, epoch=epoch, event=event,
             started=started, timings={"capture": 0.0},
         )
 
@@ -551,19 +501,7 @@ class NeuronMap:
             self._guarded(getattr(listener, "__qualname__", type(listener).__name__), listener, report, model)
 
     def _guarded(self, what: str, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
-        """``fn(*args)``; a failure warns and returns ``default`` (``strict=True`` raises)."""
-        try:
-            return fn(*args)
-        except Exception as err:
-            if self.strict:
-                raise
-            warnings.warn(
-                f"NeuronMap's {what} failed ({type(err).__name__}: {err}); the run's results are kept and "
-                "training goes on. Pass strict=True to raise.",
-                AnalysisFailedWarning,
-                stacklevel=4,
-            )
-            return default
+        return guarded(what, fn, *args, strict=self.strict, default=default)
 
     def _skip_run(
         self, err: Exception, model: nn.Module, *, step: int, epoch: int | None, event: str | None, started: str
@@ -587,33 +525,7 @@ class NeuronMap:
         return report
 
     def _run_analysis(self, analysis: Analysis, ctx: AnalysisContext) -> AnalysisResult:
-        t0 = time.perf_counter()
-        was_training = ctx.model.training
-        try:
-            result = analysis.run(ctx)
-        except Exception as err:
-            if self.strict:
-                raise AnalysisError(f"Analysis {analysis.name!r} failed at step {ctx.step}: {err}") from err
-            warnings.warn(
-                f"NeuronMap analysis {analysis.name!r} failed at step {ctx.step} and was skipped "
-                f"({type(err).__name__}: {err}); training goes on. Pass strict=True to raise.",
-                AnalysisFailedWarning,
-                stacklevel=4,
-            )
-            tb = traceback.format_exception_only(type(err), err)[-1].strip()
-            return AnalysisResult(analysis.name, status="failed", error=tb, duration_s=time.perf_counter() - t0)
-        finally:
-            ctx.model.train(was_training)
-        return AnalysisResult(
-            result.name,
-            metrics=result.metrics,
-            tables=result.tables,
-            figures=result.figures,
-            notes=result.notes,
-            status=result.status,
-            error=result.error,
-            duration_s=time.perf_counter() - t0,
-        )
+        return run_analysis(analysis, ctx, strict=self.strict)
 
     def _publish(self, report: Report) -> None:
         # Queued for the reporters' own threads; each reporter is spooled, so a failing

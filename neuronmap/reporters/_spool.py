@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import threading
 import time
 import warnings
@@ -46,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuronmap._failures import caller_stacklevel
 from neuronmap._files import append_jsonl, write_text_atomic
 from neuronmap.errors import InvalidParameterError, ReporterError, ReporterWarning
 from neuronmap.reporters._spool_codec import _Codec
@@ -285,7 +285,7 @@ class SpooledReporter(BaseReporter):
         self._pending -= 1
 
     def _warn(self, message: str) -> None:
-        warnings.warn(message, ReporterWarning, stacklevel=_caller_level())
+        warnings.warn(message, ReporterWarning, stacklevel=caller_stacklevel())
 
     def _replay(self) -> bool:
         """Deliver spooled calls in order, stopping at a transient failure; True once drained."""
@@ -400,15 +400,6 @@ def replay_command(spool_dir: str | Path) -> str:
     folder = Path(spool_dir)
     run_dir = folder.parent.parent if folder.parent.name == "spool" else None
     return f"neuronmap replay {run_dir}" if run_dir is not None else "neuronmap replay RUN_DIR"
-
-
-def _caller_level() -> int:
-    """``stacklevel`` of the first frame outside NeuronMap: the training loop that made the call."""
-    package = str(Path(__file__).resolve().parent.parent)
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

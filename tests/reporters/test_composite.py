@@ -99,7 +99,7 @@ def test_the_engine_does_not_wrap_a_composite_twice(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         report = monitor.run(tiny_mlp(), step=5, epoch=0, event="validation_end")
         monitor.close()
-    assert monitor._guarded_reporters() == [both]
+    assert monitor.publisher.guarded == [both]
     assert isinstance(both.reporters[0], SpooledReporter)
     lines = [json.loads(x) for x in (local.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["epoch"], r["event"]) for r in lines] == [(5, 0, "validation_end")]  # log_report kept

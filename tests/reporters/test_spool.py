@@ -295,7 +295,7 @@ def test_engine_goes_on_and_spools_into_the_local_run_folder(tmp_path: Path) -> 
         for step in (0, 10):
             monitor.run(tiny_mlp(), step=step)
         monitor.flush()  # published on background threads
-    assert [type(r) for r in monitor._guarded_reporters()] == [SpooledReporter, SpooledReporter]
+    assert [type(r) for r in monitor.publisher.guarded] == [SpooledReporter, SpooledReporter]
     spool = local.run_dir / "spool" / "1-outage" / "spool.jsonl"
     assert [json.loads(x)["method"] for x in spool.read_text().splitlines()][:2] == ["log_params", "log_metrics"]
     assert sorted(set(pd.read_json(local.run_dir / "metrics.jsonl", lines=True)["step"])) == [0, 10]
