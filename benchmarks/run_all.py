@@ -13,7 +13,7 @@ Issue 17: 6 the cost of every built-in analysis at its defaults (``analysis_cost
 7 start-up: ``neuronmap --version`` and ``import neuronmap`` (``startup.py``).
 Issue 18: 8 the cost of the adversarial, regression, world-model and cross-lingual analyses
 on MiniLM at their defaults (``analyses_iv.py``).
-Issue 19: 8 the service under load (``service_load.py``: 50 clients, a 10k-point history, 60 s).
+Issue 19: 10 the service under load (``service_load.py``: 50 clients, a 10k-point history, 60 s).
 Issue 14: 9 the training loop with the tracker frozen vs answering (``hung_tracker.py``).
 
     python benchmarks/run_all.py                  # reduced sizes (minutes on 2 cores)
@@ -46,7 +46,7 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "7": ("startup.py", ["--repeats", "9"], ["--repeats", "15"], False),
     "8": ("analyses_iv.py", ["--repeats", "1"], ["--repeats", "3"], True),
     # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
-    "8": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
+    "10": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
     # issue 14: the training loop while the MLflow server is frozen vs answering
     "9": ("hung_tracker.py", ["--rounds", "3"], ["--rounds", "5"], False),
     # question 1 against nnsight and TransformerLens: needs .venv-peers (benchmarks/requirements-peers.txt)
