@@ -41,7 +41,8 @@ def test_shards_are_equal_sized_and_cover_every_example_once_in_order(n: int, si
 
 def test_no_process_group_means_single_process() -> None:
     assert current_world() is None
-    with pytest.raises(InvalidParameterError, match=r"'distributed' parameter must be one of \['auto', 'off'\]; got 'yes'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"'distributed' parameter must be one of \['auto', 'off'\]; got 'yes'"):
         nm.NeuronMap(tiny_probe(), layers="net.*", distributed="yes")  # type: ignore[arg-type]
 
 

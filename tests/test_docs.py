@@ -311,7 +311,8 @@ def _check_synopsis(block: Block) -> None:
             assert option in text, f"{block.where}: `neuronmap {' '.join(command)}` has no {option}"
         for choices in re.findall(r"--[a-z-]+ ([\w.-]+(?:\|[\w.-]+)+)", line):
             for choice in choices.split("|"):
-                assert choice in text, f"{block.where}: {choice!r} is not a choice `neuronmap {' '.join(command)} --help` lists"
+                assert choice in text, (f"{block.where}: {choice!r} is not a choice "
+                                        f"`neuronmap {' '.join(command)} --help` lists")
 
 
 def _documents() -> list[Path]:

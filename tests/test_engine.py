@@ -183,7 +183,8 @@ def test_two_instances_of_one_analysis_get_distinct_names() -> None:
     probe = tiny_probe(n=60)
     monitor = nm.NeuronMap(
         probe, layers="net.1", reporters=[],
-        analyses=[nm.Probing(cv=3, n_permutations=0), nm.Probing("group", cv=3, n_permutations=0, name="probing_group")],
+        analyses=[nm.Probing(cv=3, n_permutations=0),
+                  nm.Probing("group", cv=3, n_permutations=0, name="probing_group")],
     )
     metrics = monitor.run(tiny_mlp(), step=0).metrics
     assert "neuronmap/probing/net.1/accuracy" in metrics

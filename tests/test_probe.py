@@ -116,12 +116,14 @@ def test_length_mismatch_names_both_lengths(kwargs, message) -> None:
 
 
 def test_inputs_disagreeing_on_length() -> None:
-    with pytest.raises(ProbeSetError, match=r"disagree on the number of examples: \{'input_ids': 3, 'attention_mask': 2\}"):
+    with pytest.raises(ProbeSetError,
+                       match=r"disagree on the number of examples: \{'input_ids': 3, 'attention_mask': 2\}"):
         ProbeSet({"input_ids": torch.zeros(3, 4), "attention_mask": torch.zeros(2, 4)})
 
 
 def test_missing_column_lists_the_columns_there_are() -> None:
-    with pytest.raises(ProbeSetError, match=r"Column 'race' not found in probe set 'tiny-text'; it has \['text', 'gender', 'label'\]"):
+    with pytest.raises(ProbeSetError,
+                       match=r"Column 'race' not found in probe set 'tiny-text'; it has \['text', 'gender', 'label'\]"):
         tiny_text_probe().column("race")
 
 

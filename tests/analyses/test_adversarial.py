@@ -124,7 +124,9 @@ def test_token_model_is_attacked_in_embedding_space_relative_to_each_token_norm(
     report = _run(model, probe, analysis, layers=["bert.encoder.layer.*"])
     result = report.results["adversarial"]
     assert result.status == "ok", result.error
-    assert result.notes[0].startswith("16 examples attacked in the embeddings space at 'bert.embeddings.word_embeddings'")
+    assert result.notes[0].startswith(
+        "16 examples attacked in the embeddings space at 'bert.embeddings.word_embeddings'"
+    )
     assert set(result.figures) == {"flip_rate", "representation_shift", "text_flip_rate"}
     text = result.tables["text_perturbations"]
     assert set(text.perturbation) == {"char_swap", "synonym_swap"}

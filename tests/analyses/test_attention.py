@@ -269,5 +269,6 @@ def test_ablation_examples_measures_importance_on_a_seeded_subsample():
     everything = _run(model, probe, AttentionAnalysis(ablation=False), strict=True).results["attention"]
     pd.testing.assert_series_equal(sub.tables["heads"]["entropy"], everything.tables["heads"]["entropy"])
     assert any("5 of 12 probe examples" in note for note in sub.notes)
-    with pytest.raises(InvalidParameterError, match=r"'ablation_examples' parameter of AttentionAnalysis .* got 1 instead"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"'ablation_examples' parameter of AttentionAnalysis .* got 1 instead"):
         AttentionAnalysis(ablation_examples=1)

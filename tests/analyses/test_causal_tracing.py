@@ -121,7 +121,8 @@ def test_hooks_are_removed_after_a_run_and_after_a_failure() -> None:
                  strict=True).run(model, step=0)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     bad = CausalTracing(layers=BERT_LAYERS, corrupt=[KEY], target=99, n_samples=1, max_examples=2)
-    with pytest.raises(nm.NeuronMapError, match=r"targets must be class/token ids in \[0, 1\]; got values from 99 to 99"):
+    with pytest.raises(nm.NeuronMapError,
+                       match=r"targets must be class/token ids in \[0, 1\]; got values from 99 to 99"):
         nm.NeuronMap(key_token_probe(4), layers="bert.encoder.layer.0", analyses=[bad], reporters=[],
                      strict=True).run(model, step=0)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

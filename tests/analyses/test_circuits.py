@@ -76,7 +76,8 @@ def test_circuit_keeps_a_layer0_head_and_drops_the_dead_layer1_heads(circuit) ->
     assert m["neuronmap/circuit_discovery/model/circuit_size"] == len(kept) < 6
     for head in (0, 1):
         assert m[f"neuronmap/circuit_discovery/{HEADS.replace('*', '1')}/head_{head}/in_circuit"] == 0.0
-        assert m[f"neuronmap/circuit_discovery/{HEADS.replace('*', '1')}/head_{head}/ablation_effect"] == pytest.approx(0.0, abs=1e-6)
+        key = f"neuronmap/circuit_discovery/{HEADS.replace('*', '1')}/head_{head}/ablation_effect"
+        assert m[key] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_circuit_is_sufficient_and_minimal_by_independent_patching(circuit) -> None:

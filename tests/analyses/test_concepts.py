@@ -73,7 +73,8 @@ def test_pca_explained_variance_is_the_eigenvalue_ratio() -> None:
     _, x = _sources(seed=1)
     report = _run(x, ConceptExtraction("pca", n_components=2))
     eig = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) ** 2
-    assert report.metrics["neuronmap/concept_extraction/0/explained_variance"] == pytest.approx(eig[:2].sum() / eig.sum())
+    explained = report.metrics["neuronmap/concept_extraction/0/explained_variance"]
+    assert explained == pytest.approx(eig[:2].sum() / eig.sum())
 
 
 def test_ica_unmixes_independent_sources_better_than_pca() -> None:
@@ -86,7 +87,8 @@ def test_ica_unmixes_independent_sources_better_than_pca() -> None:
     assert ica["neuronmap/concept_extraction/0/label_correlation"] > 0.97
     assert ica["neuronmap/concept_extraction/0/s1_correlation"] > 0.97
     assert ica["neuronmap/concept_extraction/0/explained_variance"] == pytest.approx(1.0, abs=1e-6)
-    assert pca["neuronmap/concept_extraction/0/label_correlation"] < ica["neuronmap/concept_extraction/0/label_correlation"]
+    key = "neuronmap/concept_extraction/0/label_correlation"
+    assert pca[key] < ica[key]
 
 
 def test_extraction_rejects_unknown_methods() -> None:

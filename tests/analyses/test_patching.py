@@ -87,7 +87,8 @@ def test_dead_heads_have_no_effect_and_live_heads_do(denoised) -> None:
     live = [m[f"neuronmap/activation_patching/bert.encoder.layer.0.attention.output.dense/head_{h}/patch_effect"]
             for h in (0, 1)]
     assert max(live) > 0.2
-    assert m["neuronmap/activation_patching/model/logit_diff_clean"] > 0 > m["neuronmap/activation_patching/model/logit_diff_corrupted"]
+    prefix = "neuronmap/activation_patching/model"
+    assert m[f"{prefix}/logit_diff_clean"] > 0 > m[f"{prefix}/logit_diff_corrupted"]
     assert -1.0 <= m["neuronmap/activation_patching/model/attribution_spearman"] <= 1.0
 
 

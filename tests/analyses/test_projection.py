@@ -80,7 +80,8 @@ def test_subsampling_and_constant_layers_are_noted() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"methods": ["pca", "mds"]}, r"methods must be a non-empty subset of \('pca', 'tsne', 'umap'\); got \['pca', 'mds'\]"),
+        ({"methods": ["pca", "mds"]},
+         r"methods must be a non-empty subset of \('pca', 'tsne', 'umap'\); got \['pca', 'mds'\]"),
         ({"methods": []}, r"methods must be a non-empty subset"),
         ({"max_points": 3}, r"max_points must be an integer >= 10; got 3"),
         ({"perplexity": 0}, r"perplexity must be positive; got 0"),

@@ -74,7 +74,8 @@ def test_null_p_values_are_calibrated():
     for seed in range(40):
         x = rng.standard_normal((40, 6))
         probe = nm.ProbeSet(torch.tensor(x, dtype=torch.float32), metadata={"y": rng.standard_normal(40)})
-        analysis = nm.RegressionProbing("y", n_permutations=99, n_bootstrap=20, control_task=False, random_features=False)
+        analysis = nm.RegressionProbing("y", n_permutations=99, n_bootstrap=20, control_task=False,
+                                        random_features=False)
         report = nm.NeuronMap(probe, layers=["0"], analyses=[analysis], reporters=[], random_state=seed).run(
             nn.Sequential(nn.Identity()), step=0)
         pvalues.append(report.results["regression_probing"].tables["regression_probing"].p.iloc[0])

@@ -77,7 +77,8 @@ def test_cka_on_a_torch_device_equals_numpy(device: str) -> None:
         assert got.metrics.keys() == expected.metrics.keys()
         for key, value in expected.metrics.items():
             assert got.metrics[key] == pytest.approx(value, abs=1e-6), key
-        pd.testing.assert_frame_equal(got.results["cka"].tables["cka"], expected.results["cka"].tables["cka"], atol=1e-6)
+        pd.testing.assert_frame_equal(got.results["cka"].tables["cka"], expected.results["cka"].tables["cka"],
+                                      atol=1e-6)
         model = model.cpu()
 
 

@@ -68,7 +68,8 @@ class TokenDataset(torch.utils.data.Dataset[dict[str, Any]]):
         inputs, labels = self.probe.inputs, self.probe.labels
         if labels is None:
             raise ValueError("the training probe set needs labels")
-        return {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i], "labels": int(labels[i])}
+        return {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i],
+                "labels": int(labels[i])}
 
 
 def _args(out: Path, **kwargs: Any) -> TrainingArguments:

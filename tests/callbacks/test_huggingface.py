@@ -42,7 +42,8 @@ class _Dataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         inputs = self.probe.inputs
         labels = self.probe.labels
         assert labels is not None
-        return {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i], "labels": int(labels[i])}
+        return {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i],
+                "labels": int(labels[i])}
 
 
 class _Raises(Analysis):
@@ -118,7 +119,8 @@ def test_evaluate_alone_runs_once_and_closes_the_run(tmp_path: Path) -> None:
 
 
 def test_step_schedule_runs_and_a_failing_analysis_does_not_stop_training(tmp_path: Path) -> None:
-    callback, runs = _callback(analyses=[_Raises(), nm.ActivationStats()], schedule=nm.Schedule(every_n_steps=3), reporters=[])
+    callback, runs = _callback(analyses=[_Raises(), nm.ActivationStats()], schedule=nm.Schedule(every_n_steps=3),
+                               reporters=[])
     trainer = _trainer(tmp_path, callback)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

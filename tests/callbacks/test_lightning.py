@@ -189,7 +189,8 @@ def test_arguments_are_checked_with_helpful_messages() -> None:
     monitor = nm.NeuronMap(tiny_probe(), layers="net.*", reporters=[])
     with pytest.raises(InvalidParameterError, match=r"either a NeuronMap or NeuronMap's keyword arguments, not both"):
         NeuronMapCallback(monitor, layers="net.*")
-    with pytest.raises(InvalidParameterError, match=r"needs a NeuronMap or at least the keywords probe= and layers=; missing \['layers'\]"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"needs a NeuronMap or at least the keywords probe= and layers=; missing \['layers'\]"):
         NeuronMapCallback(probe=tiny_probe())
     with pytest.raises(InvalidParameterError, match=r"first argument must be a neuronmap.NeuronMap; got str"):
         NeuronMapCallback("net.*")  # type: ignore[arg-type]

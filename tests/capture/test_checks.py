@@ -41,7 +41,8 @@ def test_good_max_bytes() -> None:
 
 @no_cuda
 def test_cuda_on_a_cpu_only_machine_is_a_clear_error_at_construction() -> None:
-    message = r"The 'device' parameter is 'cuda', but torch.cuda.is_available\(\) is False .* Available devices: \['cpu'"
+    message = (r"The 'device' parameter is 'cuda', but torch.cuda.is_available\(\) is False .* "
+               r"Available devices: \['cpu'")
     with pytest.raises(InvalidParameterError, match=message):
         _monitor(device="cuda")
     with pytest.raises(InvalidParameterError, match=r"'cuda:1', but torch.cuda.is_available\(\) is False"):

@@ -22,7 +22,8 @@ def test_mean_capture_equals_masked_mean_of_output_hidden_states() -> None:
     with torch.no_grad():
         hidden = model(**probe.inputs, output_hidden_states=True).hidden_states
     for i in range(2):
-        np.testing.assert_allclose(acts[f"encoder.layer.{i}"], _masked_mean(hidden[i + 1], probe.attention_mask), atol=1e-5)
+        np.testing.assert_allclose(acts[f"encoder.layer.{i}"], _masked_mean(hidden[i + 1], probe.attention_mask),
+                                   atol=1e-5)
 
 
 @pytest.mark.parametrize("reduce", ["first", "last", "max", "none"])
@@ -88,7 +89,8 @@ class _Broken(nn.Module):
 
 def test_model_that_raises_inside_forward_removes_hooks_and_chains_the_error() -> None:
     model = _Broken()
-    with pytest.raises(ForwardError, match=r"_Broken raised RuntimeError on probe batch 0 \(inputs \{'input': \(4, 4\)\}") as info:
+    with pytest.raises(ForwardError,
+                       match=r"_Broken raised RuntimeError on probe batch 0 \(inputs \{'input': \(4, 4\)\}") as info:
         capture_activations(model, ProbeSet(torch.randn(4, 4)), layers="lin")
     assert isinstance(info.value.__cause__, RuntimeError)
     assert not model.lin._forward_hooks
@@ -111,17 +113,21 @@ class _Wrapper(nn.Module):
 
 
 def test_module_output_without_tensor_is_a_clear_error() -> None:
-    with pytest.raises(InvalidParameterError, match=r"Module 'odd' \(_NoTensor\) output holds no tensor: got tuple\(NoneType, str\)"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"Module 'odd' \(_NoTensor\) output holds no tensor: got tuple\(NoneType, str\)"):
         capture_activations(_Wrapper(), ProbeSet(torch.randn(2, 3)), layers="odd")
 
 
 def test_unknown_reduce_lists_allowed_values() -> None:
-    with pytest.raises(InvalidParameterError, match=r"must be one of \['mean', 'first', 'last', 'max', 'none'\]; got 'avg'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"must be one of \['mean', 'first', 'last', 'max', 'none'\]; got 'avg'"):
         capture_activations(tiny_mlp(), tiny_probe(), layers="net.0", reduce="avg")  # type: ignore[arg-type]
 
 
 def test_reduce_none_over_budget_reports_the_estimate() -> None:
-    with pytest.raises(MemoryBudgetError, match=r"reduce='none' would hold about .* KiB of activations for 32 examples x 2 layers.*over max_bytes=1.0 KiB. Use reduce='mean'"):
+    with pytest.raises(MemoryBudgetError,
+                       match=r"reduce='none' would hold about .* KiB of activations for 32 examples x 2 layers"
+                             r".*over max_bytes=1.0 KiB. Use reduce='mean'"):
         capture_activations(tiny_bert(), tiny_text_probe(), layers="encoder.layer.*", reduce="none", max_bytes=1024)
 
 
@@ -163,8 +169,9 @@ def test_cuda_capture_copies_reduced_tensors_to_host() -> None:  # pragma: no co
 @pytest.mark.parametrize("reduce", ["mean", "first", "last", "max", "none"])
 def test_cuda_capture_equals_cpu_for_every_reduction(reduce: str) -> None:  # pragma: no cover - GPU only
     model, probe = tiny_bert(num_labels=3), tiny_text_probe()
-    cpu = capture_activations(model, probe, layers="bert.encoder.layer.*", reduce=reduce, batch_size=3, with_outputs=True)
-    gpu = capture_activations(model.cuda(), probe, layers="bert.encoder.layer.*", reduce=reduce, batch_size=3, with_outputs=True)
+    layers = "bert.encoder.layer.*"
+    cpu = capture_activations(model, probe, layers=layers, reduce=reduce, batch_size=3, with_outputs=True)
+    gpu = capture_activations(model.cuda(), probe, layers=layers, reduce=reduce, batch_size=3, with_outputs=True)
     assert cpu.outputs is not None and cpu.outputs.shape == (len(probe), 3)
     for name in cpu:
         np.testing.assert_allclose(gpu[name], cpu[name], atol=1e-4, err_msg=name)

@@ -42,19 +42,24 @@ def test_regex_type_and_exact_selectors_keep_model_order(bert) -> None:
 
 
 def test_unknown_layer_suggests_nearest_names_and_counts(bert) -> None:
-    with pytest.raises(LayerNotFoundError, match=r"Layer 'encoder.layr.1' not found in BertModel; did you mean 'encoder.layer.1'") as info:
+    with pytest.raises(LayerNotFoundError,
+                       match=r"Layer 'encoder.layr.1' not found in BertModel; did you mean 'encoder.layer.1'") as info:
         resolve_layers(bert, "encoder.layr.1")
     assert "modules live under 'encoder'" in str(info.value)
     assert isinstance(info.value, KeyError)
 
 
 def test_selector_with_nothing_near_lists_top_level_modules(bert) -> None:
-    with pytest.raises(LayerNotFoundError, match=r"Selector 'blocks.\*' matched no module of BertModel \(\d+ modules\). Top-level modules: embeddings, encoder, pooler"):
+    with pytest.raises(LayerNotFoundError,
+                       match=r"Selector 'blocks.\*' matched no module of BertModel \(\d+ modules\). "
+                             r"Top-level modules: embeddings, encoder, pooler"):
         resolve_layers(bert, "blocks.*")
 
 
 def test_glob_matching_nothing_suggests_nearest_globs(bert) -> None:
-    with pytest.raises(LayerNotFoundError, match=r"Selector 'encoder.layers.\*' matched no module of BertModel \(\d+ modules\); did you mean 'encoder.layer.\*'"):
+    with pytest.raises(LayerNotFoundError,
+                       match=r"Selector 'encoder.layers.\*' matched no module of BertModel \(\d+ modules\); "
+                             r"did you mean 'encoder.layer.\*'"):
         resolve_layers(bert, "encoder.layers.*")
     with pytest.raises(LayerNotFoundError, match=r"did you mean 'encoder.layer.\*.output'"):
         resolve_layers(bert, "encoder.layer.*.outptu")
@@ -64,7 +69,9 @@ def test_glob_matching_nothing_suggests_nearest_globs(bert) -> None:
 
 def test_selector_written_for_another_root_suggests_the_rerooted_one(bert) -> None:
     # The HF model's name (bert.encoder.layer.*) used on the inner BertModel: a prefix too many.
-    with pytest.raises(LayerNotFoundError, match=r"did you mean 'encoder.layer.\*'\? Selectors are matched against the module given to NeuronMap \(BertModel here; in Lightning the LightningModule\)"):
+    with pytest.raises(LayerNotFoundError,
+                       match=r"did you mean 'encoder.layer.\*'\? Selectors are matched against the module given to "
+                             r"NeuronMap \(BertModel here; in Lightning the LightningModule\)"):
         resolve_layers(bert, "bert.encoder.layer.*")
 
     class Wrapper(nn.Module):  # a LightningModule-like wrapper holding the encoder as .model
@@ -72,7 +79,9 @@ def test_selector_written_for_another_root_suggests_the_rerooted_one(bert) -> No
             super().__init__()
             self.model = tiny_bert(layers=2)
 
-    with pytest.raises(LayerNotFoundError, match=r"Selector 'encoder.layer.\*' matched no module of Wrapper .*did you mean 'model.encoder.layer.\*'"):
+    with pytest.raises(LayerNotFoundError,
+                       match=r"Selector 'encoder.layer.\*' matched no module of Wrapper "
+                             r".*did you mean 'model.encoder.layer.\*'"):
         resolve_layers(Wrapper(), "encoder.layer.*")
     assert resolve_layers(Wrapper(), "model.encoder.layer.*") == ["model.encoder.layer.0", "model.encoder.layer.1"]
 

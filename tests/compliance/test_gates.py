@@ -47,7 +47,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---------------------------------------------------------------- config
 def test_config_accepts_list_and_mapping_with_defaults() -> None:
-    text = "defaults:\n  statistic: ci_low\ngates:\n  - metric: a/b\n    min: 0.5\n  - metric: c/d\n    max: 1\n    statistic: value\n"
+    text = ("defaults:\n  statistic: ci_low\ngates:\n  - metric: a/b\n    min: 0.5\n"
+            "  - metric: c/d\n    max: 1\n    statistic: value\n")
     cfg = load_gate_config(text)
     assert [c.statistic for c in cfg.checks] == ["ci_low", "value"]
     assert [c.line for c in cfg.checks] == [4, 6]
@@ -127,7 +128,8 @@ def test_thresholds_on_real_engine_metrics(run_dir: Path) -> None:
                                  "min": float(ranks["value"].median())}], audit=False)
     assert report.checks[0].status == "failed"
     assert len(report.checks[0].results) == len(ranks)
-    assert sum(r.status == "failed" for r in report.checks[0].results) == int((ranks["value"] < ranks["value"].median()).sum())
+    below_median = int((ranks["value"] < ranks["value"].median()).sum())
+    assert sum(r.status == "failed" for r in report.checks[0].results) == below_median
 
 
 @pytest.mark.parametrize(("when", "status"), [("last", "failed"), ("all", "failed"), ("any", "passed")])
@@ -234,7 +236,8 @@ def test_junit_xml_one_testcase_per_check(run_dir: Path) -> None:
     assert suite is not None
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert list(cases) == ["dpd point", "dpd upper bound", "probing", "optional"]
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "1", "1", "1")
+    counts = (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped"))
+    assert counts == ("4", "1", "1", "1")
     assert cases["dpd point"].find("failure") is None and cases["dpd point"].find("error") is None
     failure = cases["dpd upper bound"].find("failure")
     assert failure is not None
@@ -248,10 +251,12 @@ def test_markdown_json_and_github_summary(run_dir: Path, tmp_path: Path, monkeyp
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    report = evaluate(run_dir, [{"name": "dpd | bound", "metric": DPD, "max": 0.1, "statistic": "ci_high"}], audit=False)
+    report = evaluate(run_dir, [{"name": "dpd | bound", "metric": DPD, "max": 0.1, "statistic": "ci_high"}],
+                      audit=False)
     report.write(json=tmp_path / "g.json", markdown=tmp_path / "g.md", junit=tmp_path / "j.xml")
     data = json.loads((tmp_path / "g.json").read_text())
-    assert data["exit_code"] == 1 and data["summary"] == {"total": 1, "passed": 0, "failed": 1, "error": 0, "skipped": 0}
+    assert data["exit_code"] == 1
+    assert data["summary"] == {"total": 1, "passed": 0, "failed": 1, "error": 0, "skipped": 0}
     assert data["checks"][0]["results"][0]["value"] == pytest.approx(0.15)
     table = (tmp_path / "g.md").read_text()
     assert "| ❌ failed | dpd \\| bound | 0.15 |" in table
@@ -269,8 +274,9 @@ def test_mlflow_run(tmp_path: Path) -> None:
     for step, value in enumerate([0.6, 0.75, 0.9]):
         client.log_metric(run_id, "neuronmap/probing/enc.1/accuracy", value, step=step)
     client.log_metric(run_id, "neuronmap/probing/enc.1/accuracy_ci_low", 0.82, step=2)
-    report = evaluate(f"mlflow:{run_id}", [{"metric": "neuronmap/probing/*/accuracy", "min": 0.8, "statistic": "ci_low"},
-                                          {"metric": "neuronmap/probing/enc.1/accuracy", "min": 0.7, "when": "all"}],
+    report = evaluate(f"mlflow:{run_id}",
+                      [{"metric": "neuronmap/probing/*/accuracy", "min": 0.8, "statistic": "ci_low"},
+                       {"metric": "neuronmap/probing/enc.1/accuracy", "min": 0.7, "when": "all"}],
                       tracking_uri=uri)
     assert [c.status for c in report.checks] == ["passed", "failed"]
     assert report.checks[1].results[0].step == 0
@@ -318,7 +324,8 @@ def test_gate_monitor_stops_on_a_failed_check_even_when_another_errors(tmp_path:
     assert [c.status for c in report.checks] == ["error", "failed"]
     assert gates.should_stop  # ... but the failed check still stops training
     errored_only = GateMonitor([{"name": "no-baseline", "metric": "neuronmap/activation_stats/net.1/std",
-                                 "baseline": {"mode": "absolute", "margin": 0.02}}], stop_on_failure=True).attach(monitor)
+                                 "baseline": {"mode": "absolute", "margin": 0.02}}],
+                               stop_on_failure=True).attach(monitor)
     monitor.run(tiny_mlp(), step=1)
     assert errored_only.last_report is not None and errored_only.last_report.exit_code == 2
     assert not errored_only.should_stop

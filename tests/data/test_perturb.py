@@ -37,7 +37,8 @@ def test_perturbations_are_deterministic_per_seed_and_position():
 
 
 def test_errors():
-    with pytest.raises(InvalidParameterError, match=r"Unknown perturbation 'typo'; allowed: \['char_swap', 'synonym_swap'\]"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"Unknown perturbation 'typo'; allowed: \['char_swap', 'synonym_swap'\]"):
         perturb_texts(["x"], "typo")  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match=r"'rate' parameter must be a probability in \[0, 1\]; got 2"):
         char_swap("word", rate=2)

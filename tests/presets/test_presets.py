@@ -66,8 +66,10 @@ def test_generate_from_a_template_file_fills_placeholders_and_attributes(tmp_pat
     spec = tmp_path / "cities.yaml"
     spec.write_text(
         "name: cities\nlabel: country\ngroups: [gender]\n"
-        "templates:\n  - '{{ person }} lives in {{ city }}.'\n  - {text: '{{ person }} moved to {{ city }}.', tense: past}\n"
-        "values:\n  person: [{value: Maria, gender: female}, {value: John, gender: male}, {value: Ana, gender: female}]\n"
+        "templates:\n  - '{{ person }} lives in {{ city }}.'\n"
+        "  - {text: '{{ person }} moved to {{ city }}.', tense: past}\n"
+        "values:\n  person: [{value: Maria, gender: female}, {value: John, gender: male}, "
+        "{value: Ana, gender: female}]\n"
         "  city: [{value: Paris, country: France}, {value: Lima, country: Peru}, {value: Oslo, country: Norway}]\n"
         "columns:\n  country: '{{ city.country }}'\n  gender: '{{ person.gender }}'\n", encoding="utf-8")  # fmt: skip
     df = generate(spec, n=12, seed=0)

@@ -108,11 +108,13 @@ def test_metrics_figures_tables_card_and_params_read_back(
     # MlflowClient.load_table searches runs through the fluent API, i.e. the global tracking URI
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     rep = _reporter(mlflow_server, run_name="readback")
-    key, ci, nan_key = ("neuronmap/probing/encoder.layer.5/accuracy", "neuronmap/probing/encoder.layer.5/accuracy_ci_low",
+    key, ci, nan_key = ("neuronmap/probing/encoder.layer.5/accuracy",
+                        "neuronmap/probing/encoder.layer.5/accuracy_ci_low",
                         "neuronmap/stats/net.0/dead_fraction")
     for step, value in ((0, 0.5), (10, 0.75), (5, 0.625)):  # out of order on purpose
         rep.log_metrics({key: value, ci: value - 0.1, nan_key: math.nan}, step=step)
-    table = pd.DataFrame({"cka": [0.97, 0.81], "note": ["ok", "drift"]}, index=pd.Index(["net.0", "net.2"], name="layer"))
+    table = pd.DataFrame({"cka": [0.97, 0.81], "note": ["ok", "drift"]},
+                         index=pd.Index(["net.0", "net.2"], name="layer"))
     rep.log_figure("similarity/cka_heatmap", _figure(), step=10)
     rep.log_table("similarity/cka", table, step=10)
     rep.log_text("model_card", CARD)

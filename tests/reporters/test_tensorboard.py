@@ -33,7 +33,8 @@ def _events(log_dir: Path) -> EventAccumulator:
 
 def _text(acc: EventAccumulator, tag: str) -> list[tuple[int, str]]:
     # SummaryWriter.add_text stores a string tensor under "<tag>/text_summary"
-    return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode()) for e in acc.Tensors(f"{tag}/text_summary")]
+    return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
+            for e in acc.Tensors(f"{tag}/text_summary")]
 
 
 def test_scalars_figures_tables_and_text_read_back(tmp_path: Path) -> None:

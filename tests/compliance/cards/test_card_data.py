@@ -43,7 +43,8 @@ def test_from_run_folds_ci_and_p_values_into_rows(run_dir: Path) -> None:
     rows = {r["key"]: r for r in card.quantitative_analyses["results"]}
     dpd = rows[DPD]
     assert (dpd["value"], dpd["ci_low"], dpd["ci_high"], dpd["p"], dpd["p_adj"]) == (
-        FAIRNESS[DPD], FAIRNESS[DPD + "_ci_low"], FAIRNESS[DPD + "_ci_high"], FAIRNESS[DPD + "_p"], FAIRNESS[DPD + "_p_adj"])
+        FAIRNESS[DPD], FAIRNESS[DPD + "_ci_low"], FAIRNESS[DPD + "_ci_high"], FAIRNESS[DPD + "_p"],
+        FAIRNESS[DPD + "_p_adj"])
     assert dpd["display"] == "0.08 [0.02, 0.15] (p_adj = 0.03)"
     assert not any(key.endswith(("_ci_low", "_ci_high", "_p", "_p_adj")) for key in rows)
     frame = read_history(run_dir)
@@ -172,4 +173,5 @@ def test_generic_reading_of_new_analyses(tmp_path: Path) -> None:
     rows = {r["key"]: r for r in card.quantitative_analyses["results"]}
     assert rows["neuronmap/counterfactual_bias/gender/flip_rate"]["has_ci"]
     assert rows["eval_loss"]["analysis"] == "" and "user" in card.quantitative_analyses["by_analysis"]
-    assert [r["key"] for r in card.quantitative_analyses["fairness"]] == ["neuronmap/counterfactual_bias/gender/flip_rate"]
+    keys = [r["key"] for r in card.quantitative_analyses["fairness"]]
+    assert keys == ["neuronmap/counterfactual_bias/gender/flip_rate"]

@@ -81,8 +81,10 @@ def test_markdown_front_matter_is_hugging_face_model_index(card: ModelCard) -> N
     assert all(r.verified is None for r in hf.data.eval_results)  # the Hub reserves `verified`
     assert acc.task_type == "text-classification" and acc.dataset_name == "tiny" and acc.dataset_type == "custom"
     # metadata strings are YAML data, not HTML: the hostile name comes back exactly as written
-    assert hf.data.model_name == HOSTILE and "&amp;" not in text.split("\n---\n")[0] and "&lt;" not in text.split("\n---\n")[0]
-    assert "# Model card:" in hf.text and "| fairness | gender | demographic_parity_difference | 0.08 [0.02, 0.15]" in text
+    header = text.split("\n---\n")[0]
+    assert hf.data.model_name == HOSTILE and "&amp;" not in header and "&lt;" not in header
+    assert "# Model card:" in hf.text
+    assert "| fairness | gender | demographic_parity_difference | 0.08 [0.02, 0.15]" in text
     assert "neuronmap/activation_stats" not in text.split("\n---\n")[0]
 
 
@@ -183,7 +185,8 @@ def test_annex_iv_maps_items_to_evidence(run_dir: Path) -> None:
         assert heading in text
     assert "> **INCOMPLETE.**" in text
     status = text.split("## Completeness")[1].split("## 1.")[0]
-    assert "| 1(d) | Forms in which the system is placed on the market | not applicable: annex_iv.market_forms: " in status
+    assert ("| 1(d) | Forms in which the system is placed on the market | not applicable: annex_iv.market_forms: "
+            in status)
     assert "| 1(c) | Versions of relevant software | provided |" in status
     assert "| 1(f) |" in status and "| 2(h) | Cybersecurity measures | **missing**: annex_iv.cybersecurity |" in status
     section_2g = text.split("### 2(g)")[1].split("## 3.")[0]
