@@ -51,7 +51,8 @@ class LocalExecutor:
 
     After :meth:`warm_up` one child process waits ready (``_job_runner --standby``: the
     analysis stack already imported), so a job starts without seconds of imports; each job
-    takes it and a new one is started when the job ends.
+    takes it and a new one is started when the job ends (not before: on a small machine its
+    imports would slow the job down).
 
     Example:
         >>> executor = LocalExecutor(workers=1)

@@ -126,6 +126,15 @@ def validate_spec(spec: Any, *, runs_root: Path, model_roots: list[Path], run_na
     return spec
 
 
+def _import_spec_checks() -> None:
+    """Import what :meth:`JobManager._check_with_analyze` needs (the analyses: seconds), ahead of
+    the first submission, which would otherwise wait for it."""
+    import importlib
+
+    importlib.import_module("neuronmap.cli.config")
+    importlib.import_module("neuronmap.analyses")
+
+
 class JobManager:
     """Keeps job records on disk and hands jobs to an executor.
 
@@ -154,9 +163,11 @@ class JobManager:
                 job.message = "failed"
             self._jobs[job.id] = job
             self._save(job)
-        warm_up = getattr(executor, "warm_up", None)
-        if self.model_roots and warm_up is not None:  # jobs are possible: have a job process ready
-            warm_up()
+        if self.model_roots:  # jobs are possible: have a job process ready, and the spec checks imported
+            warm_up = getattr(executor, "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+            threading.Thread(target=_import_spec_checks, name="neuronmap-job-imports", daemon=True).start()
 
     # ------------------------------------------------------------------ records
     def job_dir(self, job_id: str) -> Path:
