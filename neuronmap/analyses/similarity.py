@@ -196,7 +196,9 @@ def _compatible(reference: Mapping[str, NDArray[np.float32]], acts: Mapping[str,
 
 def _drift_figure(ctx: AnalysisContext, current: Mapping[str, float], layers: list[str]) -> Figure:
     """Drift over steps: earlier runs from ``ctx.history`` plus this run's values."""
-    frame = ctx.history.frame if ctx.history is not None else pd.DataFrame(columns=["analysis", "metric"])
+    from neuronmap.results import HISTORY_COLUMNS
+
+    frame = ctx.history.frame if ctx.history is not None else pd.DataFrame(columns=HISTORY_COLUMNS)
     past = frame[(frame["analysis"] == CKA.name) & frame["metric"].isin(_DRIFT)]
     fig = Figure(figsize=(8, 3))
     axes = fig.subplots(1, 2, sharey=True)
