@@ -48,7 +48,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from torch import nn
@@ -80,7 +80,7 @@ def check_executor(value: Any) -> Executor:
         raise InvalidParameterError(
             f"The 'executor' parameter of NeuronMap must be one of {list(EXECUTORS)}. Got {value!r} instead."
         )
-    return value  # type: ignore[no-any-return]
+    return cast(Executor, value)  # checked against EXECUTORS above
 
 
 def check_worker_threads(value: Any) -> int:
