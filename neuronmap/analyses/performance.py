@@ -224,7 +224,9 @@ class ModelPerformance(Analysis):
         figures = {"by_group": _figure(overall, by_group, task)} if not by_group.empty else {}
         return AnalysisResult(self.name, metrics=metrics, tables=tables, figures=figures, notes=tuple(notes))
 
-    def _predict(self, outputs: np.ndarray | None, y_true: NDArray[Any]) -> tuple[str, NDArray[Any], NDArray[Any] | None]:
+    def _predict(
+        self, outputs: np.ndarray | None, y_true: NDArray[Any]
+    ) -> tuple[str, NDArray[Any], NDArray[Any] | None]:
         if outputs is None:
             raise InvalidParameterError(
                 "ModelPerformance needs the model's top-level output, but none was captured: the model returned "
