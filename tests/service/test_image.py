@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_image_steps_install_and_serve_in_a_fresh_venv(tmp_path, request) -> None:
     site = sysconfig.get_paths()["purelib"]  # dependencies from this environment: no network in tests
     # the NeuronMap wheel of unchanged sources is reused between runs (pytest's cache folder)
-    cache = request.config.cache.mkdir("neuronmap-image-wheels") if request.config.cache else tmp_path / "wheels"
+    store = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    cache = store.mkdir("neuronmap-image-wheels") if store is not None else tmp_path / "wheels"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "image_smoke.py"), "--workdir", str(tmp_path),
                            "--offline-site", site, "--wheel-cache", str(cache)],
                           capture_output=True, text=True, timeout=300)
