@@ -10,7 +10,9 @@ Questions (issue 10): 1 capture cost (``capture.py``), 2 idle callback overhead
 (``cka.py``), 5 probing (``probing.py``); 1p capture against nnsight and TransformerLens
 (``capture_peers.py``, run with ``.venv-peers/bin/python`` where that environment exists).
 Issue 17: 6 the cost of every built-in analysis at its defaults (``analysis_costs.py``),
-7 start-up: ``neuronmap --version`` and ``import neuronmap`` (``startup.py``).
+7 start-up: ``neuronmap --version`` and ``import neuronmap`` (``startup.py``), 11 analyses off
+the training loop: the training thread's time per background run over its capture, and a
+Lightning fit's step time, background vs synchronous (``background.py``).
 Issue 18: 8 the cost of the adversarial, regression, world-model and cross-lingual analyses
 on MiniLM at their defaults (``analyses_iv.py``).
 Issue 19: 10 the service under load (``service_load.py``: 50 clients, a 10k-point history, 60 s).
@@ -47,6 +49,9 @@ QUESTIONS: dict[str, tuple[str, list[str], list[str], bool]] = {
     "8": ("analyses_iv.py", ["--repeats", "1"], ["--repeats", "3"], True),
     # the service under load: 50 clients reading a 10k-point history for 60 s (127.0.0.1 only)
     "10": ("service_load.py", ["--clients", "50", "--duration", "60"], ["--clients", "50", "--duration", "60"], False),
+    # issue 17: NeuronMap(executor="background") against the synchronous engine
+    "11": ("background.py", ["--repeats", "3", "--steps", "20", "--every", "10"],
+           ["--repeats", "5", "--steps", "60", "--every", "20", "--fits", "3"], False),
     # issue 14: the training loop while the MLflow server is frozen vs answering
     "9": ("hung_tracker.py", ["--rounds", "3"], ["--rounds", "5"], False),
     # question 1 against nnsight and TransformerLens: needs .venv-peers (benchmarks/requirements-peers.txt)
