@@ -17,9 +17,11 @@ value, key``), so everything downstream is tracker-agnostic.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,8 @@ def _mirrored(client: Any, run_id: str, *, materialize: bool) -> Path | None:
     if "metrics.jsonl" not in names:
         return None
     target = Path(tempfile.mkdtemp(prefix="neuronmap-run-"))
+    # readers may keep the path (a report, a card): the download goes when the process ends
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     if materialize:
         return Path(client.download_artifacts(run_id, "neuronmap", str(target)))
     return Path(client.download_artifacts(run_id, "neuronmap/metrics.jsonl", str(target))).parent
