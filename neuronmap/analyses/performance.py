@@ -288,7 +288,7 @@ class ModelPerformance(Analysis):
             ci = bootstrap_ci(fn, *samples, paired=True, n_resamples=self.n_resamples, confidence=self.confidence,
                               random_state=rng)
             metrics.add(key, metric, estimate, ci=ci)
-            rows.append({"attribute": attribute, "group": group, "n": int(len(y)), "metric": metric,
+            rows.append({"attribute": attribute, "group": group, "n": len(y), "metric": metric,
                          "estimate": estimate, "ci_low": ci.low, "ci_high": ci.high, "ci_method": ci.method})
         return rows
 
