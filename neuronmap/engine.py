@@ -24,9 +24,9 @@ from neuronmap._executor import (
     check_executor,
     check_worker_threads,
     new_run,
-    structure_modules,
     worker_message,
 )
+from neuronmap._executor_worker import structure_modules
 from neuronmap._failures import guarded, run_analysis
 from neuronmap._preflight import Preflight
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult
