@@ -1,0 +1,45 @@
+"""What the statistics modules share: the interval result type and input checks.
+
+Public names are re-exported by :mod:`neuronmap.stats`; import them from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from neuronmap.errors import InvalidParameterError
+
+__all__ = ["ConfidenceInterval"]
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """A point estimate with its confidence interval."""
+
+    estimate: float
+    """The statistic on the original samples."""
+    low: float
+    """Lower bound."""
+    high: float
+    """Upper bound."""
+    confidence: float
+    """Nominal coverage, e.g. 0.95."""
+    method: str
+    """How the bounds were obtained: ``"bca"``, ``"percentile"`` or ``"point"`` (zero width)."""
+    note: str = ""
+    """Why the method differs from the one requested, if it does."""
+
+
+def _sample(values: ArrayLike, name: str, *, min_size: int = 2) -> NDArray[Any]:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise InvalidParameterError(f"{name} must be one-dimensional; got shape {arr.shape}.")
+    if arr.size < min_size:
+        raise InvalidParameterError(f"{name} needs at least {min_size} values; got {arr.size}.")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise InvalidParameterError(f"{name} contains NaN or infinite values; drop them first.")
+    return arr
