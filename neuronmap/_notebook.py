@@ -47,9 +47,9 @@ def _values_table(report: Report) -> str:
                 continue
             st = stats_of(result.metrics, layer, metric)
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(layer)}</td><td>{html.escape(metric)}"
-                        f"</td><td>{html.escape(describe(value, st['ci'], st['p_adj']))}</td></tr>")
+                        f"</td><td>{html.escape(describe(value, **st))}</td></tr>")
     more = f"<p>{len(rows) - _MAX_ROWS} more rows in <code>report.metrics</code>.</p>" if len(rows) > _MAX_ROWS else ""
-    return ('<table class="nm-t"><tr><th>analysis</th><th>layer</th><th>metric</th><th>value [CI], p_adj</th></tr>'
+    return ('<table class="nm-t"><tr><th>analysis</th><th>layer</th><th>metric</th><th>value, CI, p, p_adj</th></tr>'
             + "".join(rows[:_MAX_ROWS]) + "</table>" + more)
 
 

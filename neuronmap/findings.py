@@ -73,6 +73,8 @@ class Finding:
     ci: tuple[float, float] | None = None
     #: Corrected p-value, when the analysis gave one.
     p_adj: float | None = None
+    #: The same test's uncorrected p-value (what ``ci`` agrees with), when the analysis gave one.
+    p: float | None = None
     #: The threshold crossed (or not), when there is one.
     threshold: float | None = None
     #: The value at the previous run and the step it was seen at.
@@ -137,24 +139,45 @@ def is_sibling(metric: str) -> bool:
     return metric.endswith(SIBLINGS)
 
 
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
 def stats_of(metrics: Mapping[str, float], layer: str, metric: str) -> dict[str, Any]:
-    """``ci`` and ``p_adj`` of one metric from its siblings (``None`` where absent or NaN)."""
+    """``ci``, ``p_adj`` and ``p`` of one metric from its siblings (``None`` where absent or NaN)."""
     base = f"{layer}/{metric}"
-    low, high = metrics.get(f"{base}_ci_low"), metrics.get(f"{base}_ci_high")
-    p_adj = metrics.get(f"{base}_p_adj")
-    ci = (float(low), float(high)) if low is not None and high is not None and math.isfinite(low) \
-        and math.isfinite(high) else None
-    return {"ci": ci, "p_adj": float(p_adj) if p_adj is not None and math.isfinite(p_adj) else None}
+    low, high = _finite(metrics.get(f"{base}_ci_low")), _finite(metrics.get(f"{base}_ci_high"))
+    ci = (low, high) if low is not None and high is not None else None
+    return {"ci": ci, "p_adj": _finite(metrics.get(f"{base}_p_adj")), "p": _finite(metrics.get(f"{base}_p"))}
 
 
-def describe(value: float, ci: tuple[float, float] | None, p_adj: float | None) -> str:
-    """``0.91 [0.85, 0.95], p_adj <0.001``: a value with the uncertainty it has."""
+#: What a finding's numbers mean; shown under every list of findings that has a corrected p-value.
+STATS_NOTE = ("CI and p are per test (not adjusted for multiplicity); p_adj is corrected for the number of tests "
+              "the analysis ran (its p_adjust method), so a CI that excludes 0 can stand beside p_adj > 0.05.")
+
+
+def describe(value: float, ci: tuple[float, float] | None, p_adj: float | None, p: float | None = None) -> str:
+    """A value with the uncertainty it has, each number named.
+
+    Example:
+        >>> describe(0.25, (0.0417, 0.4), 0.999, p=0.083)
+        '0.25, CI [0.0417, 0.4], p 0.083, p_adj 0.999'
+        >>> describe(0.91, None, 0.0001)
+        '0.91, p_adj <0.001'
+    """
     text = format_value(value)
     if ci is not None:
-        text += f" [{format_value(ci[0])}, {format_value(ci[1])}]"
+        text += f", CI [{format_value(ci[0])}, {format_value(ci[1])}]"
+    if p is not None and p_adj is not None:
+        text += f", p {_p(p)}"
     if p_adj is not None:
         text += f", p_adj {_p(p_adj)}"
     return text
+
+
+def needs_stats_note(findings: Iterable[Finding]) -> bool:
+    """Whether any finding shows a corrected p-value (so :data:`STATS_NOTE` belongs under the list)."""
+    return any(f.p_adj is not None for f in findings)
 
 
 def significant_findings(
@@ -172,7 +195,7 @@ def significant_findings(
             continue
         found.append(Finding(
             result.name, layer, metric, float(value), "significant",
-            f"{metric} at {layer} = {describe(value, st['ci'], st['p_adj'])} (significant after correction)",
+            f"{metric} at {layer} = {describe(value, **st)} (significant after correction)",
             score=min(-math.log10(max(st["p_adj"], 1e-12)), 9.0), **st,
         ))
     return sorted(found, key=lambda f: -f.rank)[:limit]
@@ -235,6 +258,8 @@ def summary_text(findings: Sequence[Finding], *, header: str | None = None, limi
     lines += [f"- {f.line()}" for f in shown] or ["- No findings: nothing significant, no threshold crossed."]
     if limit and len(findings) > limit:
         lines.append(f"- ... and {len(findings) - limit} more (report.html)")
+    if needs_stats_note(shown):
+        lines.append(f"  ({STATS_NOTE})")
     return "\n".join(lines)
 
 

@@ -63,18 +63,18 @@ def probing_findings(result: AnalysisResult, *, alpha: float = 0.05) -> list[Fin
     if encoding:
         out.append(Finding(result.name, layer, "accuracy", value, "encodes",
                            f"target decodable in {len(encoding)}/{len(rows)} layers; best {layer}: accuracy "
-                           f"{describe(value, st['ci'], st['p_adj'])}", score=value * 5, **st))
+                           f"{describe(value, **st)}", score=value * 5, **st))
     elif tested:
         out.append(Finding(result.name, layer, "accuracy", value, "info",
                            f"no layer encodes the target above chance after correction (best {layer}: "
-                           f"accuracy {describe(value, st['ci'], st['p_adj'])})", **st))
+                           f"accuracy {describe(value, **st)})", **st))
     sel = {r[0]: r for r in _by_metric(result, "selectivity")}
     if layer in sel and math.isfinite(sel[layer][1]):
         s_st = sel[layer][2]
         note = " (significant)" if s_st["p_adj"] is not None and s_st["p_adj"] < alpha else ""
         out.append(Finding(result.name, layer, "selectivity", sel[layer][1], "info",
                            f"selectivity over the control task at {layer}: "
-                           f"{describe(sel[layer][1], s_st['ci'], s_st['p_adj'])}{note}", **s_st))
+                           f"{describe(sel[layer][1], **s_st)}{note}", **s_st))
     return out
 
 
@@ -106,11 +106,11 @@ def fairness_findings(
             word = "below" if is_ratio else "above"
             past = (min_ratio - value) if is_ratio else (abs(value) - max_difference)
             out.append(Finding(result.name, attr, metric, value, "threshold",
-                               f"{metric} for {attr} = {describe(value, st['ci'], st['p_adj'])}, {word} the "
+                               f"{metric} for {attr} = {describe(value, **st)}, {word} the "
                                f"{format_value(threshold)} threshold", threshold=threshold, score=past * 20, **st))
         elif significant:
             out.append(Finding(result.name, attr, metric, value, "significant",
-                               f"{metric} for {attr} = {describe(value, st['ci'], st['p_adj'])} "
+                               f"{metric} for {attr} = {describe(value, **st)} "
                                f"(significant, within the {format_value(threshold)} threshold)",
                                threshold=threshold, **st))
     if not out and largest is not None:
@@ -161,7 +161,7 @@ def representation_bias_findings(result: AnalysisResult, *, alpha: float = 0.05)
         attr = metric[: -len("_decodability")]
         base = result.metrics.get(f"{layer}/{attr}_majority_baseline", math.nan)
         out.append(Finding(result.name, layer, metric, value, "significant",
-                           f"{attr} decodable from {layer}: {describe(value, st['ci'], st['p_adj'])} vs. "
+                           f"{attr} decodable from {layer}: {describe(value, **st)} vs. "
                            f"majority baseline {format_value(base)}", threshold=base,
                            score=(value - base) * 10 if math.isfinite(base) else 0.0, **st))
     out = sorted(out, key=lambda f: -f.rank)[:2]
@@ -205,7 +205,8 @@ def attention_findings(result: AnalysisResult, *, alpha: float = 0.05, sink: flo
     heads = [f for f in default_findings(result, alpha=alpha, limit=10) if f.metric.endswith("_importance")][:3]
     out = [Finding(f.analysis, f.layer, f.metric, f.value, "significant",
                    f"{f.metric.split('_')[0]} of {f.layer} matters: ablation effect "
-                   f"{describe(f.value, f.ci, f.p_adj)}", ci=f.ci, p_adj=f.p_adj, score=f.score) for f in heads]
+                   f"{describe(f.value, f.ci, f.p_adj, f.p)}", ci=f.ci, p_adj=f.p_adj, p=f.p, score=f.score)
+           for f in heads]
     sinks = [r for r in _by_metric(result, "special_mass") if math.isfinite(r[1]) and r[1] > sink]
     if sinks:
         layer, value, _ = max(sinks, key=lambda r: r[1])

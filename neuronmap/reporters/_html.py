@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from neuronmap._files import write_text_atomic
+from neuronmap.findings import STATS_NOTE
 from neuronmap.reporters._plotly import analysis_rank, metric_charts, plotly_js
 from neuronmap.runs.folder import (
     CONFIG_FILE,
@@ -138,6 +139,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         steps=sorted({int(s) for s in history["step"]}) if not history.empty else [],
         summary=sorted(summary_rows, key=lambda r: analysis_rank(str(r["analysis"]))),
         findings=_latest_findings(run_dir),
+        stats_note=STATS_NOTE,
         charts=charts,
         plotly_js=plotly_js() if charts else None,
         plots=_metric_plots(history) if not history.empty and not charts else [],

@@ -72,12 +72,13 @@ def metric_charts(history: pd.DataFrame, *, limit: int = 60) -> list[dict[str, A
                 x = [int(s) for s in series["step"]]
                 traces.append({"x": x + x[::-1], "y": _clean(high["value"]) + _clean(low["value"])[::-1],
                                "fill": "toself", "fillcolor": color.replace("hsl", "hsla").replace(")", ",0.12)"),
-                               "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False, "type": "scatter"})
+                               "mode": "lines", "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False,
+                               "type": "scatter"})
             traces.append({"x": [int(s) for s in series["step"]], "y": _clean(series["value"]), "name": str(layer),
                            "mode": "lines+markers", "type": "scatter", "line": {"color": color},
                            "hovertemplate": f"{layer}<br>step %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>"})
-        layout = {"title": {"text": f"{analysis}: {metric}", "font": {"size": 15}}, "height": 360,
-                  "margin": {"l": 55, "r": 10, "t": 45, "b": 45}, "font": {"size": 12},
+        layout = {"title": {"text": f"{analysis}: {metric}", "font": {"size": 15}, "x": 0.01, "xanchor": "left"},
+                  "height": 360, "margin": {"l": 55, "r": 10, "t": 55, "b": 45}, "font": {"size": 12},
                   "xaxis": {"title": {"text": "step"}, "tickformat": "d",
                             **({"tickvals": steps} if len(steps) <= 12 else {})},
                   "yaxis": {"title": {"text": metric}}, "legend": {"font": {"size": 11}}}

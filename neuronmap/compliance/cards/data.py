@@ -208,14 +208,21 @@ class ModelCard:
             notes={n: list(r.notes) for n, r in last.results.items()} if last is not None else {},
         )
         if last is not None and getattr(last, "findings", None):
-            auto["findings"] = [{"analysis": f.analysis, "kind": f.kind, "line": f.line(), "step": last.step}
-                                for f in last.findings]
+            auto["findings"] = [{"analysis": f.analysis, "kind": f.kind, "line": f.line(), "step": last.step,
+                                 "p_adj": f.p_adj} for f in last.findings]
         if model is not None:
             auto["model_details"]["architecture"] = type(model).__name__
             auto["model_details"]["parameters"] = int(sum(p.numel() for p in model.parameters()))
         auto["quantitative_analyses"]["tables"] = base.quantitative_analyses.get("tables", [])
         auto["caveats_and_recommendations"] = base.caveats_and_recommendations or auto["caveats_and_recommendations"]
         return dataclasses.replace(base, **auto).with_data(data)
+
+    @property
+    def stats_note(self) -> str:
+        """What the findings' CI, p and p_adj mean (:data:`neuronmap.findings.STATS_NOTE`)."""
+        from neuronmap.findings import STATS_NOTE
+
+        return STATS_NOTE
 
     def with_data(self, data: Any) -> ModelCard:
         """A copy with people-supplied data (YAML path or mapping) merged over the automatic sections."""
