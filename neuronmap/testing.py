@@ -1,5 +1,6 @@
 """Helpers for testing NeuronMap and code built on it: tiny models, a tokenizer, probe sets,
-and :func:`check_reporter`, the conformance check for reporters (yours included).
+:func:`check_reporter` and :func:`check_analysis`, the conformance checks for reporters and
+analyses (yours included).
 
 Everything here builds from configs with random weights; nothing is downloaded.
 """
@@ -15,11 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuronmap._check_analysis import check_analysis
 from neuronmap.probe import ProbeSet
 
 __all__ = [
     "TinyMLP",
     "WordTokenizer",
+    "check_analysis",
     "check_reporter",
     "tiny_bert",
     "tiny_mlp",

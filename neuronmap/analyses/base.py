@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from neuronmap.analyses.params import STATISTICS, contract_init
 from neuronmap.errors import InvalidParameterError
 from neuronmap.results import AnalysisResult, MetricSet  # re-exported: they lived here before
 
@@ -105,6 +106,18 @@ class Analysis(ABC):
     #: ``fnmatch`` patterns of the metrics trackers chart by default (empty: every metric that
     #: is not a CI/p-value sibling and not per head); the rest stays in the history and tables.
     headline_metrics: ClassVar[tuple[str, ...]] = ()
+    #: What each constructor argument may be (``{"cv": [Interval(int, 2, None)]}``, see
+    #: :mod:`neuronmap.analyses.params`); merged along the class hierarchy, checked before the
+    #: constructor body runs. The shared statistics settings are declared here once.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = STATISTICS
+    #: Renamed constructor arguments, ``{"old": "new"}``: the old name warns for one release.
+    _renamed_parameters: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "__nm_contract__", False):
+            cls.__init__ = contract_init(init)  # type: ignore[method-assign]
 
     def __init__(self, *, layers: str | list[str] | None = None, name: str | None = None) -> None:
         self.layers = [layers] if isinstance(layers, str) else layers
@@ -168,7 +181,10 @@ class Analysis(ABC):
 
     def config(self) -> dict[str, Any]:
         """JSON-able parameters of this analysis (for config.json and the audit trail)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and _jsonable(v)}
+        out = {k: v for k, v in vars(self).items() if not k.startswith("_") and _jsonable(v)}
+        if "name" in vars(self):  # an instance name (``name=``) is part of the configuration
+            out["name"] = self.name
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state carried across runs (override when there is any)."""

@@ -51,7 +51,7 @@ import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -73,6 +73,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval
 from neuronmap.errors import InvalidParameterError
 from neuronmap.findings import Finding
 from neuronmap.stats import (
@@ -180,6 +181,7 @@ class Probing(Analysis):
     """
 
     name = "probing"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {"n_permutations": [Interval(int, 0, None), "auto"]}
     probe_columns = ("target", "control_column")
     headline_metrics = ("accuracy", "selectivity")
 

@@ -113,7 +113,8 @@ def test_regression_r2_and_mae() -> None:
 def test_errors_name_what_was_received() -> None:
     with pytest.raises(nm.InvalidParameterError, match=r"'task' parameter of ModelPerformance must be one of"):
         nm.ModelPerformance(task="ranking")  # type: ignore[arg-type]
-    with pytest.raises(nm.InvalidParameterError, match=r"'n_resamples' parameter .* Got 0 instead"):
+    with pytest.raises(nm.InvalidParameterError,
+                       match=r"ModelPerformance: n_resamples must be an int in \[1, inf\); got 0"):
         nm.ModelPerformance(n_resamples=0)
     probe = nm.ProbeSet(torch.randn(20, 8), name="unlabelled")
     monitor = nm.NeuronMap(probe, layers=["net.0"], analyses=[nm.ModelPerformance()], reporters=[], strict=True)

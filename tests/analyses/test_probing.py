@@ -258,10 +258,10 @@ def test_auto_permutations_reach_the_resolution_the_correction_needs() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"cv": 1}, r"cv must be an integer >= 2; got 1"),
-        ({"n_permutations": -1}, r"n_permutations must be an integer >= 0"),
-        ({"confidence": 1.5}, r"confidence must be in \(0, 1\); got 1.5"),
-        ({"p_adjust": "nope"}, r"p_adjust must be one of \(.*'holm'.*\); got 'nope'"),
+        ({"cv": 1}, r"Probing: cv must be an int in \[2, inf\); got 1"),
+        ({"n_permutations": -1}, r"Probing: n_permutations must be an int in \[0, inf\) or one of \['auto'\]; got -1"),
+        ({"confidence": 1.5}, r"Probing: confidence must be a float in \(0, 1\); got 1.5"),
+        ({"p_adjust": "nope"}, r"Probing: p_adjust must be one of \[.*'holm'.*\]; got 'nope'"),
         ({"estimator": object()}, r"estimator must be a scikit-learn classifier with fit/predict"),
         ({"blas_threads": 0}, r"blas_threads must be an integer >= 1; got 0"),
     ],

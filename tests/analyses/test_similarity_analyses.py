@@ -181,7 +181,7 @@ def test_compare_models_is_the_cross_model_cka_matrix() -> None:
     [
         ({"metric": "manhattan"}, r"metric must be one of \('correlation', 'euclidean', 'cosine'\); got 'manhattan'"),
         ({"method": "rank"}, r"method must be one of \('spearman', 'kendall', 'pearson'\); got 'rank'"),
-        ({"n_permutations": -5}, r"n_permutations must be an integer >= 0; got -5"),
+        ({"n_permutations": -5}, r"RSA: n_permutations must be an int in \[0, inf\); got -5"),
         ({"max_examples": 2}, r"max_examples must be an integer >= 4; got 2"),
     ],
 )
