@@ -37,7 +37,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,9 @@ from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.findings import Finding
 from neuronmap.metrics.fairness import GroupReport, fairness_report
 from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, permutation_count, resolution_note
+
+if TYPE_CHECKING:
+    from neuronmap.probe import ProbeSet
 
 __all__ = ["Fairness"]
 
@@ -224,6 +227,22 @@ class Fairness(Analysis):
         self.n_permutations = n_permutations
         self.p_adjust = p_adjust
         self.alpha = alpha
+
+    def check_probe(self, probe: ProbeSet) -> list[str]:
+        """Missing columns, and attributes with fewer than 2 groups of ``min_group_size`` examples."""
+        problems = super().check_probe(probe)
+        if problems:
+            return problems
+        for spec in self.sensitive:
+            columns = [spec] if isinstance(spec, str) else list(spec)
+            sizes = probe.frame[columns].astype(str).agg("/".join, axis=1).value_counts(sort=False)
+            if int((sizes >= self.min_group_size).sum()) < 2:
+                problems.append(
+                    f"Fairness(sensitive={spec!r}) needs at least 2 groups of min_group_size={self.min_group_size} "
+                    f"examples; probe set {probe.name!r} has group sizes {sizes.to_dict()}. Add examples or lower "
+                    "min_group_size."
+                )
+        return problems
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "predictions": None if self._predictions is None else repr(self._predictions)}

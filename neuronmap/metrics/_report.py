@@ -450,7 +450,7 @@ def fairness_report(
     o_low, o_high = _interval(overall_reps, confidence_level)
     ci_cols = pd.MultiIndex.from_product([names, ["low", "high"]], names=["metric", "bound"])
     by_group_ci = pd.DataFrame(
-        np.stack([g_low, g_high], axis=-1).reshape(len(index), -1), index=index, columns=ci_cols
+        np.stack([g_low, g_high], axis=-1).reshape(len(index), 2 * len(names)), index=index, columns=ci_cols
     )
     reasons = _reasons(ev.sums[ev.included], ev.classes, ev.n_bins)
     undefined: dict[str, dict[Hashable, str]] = {}

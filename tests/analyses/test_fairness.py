@@ -159,3 +159,24 @@ def test_callable_predictions_with_threshold() -> None:
     assert m[KEY("group", "demographic_parity_difference")] == pytest.approx(
         fl_dpd(probe.labels, pred, sensitive_features=probe.column("group")))
     assert KEY("group", "calibration_error_difference") not in m  # no scores returned
+
+
+def test_probe_too_small_for_min_group_size_is_caught_before_training_and_skips_at_run_time() -> None:
+    """Every group below min_group_size: preflight names the sizes; a run skips with a note (no reshape crash)."""
+    import torch
+
+    from neuronmap.probe import ProbeSet
+    from neuronmap.testing import tiny_mlp
+
+    x = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    probe = ProbeSet(x, labels=(x[:, 0] > 0).long().numpy(), groups={"group": ["a", "b"] * 6}, name="small")
+    fairness = nm.Fairness("group", n_resamples=20)
+    (problem,) = fairness.check_probe(probe)
+    assert "at least 2 groups of min_group_size=10" in problem and "{'a': 6, 'b': 6}" in problem
+    with pytest.raises(nm.errors.PreflightError, match="min_group_size=10"):
+        nm.NeuronMap(probe, layers=["net.0"], analyses=[fairness], reporters=[]).preflight(tiny_mlp())
+    monitor = nm.NeuronMap(probe, layers=["net.0"], analyses=[fairness], reporters=[], strict=True)
+    result = monitor.run(tiny_mlp(), step=0).results["fairness"]
+    assert result.status == "skipped" and any("fewer than 2 groups" in n for n in result.notes)
+    assert fairness.check_probe(ProbeSet(x, labels=np.zeros(12, int), groups={"group": ["a", "b"] * 6})) != []
+    assert nm.Fairness("group", min_group_size=5).check_probe(probe) == []
