@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,14 +221,30 @@ class History:
     def __init__(self, frame: pd.DataFrame | None = None) -> None:
         self._frames: list[pd.DataFrame] = [] if frame is None or frame.empty else [frame[HISTORY_COLUMNS]]
         self._cache: pd.DataFrame | None = None
+        # The background executor appends from its completion thread while the training thread may
+        # read (gates, drift): one lock makes append + cache invalidation and read + cache fill atomic.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def append(self, report: Report) -> None:
-        self._frames.append(report.to_frame())
-        self._cache = None
+        frame = report.to_frame()
+        with self._lock:
+            self._frames.append(frame)
+            self._cache = None
 
     def extend(self, frames: Iterable[pd.DataFrame]) -> None:
-        self._frames.extend(f[HISTORY_COLUMNS] for f in frames)
-        self._cache = None
+        new = [f[HISTORY_COLUMNS] for f in frames]
+        with self._lock:
+            self._frames.extend(new)
+            self._cache = None
 
     def add_metrics(self, metrics: Mapping[str, float], *, step: int, epoch: int | None = None,
                     event: str | None = None) -> None:
@@ -240,18 +257,21 @@ class History:
                 analysis, layer, metric = "", "", key
             rows.append([int(step), epoch, event, analysis, layer, metric, float(value), key])
         if rows:
-            self._frames.append(pd.DataFrame(rows, columns=HISTORY_COLUMNS))
-            self._cache = None
+            frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+            with self._lock:
+                self._frames.append(frame)
+                self._cache = None
 
     @property
     def frame(self) -> pd.DataFrame:
-        """The whole history (a copy-free concatenation, cached)."""
-        if self._cache is None:
-            frames = [f for f in self._frames if not f.empty]
-            self._cache = (
-                pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY_COLUMNS)
-            )
-        return self._cache
+        """The whole history (a copy-free concatenation, cached; safe to read while another thread appends)."""
+        with self._lock:
+            if self._cache is None:
+                frames = [f for f in self._frames if not f.empty]
+                self._cache = (
+                    pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY_COLUMNS)
+                )
+            return self._cache
 
     def __len__(self) -> int:
         return len(self.frame)

@@ -204,3 +204,29 @@ def test_report_html_is_rendered_at_close_and_throttled_on_flush(tmp_path) -> No
     assert (tmp_path / "t" / "report.html").stat().st_mtime_ns == first  # throttled
     monitor.close()
     assert "2 analysed step(s)" in (tmp_path / "t" / "report.html").read_text()
+
+
+def test_history_reads_are_consistent_while_another_thread_appends() -> None:
+    """The background executor appends from its completion thread while gates read: no append is lost."""
+    import copy
+    import threading
+
+    from neuronmap.results import History
+
+    history = History()
+    done = threading.Event()
+
+    def writer() -> None:
+        for step in range(300):
+            history.add_metrics({"neuronmap/x/net.0/m": float(step)}, step=step)
+        done.set()
+
+    seen = []
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while not done.is_set():
+        seen.append(len(history.frame))
+    thread.join()
+    assert seen == sorted(seen)  # never a stale, shorter cache after a longer read
+    assert len(history.frame) == 300 and history.steps == list(range(300))
+    assert len(copy.deepcopy(history).frame) == 300  # the lock does not travel, the data does
