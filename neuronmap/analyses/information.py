@@ -35,9 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from numpy.typing import ArrayLike, NDArray
 from scipy.spatial.distance import cdist
-from scipy.special import digamma
 
 from neuronmap.analyses.base import (
     Analysis,
@@ -47,6 +45,14 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.errors import InvalidParameterError
+from neuronmap.metrics.information import (
+    entropy_plugin,
+    mi_knn,
+    mi_miller_madow,
+    quantile_codes,
+    top_components,
+    unit_entropy,
+)
 from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, resolution_note
 
 __all__ = ["Information"]
@@ -128,7 +134,7 @@ class Information(Analysis):
         if counts.size < 2:
             return AnalysisResult(self.name, status="skipped",
                                   notes=(f"Column {self.target!r} has a single class; mutual information is 0.",))
-        label_entropy = _entropy_plugin(counts)
+        label_entropy = entropy_plugin(counts)
         rows, components = [], []
         items = self.layer_items(ctx)
         if not items:
@@ -138,21 +144,21 @@ class Information(Analysis):
             if not np.isfinite(x).all():
                 notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")
                 continue
-            z, explained = _top_components(x, self.n_components, ctx.random_state)
+            z, explained = top_components(x, self.n_components, ctx.random_state)
             distances = cdist(z, z, metric="chebyshev")
-            mi = _mi_knn(distances, y, self.n_neighbors)
+            mi = mi_knn(distances, y, self.n_neighbors)
             p = np.nan
             if self.n_permutations:
-                null = np.array([_mi_knn(distances, rng.permutation(y), self.n_neighbors)
+                null = np.array([mi_knn(distances, rng.permutation(y), self.n_neighbors)
                                  for _ in range(self.n_permutations)])
                 p = float((1 + np.count_nonzero(null >= mi - 1e-12)) / (1 + self.n_permutations))
-            binned = _quantile_codes(z[:, : self.n_binned], self.n_bins)
+            binned = quantile_codes(z[:, : self.n_binned], self.n_bins)
             rows.append({"layer": layer, "components": z.shape[1], "mi_knn": mi, "p": p,
                          "n_permutations": self.n_permutations,
                          "p_resolution": 1.0 / (self.n_permutations + 1) if self.n_permutations else np.nan,
-                         "mi_binned": _mi_miller_madow(binned, y),
-                         "mi_binned_plugin": _mi_miller_madow(binned, y, correction=False),
-                         "entropy": _unit_entropy(x, self.n_bins), "label_entropy": label_entropy})
+                         "mi_binned": mi_miller_madow(binned, y),
+                         "mi_binned_plugin": mi_miller_madow(binned, y, correction=False),
+                         "entropy": unit_entropy(x, self.n_bins), "label_entropy": label_entropy})
             per_component = mutual_info_classif(z, y, n_neighbors=self.n_neighbors, random_state=ctx.random_state)
             components += [{"layer": layer, "component": k, "explained_variance_ratio": float(e),
                             "mi_sklearn": float(v)}
@@ -173,88 +179,6 @@ class Information(Analysis):
         return AnalysisResult(self.name, metrics=metrics, figures={"information": _figure(table, label_entropy)},
                               tables={"information": table, "components": pd.DataFrame(components)},
                               notes=tuple(notes))
-
-
-def _top_components(x: NDArray[np.float64], k: int, seed: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Standardised scores on the top ``k`` principal components (fewer if the data span fewer)."""
-    from sklearn.decomposition import PCA
-
-    if np.ptp(x, axis=0).max() == 0:  # a constant layer: one zero column carries no information
-        return np.zeros((x.shape[0], 1)), np.zeros(1)
-    k = min(k, x.shape[1], x.shape[0] - 1)
-    pca = PCA(n_components=k, random_state=seed).fit(x)
-    scores = pca.transform(x)
-    # directions with (numerically) no variance would become pure rounding noise once scaled
-    keep = pca.explained_variance_ratio_ > 1e-10
-    return scores[:, keep] / scores[:, keep].std(axis=0), pca.explained_variance_ratio_[keep]
-
-
-def _mi_knn(distances: NDArray[np.float64], y: NDArray[np.int64], k: int) -> float:
-    """Ross (2014) estimator from a max-norm distance matrix, as scikit-learn computes it.
-
-    ``I = psi(N) + <psi(k)> - <psi(N_y)> - <psi(m)>``: ``d_i`` is the distance to the k-th
-    nearest example of the same class, ``m_i`` the number of examples (itself included) closer
-    than ``d_i``; examples alone in their class are left out. Clipped at 0 like scikit-learn.
-    """
-    n = len(y)
-    radius = np.zeros(n)
-    k_used = np.zeros(n)
-    class_size = np.bincount(y)[y]
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        if len(members) < 2:
-            continue
-        within = distances[np.ix_(members, members)].copy()
-        np.fill_diagonal(within, np.inf)
-        kk = min(k, len(members) - 1)
-        radius[members] = np.nextafter(np.partition(within, kk - 1, axis=1)[:, kk - 1], 0)
-        k_used[members] = kk
-    used = class_size > 1
-    m = np.count_nonzero(distances[used] <= radius[used, None], axis=1)
-    mi = digamma(used.sum()) + digamma(k_used[used]).mean() - digamma(class_size[used]).mean() - digamma(m).mean()
-    return float(max(0.0, mi))
-
-
-def _entropy_plugin(counts: ArrayLike) -> float:
-    """Plug-in (maximum-likelihood) entropy ``-sum p log p`` in nats of a histogram."""
-    c = np.asarray(counts, dtype=np.float64)
-    c = c[c > 0]
-    p = c / c.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def _entropy_miller_madow(counts: ArrayLike) -> float:
-    """Miller-Madow entropy ``H_plugin + (m - 1) / (2N)``, ``m`` occupied bins (Miller 1955)."""
-    c = np.asarray(counts, dtype=np.float64)
-    return _entropy_plugin(c) + (np.count_nonzero(c) - 1) / (2.0 * c.sum())
-
-
-def _mi_miller_madow(codes: NDArray[np.int64], y: NDArray[np.int64], *, correction: bool = True) -> float:
-    """``I = H(Z) + H(Y) - H(Z, Y)`` from discrete codes, each entropy Miller-Madow corrected."""
-    entropy = _entropy_miller_madow if correction else _entropy_plugin
-    joint = codes * (int(y.max()) + 1) + y
-    return entropy(np.bincount(codes)) + entropy(np.bincount(y)) - entropy(np.bincount(joint))
-
-
-def _quantile_codes(z: NDArray[np.float64], n_bins: int) -> NDArray[np.int64]:
-    """One code per example for the joint equal-frequency bin of its rows in ``z``."""
-    columns = []
-    for column in z.T:
-        edges = np.unique(np.quantile(column, np.linspace(0, 1, n_bins + 1)[1:-1]))
-        columns.append(np.searchsorted(edges, column, side="right"))
-    return np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
-
-
-def _unit_entropy(x: NDArray[np.float64], n_bins: int) -> float:
-    """Mean Miller-Madow entropy of each unit in ``n_bins`` equal-width bins over its range."""
-    low, span = x.min(axis=0), np.ptp(x, axis=0)
-    safe = np.where(span > 0, span, 1.0)
-    n, d = x.shape
-    codes = np.clip(((x - low) / safe * n_bins).astype(np.int64), 0, n_bins - 1)
-    counts = np.bincount((codes + np.arange(d) * n_bins).ravel(), minlength=d * n_bins).reshape(d, n_bins)
-    p = counts / n
-    plugin = -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=1)
-    return float(np.mean(plugin + (np.count_nonzero(counts, axis=1) - 1) / (2.0 * n)))
 
 
 def _figure(table: pd.DataFrame, label_entropy: float) -> Figure:
