@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,11 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval, Options
 from neuronmap.errors import InvalidParameterError, LayerNotFoundError
 from neuronmap.findings import Finding
 from neuronmap.metrics.similarity import cka_matrix, linear_cka, rdm, rsa
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, resolution_note
+from neuronmap.stats import adjust_pvalues, resolution_note
 
 __all__ = ["CKA", "RSA", "cka_heatmap", "compare_models"]
 
@@ -94,6 +95,10 @@ class CKA(Analysis):
 
     name = "cka"
     headline_metrics = ("drift_first", "drift_previous")
+    # device needs torch to check (and CUDA to be present): resolve_device checks it in __init__
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "debiased": [bool], "drift": [bool], "device": ["no_validation"],
+    }
 
     def findings(self, result: AnalysisResult) -> list[Finding]:
         """See :func:`neuronmap.analyses._findings.cka_findings`."""
@@ -115,7 +120,10 @@ class CKA(Analysis):
         if device not in ("auto", None):
             from neuronmap.metrics._cka_torch import resolve_device
 
-            resolve_device(device)  # a bad device fails here, not at the first scheduled run
+            try:
+                resolve_device(device)  # a bad device fails here, not at the first scheduled run
+            except InvalidParameterError as err:
+                raise InvalidParameterError(f"CKA: {err}") from None
         self.device = device
         self._first: dict[str, NDArray[np.float32]] = {}
         self._previous: dict[str, NDArray[np.float32]] = {}
@@ -310,8 +318,8 @@ class RSA(Analysis):
             output); such layers get a note and NaN.
         method: RDM correlation: ``"spearman"``, ``"kendall"`` or ``"pearson"``.
         n_permutations: Mantel permutations (0 disables the test).
-        max_examples: Larger probe sets are subsampled (seeded) to this many examples, since
-            the test costs ``n^2 * n_permutations``.
+        max_examples: Larger probe sets are subsampled (seeded) to this many examples (at least
+            4; ``None``: every example), since the test costs ``n^2 * n_permutations``.
         p_adjust: Correction across layers (:data:`neuronmap.stats.PVALUE_METHODS`).
         alpha: Significance level for the ``significant`` column.
         layers: Optional selectors restricting the analysis to some captured layers.
@@ -330,6 +338,13 @@ class RSA(Analysis):
 
     name = "rsa"
     probe_columns = ("target",)
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "target": [str],
+        "reference_layer": [None, str],
+        "metric": [Options(_METRICS)],
+        "method": [Options(_METHODS)],
+        "max_examples": [None, Interval(int, 4, None)],  # an RDM correlation needs a few pairs
+    }
 
     def __init__(
         self,
@@ -339,22 +354,12 @@ class RSA(Analysis):
         metric: Metric = "correlation",
         method: Method = "spearman",
         n_permutations: int = 1000,
-        max_examples: int = 500,
+        max_examples: int | None = 500,
         p_adjust: str = "holm",
         alpha: float = 0.05,
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        for value, allowed, label in ((metric, _METRICS, "metric"), (method, _METHODS, "method"),
-                                      (p_adjust, PVALUE_METHODS, "p_adjust")):
-            if value not in allowed:
-                raise InvalidParameterError(f"{label} must be one of {allowed}; got {value!r}.")
-        if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 0:
-            raise InvalidParameterError(f"n_permutations must be an integer >= 0; got {n_permutations!r}.")
-        if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 4:
-            raise InvalidParameterError(f"max_examples must be an integer >= 4; got {max_examples!r}.")
-        if not 0.0 < alpha < 1.0:
-            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
         self.target = target
         self.reference_layer = reference_layer
         self.metric = metric
@@ -371,7 +376,7 @@ class RSA(Analysis):
         if self.reference_layer is None:
             labels = ctx.probe.column(self.target)
             keep = keep[~pd.isna(labels)]
-        if len(keep) > self.max_examples:
+        if self.max_examples is not None and len(keep) > self.max_examples:
             keep = np.sort(rng.choice(keep, self.max_examples, replace=False))
             notes.append(f"RDMs use a seeded random subset of {self.max_examples} of {len(ctx.probe)} examples.")
         reference, what = self._reference(ctx, keep)

@@ -26,6 +26,7 @@ CASES: dict[str, Callable[[], Case]] = {
     #     concept_extraction, projection, tcav
     "activation_stats": lambda: (nm.ActivationStats(), None, None, None),
     "cka": lambda: (nm.CKA(), None, None, None),
+    "rsa": lambda: (nm.RSA(n_permutations=19), None, None, None),
     # --- mechanistic: activation_max, activation_patching, circuit_discovery, causal_tracing,
     #     attention, attribution, adversarial
 }

@@ -83,7 +83,7 @@ def test_cka_on_a_torch_device_equals_numpy(device: str) -> None:
 
 
 def test_cka_rejects_a_device_torch_cannot_use() -> None:
-    with pytest.raises(InvalidParameterError, match=r"must be a torch device.*got 'gpu'"):
+    with pytest.raises(InvalidParameterError, match=r"^CKA: device must be a torch device.*got 'gpu'"):
         CKA(device="gpu")
 
 
@@ -179,10 +179,13 @@ def test_compare_models_is_the_cross_model_cka_matrix() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"metric": "manhattan"}, r"metric must be one of \('correlation', 'euclidean', 'cosine'\); got 'manhattan'"),
-        ({"method": "rank"}, r"method must be one of \('spearman', 'kendall', 'pearson'\); got 'rank'"),
+        ({"metric": "manhattan"}, r"RSA: metric must be one of \['correlation', 'cosine', 'euclidean'\]; "
+                                  r"got 'manhattan'\.$"),
+        ({"method": "rank"}, r"RSA: method must be one of \['kendall', 'pearson', 'spearman'\]; got 'rank'\.$"),
         ({"n_permutations": -5}, r"RSA: n_permutations must be an int in \[0, inf\); got -5"),
-        ({"max_examples": 2}, r"max_examples must be an integer >= 4; got 2"),
+        ({"max_examples": 2}, r"RSA: max_examples must be None or an int in \[4, inf\); got 2\.$"),
+        ({"p_adjust": "bh"}, r"RSA: p_adjust must be one of \[.*'holm'.*\]; got 'bh'\.$"),
+        ({"alpha": 1.0}, r"RSA: alpha must be a float in \(0, 1\); got 1\.0\.$"),
     ],
 )
 def test_rsa_rejects_bad_parameters(kwargs: dict, match: str) -> None:
