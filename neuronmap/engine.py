@@ -372,6 +372,8 @@ class NeuronMap:
                                  outputs=activations.outputs, modules=structure_modules(target, activations.layers))
         run = new_run(seq, step=int(step), epoch=epoch, event=event, started=started, timings=timings, local=local,
                       message=message, model=model, t_run=t_run)
+        for listener in self._listeners:  # what a listener takes from the live model now (the audit trail's hash)
+            self._guarded("on_capture", getattr(listener, "on_capture", lambda *_: None), model, int(step))
         self.schedule.record(step=int(step), epoch=epoch)
         background.hand_off(run)
         return PendingReport(step=int(step), epoch=epoch, event=event, timestamp=started, results=dict(local),
@@ -381,12 +383,8 @@ class NeuronMap:
         """A background run's report, complete: findings, history, reporters, listeners (step order)."""
         for name, result in remote.items():
             if result.status == "failed":
-                warnings.warn(
-                    f"NeuronMap analysis {name!r} failed at step {run.step} and was skipped ({result.error}); "
-                    "training goes on.",
-                    AnalysisFailedWarning,
-                    stacklevel=2,
-                )
+                warnings.warn(f"NeuronMap analysis {name!r} failed at step {run.step} and was skipped "
+                              f"({result.error}); training goes on.", AnalysisFailedWarning, stacklevel=2)
         results = {a.name: run.local[a.name] if a.name in run.local else remote[a.name] for a in self.analyses}
         timings = {**run.timings, **{name: r.duration_s for name, r in remote.items()}}
         report = Report(step=run.step, epoch=run.epoch, event=run.event, timestamp=run.started, results=results,

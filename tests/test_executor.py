@@ -203,3 +203,29 @@ def test_only_model_analyses_need_no_worker() -> None:
     assert not isinstance(report, PendingReport)
     assert report.results["where_with_model"].status == "ok"
     assert monitor._background is not None and monitor._background.starts == 0
+
+
+def test_audit_trail_hashes_the_model_as_captured_not_as_trained_later(tmp_path) -> None:
+    """A background report completes steps after its capture: the trail's model_hash is the captured weights'."""
+    import json
+
+    from neuronmap.audit import AuditTrail, hash_model
+    from neuronmap.reporters import LocalReporter
+
+    local = LocalReporter(tmp_path, run_name="audited")
+    monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[nm.ActivationStats()], reporters=[local],
+                           executor="background")
+    trail = AuditTrail(local.run_dir).attach(monitor)
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    captured, pending = {}, []
+    for step in range(3):
+        captured[step] = hash_model(model)
+        pending.append(monitor.run(model, step=step))
+        _train_step(model, opt, step)  # the weights change before the worker's results come back
+    for report in pending:
+        report.wait(timeout=120)
+    monitor.close()
+    entries = [json.loads(line) for line in trail.path.read_text().splitlines()]
+    runs = {e["step"]: e["model_hash"] for e in entries if e.get("kind", e.get("event")) == "engine_run"}
+    assert runs == captured

@@ -204,6 +204,7 @@ class AuditTrail:
         self.manifests = manifests
         self._monitor: NeuronMap | None = None
         self._last_step: int | None = None
+        self._capture_hashes: dict[int, str] = {}  # step -> model hash taken at capture (background mode)
         self._ended = False
 
     def __repr__(self) -> str:
@@ -291,7 +292,8 @@ class AuditTrail:
             step=report.step, epoch=report.epoch, event=report.event, run_timestamp=report.timestamp,
             config_hash=hash_json(config) if config is not None else None,
             probe_fingerprint=report.probe_fingerprint,
-            model_hash=hash_model(model) if model is not None and self.hash_params else None,
+            model_hash=self._capture_hashes.pop(report.step, None) or (
+                hash_model(model) if model is not None and self.hash_params else None),
             model_name=model_name(model),
             results_hash=hash_json(digest),
             summary={"metrics": len(digest["metrics"]), "analyses": digest["status"], "failed": dict(report.failed)},
@@ -362,6 +364,11 @@ class AuditTrail:
         self._monitor = monitor
         monitor.add_listener(self)
         return self
+
+    def on_capture(self, model: nn.Module, step: int) -> None:
+        """Hash the model when a background run captures it (the report completes steps later)."""
+        if self.hash_params:
+            self._capture_hashes[step] = hash_model(model)
 
     def __call__(self, report: Report, model: nn.Module) -> None:
         if self._monitor is not None:
