@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -14,6 +14,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval
 from neuronmap.findings import Finding
 from neuronmap.metrics.neurons import activation_summary
 
@@ -42,6 +43,10 @@ class ActivationStats(Analysis):
 
     name = "activation_stats"
     headline_metrics = ("std", "sparsity", "effective_rank", "nonfinite_fraction")
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "dead_threshold": [Interval(float, None, None)],
+        "eps": [Interval(float, 0, None)],
+    }
 
     def findings(self, result: AnalysisResult) -> list[Finding]:
         """See :func:`neuronmap.analyses._findings.activation_findings`."""
