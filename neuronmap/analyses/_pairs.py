@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from neuronmap.analyses.base import Analysis, AnalysisContext
+from neuronmap.analyses.params import Interval, Options, Type
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.interventions import Node, answer_logits, forward, logits_of, resolve_nodes
 from neuronmap.metrics.patching import logit_difference, normalized_effect
@@ -133,7 +134,8 @@ def pair_batches(
 
 
 def normalized_effect_ci(
-    patched: np.ndarray, source: np.ndarray, target: np.ndarray, *, n_resamples: int, seed: int
+    patched: np.ndarray, source: np.ndarray, target: np.ndarray, *, n_resamples: int, seed: int,
+    confidence: float = 0.95,
 ) -> tuple[float, float, float]:
     """``(effect, ci_low, ci_high)`` of :func:`normalized_effect`, bootstrapping pairs jointly."""
     estimate = normalized_effect(patched, clean=source, corrupted=target)
@@ -144,7 +146,8 @@ def normalized_effect_ci(
         return (p.mean(axis) - t.mean(axis)) / (s.mean(axis) - t.mean(axis))
 
     try:
-        ci = bootstrap_ci(ratio, patched, source, target, paired=True, n_resamples=n_resamples, random_state=seed)
+        ci = bootstrap_ci(ratio, patched, source, target, paired=True, n_resamples=n_resamples,
+                          confidence=confidence, random_state=seed)
     except InvalidParameterError:  # a resample with no clean-corrupted gap
         return estimate, float("nan"), float("nan")
     return estimate, ci.low, ci.high
@@ -163,12 +166,18 @@ def _predictions(model: nn.Module, probe: ProbeSet, batch_size: int, device: tor
 class PairedNodeAnalysis(Analysis):
     """Shared set-up of analyses that intervene on nodes (modules or heads) over clean/corrupted pairs.
 
-    Validates the common arguments once, and :meth:`prepare` resolves the nodes and builds the
+    Declares the common arguments once, and :meth:`prepare` resolves the nodes and builds the
     pair batches for a run (``ActivationPatching``, ``CircuitDiscovery``).
     """
 
     needs_model = True  # patches activations in extra forward passes
     probe_columns = ("pairs",)
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "pairs": [Type(str, list, tuple, label="a probe column (str) or a list of (clean, corrupted) index pairs")],
+        "heads": [None, Type(str, list, tuple, label="a layer selector (str) or a list of them")],
+        "n_heads": [None, Interval(int, 1, None)],
+        "answers": [Options(ANSWERS)],
+    }
 
     def __init__(
         self,
@@ -179,18 +188,19 @@ class PairedNodeAnalysis(Analysis):
         n_heads: int | None,
         answers: Answers,
         n_resamples: int,
+        confidence: float,
         nodes_role: str,
     ) -> None:
         super().__init__(layers=layers)
         if layers is None and heads is None:
-            raise InvalidParameterError(f"{type(self).__name__} needs layers= and/or heads= {nodes_role}; got neither.")
-        if answers not in ANSWERS:
-            raise InvalidParameterError(f"answers must be one of {ANSWERS}; got {answers!r}.")
+            raise InvalidParameterError(f"{type(self).__name__}: layers and/or heads must be given (selectors of the "
+                                        f"nodes {nodes_role}); got neither.")
         self.pairs: PairsArg = pairs if isinstance(pairs, str) else [(int(a), int(b)) for a, b in pairs]
         self.heads = [heads] if isinstance(heads, str) else heads
         self.n_heads = n_heads
         self.answers = answers
         self.n_resamples = n_resamples
+        self.confidence = confidence
 
     def prepare(self, ctx: AnalysisContext) -> tuple[list[Node], list[PairBatch], list[str]]:
         """The nodes to intervene on, the pair batches, and notes about pairs left out."""

@@ -20,7 +20,7 @@ last real position). Noise samples of one example run as one batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval, Options, Type
 from neuronmap.capture.hooks import model_device
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.errors import InvalidParameterError, ProbeSetError
@@ -72,6 +73,7 @@ class CausalTracing(Analysis):
             (was 64) bounds a 6-block model on 16-token texts to about 15 000 sequence passes;
             the heatmap's CIs are about twice as wide as with 64 (docs/performance.md).
         n_resamples: Bootstrap resamples (over examples) of the CIs.
+        confidence: Coverage of the CIs.
 
     Example:
         >>> import neuronmap as nm
@@ -85,6 +87,14 @@ class CausalTracing(Analysis):
 
     needs_model = True  # restores states in corrupted forward passes
     name = "causal_tracing"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "layers": [Type(str, list, tuple, label="a layer selector (str) or a list of them")],  # required here
+        "corrupt": [None, Type(str, list, tuple, label="a probe column (str) or a list of token positions")],
+        "target": [Options(_TARGETS), Interval(int, 0, None)],
+        "noise": [Interval(float, 0, None, closed="neither")],
+        "n_samples": [Interval(int, 1, None)],
+        "embedding": [None, str],
+    }
 
     def __init__(
         self,
@@ -97,17 +107,9 @@ class CausalTracing(Analysis):
         embedding: str | None = None,
         max_examples: int | None = 16,
         n_resamples: int = 1000,
+        confidence: float = 0.95,
     ) -> None:
         super().__init__(layers=layers)
-        is_id = isinstance(target, (int, np.integer)) and not isinstance(target, bool) and target >= 0
-        if not is_id and target not in _TARGETS:
-            raise InvalidParameterError(f"target must be one of {_TARGETS} or a class/token id >= 0; got {target!r}.")
-        if not noise > 0:
-            raise InvalidParameterError(f"noise must be a positive number of standard deviations; got {noise!r}.")
-        if not isinstance(n_samples, int) or n_samples < 1:
-            raise InvalidParameterError(f"n_samples must be a positive int; got {n_samples!r}.")
-        if max_examples is not None and max_examples < 1:
-            raise InvalidParameterError(f"max_examples must be a positive int or None; got {max_examples!r}.")
         self.corrupt = corrupt if corrupt is None or isinstance(corrupt, str) else [int(p) for p in corrupt]
         self.target = target
         self.noise = float(noise)
@@ -115,6 +117,7 @@ class CausalTracing(Analysis):
         self.embedding = embedding
         self.max_examples = max_examples
         self.n_resamples = n_resamples
+        self.confidence = confidence
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         model = ctx.model
@@ -224,7 +227,7 @@ class CausalTracing(Analysis):
     def _result(self, trace: dict[str, Any], layers: list[str], seed: int, scale: float) -> AnalysisResult:
         metrics = MetricSet()
         te = trace["p_clean"] - trace["p_corr"]
-        metrics.add("model", "total_effect", float(te.mean()), ci=_ci(te, self.n_resamples, seed))
+        metrics.add("model", "total_effect", float(te.mean()), ci=_ci(te, self.n_resamples, seed, self.confidence))
         metrics.add("model", "p_clean", float(trace["p_clean"].mean()))
         metrics.add("model", "p_corrupted", float(trace["p_corr"].mean()))
         metrics.add("model", "noise_scale", scale)
@@ -240,7 +243,8 @@ class CausalTracing(Analysis):
             if np.isfinite(mean).any():
                 peak = int(np.nanargmax(mean))
                 column = ie[:, peak][np.isfinite(ie[:, peak])]
-                metrics.add(layer, "peak_indirect_effect", float(mean[peak]), ci=_ci(column, self.n_resamples, seed))
+                metrics.add(layer, "peak_indirect_effect", float(mean[peak]),
+                            ci=_ci(column, self.n_resamples, seed, self.confidence))
                 metrics.add(layer, "peak_position", peak)
         table = pd.DataFrame(rows)
         frame = pd.DataFrame(heat).T
@@ -249,10 +253,10 @@ class CausalTracing(Analysis):
         return AnalysisResult(self.name, metrics=metrics, tables={"indirect_effects": table}, figures={"heatmap": fig})
 
 
-def _ci(values: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float] | None:
+def _ci(values: np.ndarray, n_resamples: int, seed: int, confidence: float) -> tuple[float, float] | None:
     if len(values) < 3:
         return None
-    ci = bootstrap_ci(np.mean, values, n_resamples=n_resamples, random_state=seed)
+    ci = bootstrap_ci(np.mean, values, n_resamples=n_resamples, confidence=confidence, random_state=seed)
     return ci.low, ci.high
 
 

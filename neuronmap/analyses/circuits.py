@@ -20,7 +20,7 @@ evaluation, so memory stays one batch of activations.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.errors import InvalidParameterError
+from neuronmap.analyses.params import Interval, Options
 from neuronmap.interventions import Node, intervene, record
 from neuronmap.metrics.patching import normalized_effect
 
@@ -69,6 +69,7 @@ class CircuitDiscovery(PairedNodeAnalysis):
         max_passes: Passes over the nodes (stops early when a pass removes nothing).
         answers: ``"label"`` or ``"prediction"`` (see :class:`ActivationPatching`).
         n_resamples: Bootstrap resamples (over pairs) of the retained-metric CI.
+        confidence: Coverage of that CI.
 
     Example:
         >>> import torch
@@ -85,6 +86,11 @@ class CircuitDiscovery(PairedNodeAnalysis):
     """
 
     name = "circuit_discovery"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "keep": [Interval(float, 0, 1, closed="right")],
+        "order": [Options(_ORDERS)],
+        "max_passes": [Interval(int, 1, None)],
+    }
 
     def __init__(
         self,
@@ -98,15 +104,10 @@ class CircuitDiscovery(PairedNodeAnalysis):
         max_passes: int = 3,
         answers: Answers = "label",
         n_resamples: int = 1000,
+        confidence: float = 0.95,
     ) -> None:
         super().__init__(pairs=pairs, layers=layers, heads=heads, n_heads=n_heads, answers=answers,
-                         n_resamples=n_resamples, nodes_role="as candidate nodes")
-        if not 0.0 < keep <= 1.0:
-            raise InvalidParameterError(f"keep must be a fraction in (0, 1]; got {keep!r}.")
-        if order not in _ORDERS:
-            raise InvalidParameterError(f"order must be one of {_ORDERS}; got {order!r}.")
-        if not isinstance(max_passes, int) or max_passes < 1:
-            raise InvalidParameterError(f"max_passes must be a positive int; got {max_passes!r}.")
+                         n_resamples=n_resamples, confidence=confidence, nodes_role="as candidate nodes")
         self.keep = keep
         self.order = order
         self.max_passes = max_passes
@@ -128,7 +129,7 @@ class CircuitDiscovery(PairedNodeAnalysis):
         finally:
             model.train(was_training)
         retained = normalized_effect_ci(final, search.clean, search.corrupted, n_resamples=self.n_resamples,
-                                        seed=ctx.random_state)
+                                        seed=ctx.random_state, confidence=self.confidence)
         kept = [n for n in nodes if n not in ablated]
         metrics = MetricSet()
         metrics.add("model", "metric_retained", retained[0], ci=None if np.isnan(retained[1]) else retained[1:])

@@ -14,7 +14,7 @@ is reported, so one can judge whether the cheap estimate is good enough for a mo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,12 +31,14 @@ from neuronmap.analyses._pairs import (
     logit_diff,
     normalized_effect_ci,
 )
+from neuronmap.analyses._replay import BlockReplay
 from neuronmap.analyses.base import (
     AnalysisContext,
     AnalysisResult,
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Options
 from neuronmap.errors import InvalidParameterError
 from neuronmap.interventions import Node, intervene, record
 from neuronmap.metrics.patching import (
@@ -71,6 +73,7 @@ class ActivationPatching(PairedNodeAnalysis):
             ``"prediction"`` (the model's clean and corrupted predictions).
         attribution: Also compute attribution patching and its agreement.
         n_resamples: Bootstrap resamples (over pairs) of each effect's CI.
+        confidence: Coverage of those CIs.
 
     Example:
         >>> import torch, numpy as np
@@ -86,6 +89,11 @@ class ActivationPatching(PairedNodeAnalysis):
     """
 
     name = "activation_patching"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "per_position": [bool, Options(["layers"])],
+        "direction": [Options(_DIRECTIONS)],
+        "attribution": [bool],
+    }
 
     def __init__(
         self,
@@ -99,16 +107,10 @@ class ActivationPatching(PairedNodeAnalysis):
         answers: Answers = "label",
         attribution: bool = True,
         n_resamples: int = 1000,
+        confidence: float = 0.95,
     ) -> None:
         super().__init__(pairs=pairs, layers=layers, heads=heads, n_heads=n_heads, answers=answers,
-                         n_resamples=n_resamples, nodes_role="to patch")
-        if direction not in _DIRECTIONS:
-            raise InvalidParameterError(f"direction must be one of {_DIRECTIONS}; got {direction!r}.")
-        if per_position not in (True, False, "layers"):
-            raise InvalidParameterError(
-                "The 'per_position' parameter of ActivationPatching must be True, False or 'layers'; "
-                f"got {per_position!r} instead."
-            )
+                         n_resamples=n_resamples, confidence=confidence, nodes_role="to patch")
         self.per_position = per_position
         self.direction = direction
         self.attribution = attribution
@@ -148,7 +150,10 @@ class ActivationPatching(PairedNodeAnalysis):
 
             return edit
 
-        with torch.set_grad_enabled(self.attribution), intervene(model, {n: tap(n) for n in nodes}):
+        # The target run is also the reference whose early blocks every patched run replays.
+        replay = BlockReplay(model, nodes)
+        with (torch.set_grad_enabled(self.attribution), replay.recording(),
+              intervene(model, {n: tap(n) for n in nodes})):
             ld_target = logit_diff(model, target, batch, positional=positional)
             grads = (torch.autograd.grad(ld_target.sum(), [leaves[n][1] for n in nodes], allow_unused=True)
                      if self.attribution else [None] * len(nodes))
@@ -162,17 +167,18 @@ class ActivationPatching(PairedNodeAnalysis):
                         f"{tuple(leaves[node][0].shape)} in the other; patched pairs must be token-aligned."
                     )
                 delta = src[node] - leaves[node][0]
-                with intervene(model, {node: _constant(src[node])}):
+                with replay.replaying([node]), intervene(model, {node: _constant(src[node])}):
                     acc.add(node, "exact", logit_diff(model, target, batch, positional=positional))
                 if grad is not None:
                     approx = attribution_patching_effect(delta, grad, sum_dims=delta.ndim - 1)
                     acc.add(node, "approx", ld_target + approx)
                 positions = self.per_position is True or (self.per_position == "layers" and node.head is None)
                 if positions and delta.ndim == 3:
-                    acc.add(node, "pos_exact", torch.stack([
-                        _logit_diff_patched(model, target, batch, node, src[node], p, positional=positional)
-                        for p in range(delta.shape[1])
-                    ], dim=1))
+                    with replay.replaying([node]):
+                        acc.add(node, "pos_exact", torch.stack([
+                            _logit_diff_patched(model, target, batch, node, src[node], p, positional=positional)
+                            for p in range(delta.shape[1])
+                        ], dim=1))
                     if grad is not None:
                         pos_approx = attribution_patching_effect(delta, grad, sum_dims=1)
                         acc.add(node, "pos_approx", ld_target[:, None] + pos_approx)
@@ -182,7 +188,8 @@ class ActivationPatching(PairedNodeAnalysis):
         metrics, rows, pos_rows = MetricSet(), [], []
         for node in acc.nodes:
             exact = acc.get(node, "exact")
-            ci = normalized_effect_ci(exact, src, tgt, n_resamples=self.n_resamples, seed=seed)
+            ci = normalized_effect_ci(exact, src, tgt, n_resamples=self.n_resamples, seed=seed,
+                                      confidence=self.confidence)
             row: dict[str, Any] = {"node": node.name, "module": node.module, "head": node.head, "effect": ci[0],
                    "ci_low": ci[1], "ci_high": ci[2], "attribution": float("nan")}
             metrics.add(node.name, "patch_effect", ci[0], ci=None if np.isnan(ci[1]) else (ci[1], ci[2]))

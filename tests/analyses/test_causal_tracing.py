@@ -129,10 +129,13 @@ def test_hooks_are_removed_after_a_run_and_after_a_failure() -> None:
 
 
 def test_tracing_errors_say_what_is_wrong() -> None:
-    with pytest.raises(InvalidParameterError, match=r"target must be one of \('prediction', 'label'\)"):
+    with pytest.raises(InvalidParameterError, match=r"CausalTracing: target must be one of \['label', 'prediction'\] "
+                                                    r"or an int in \[0, inf\); got 'logit'\."):
         CausalTracing(layers="x", target="logit")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="noise must be a positive number"):
+    with pytest.raises(InvalidParameterError, match=r"CausalTracing: noise must be a float in \(0, inf\); got 0\."):
         CausalTracing(layers="x", noise=0)
+    with pytest.raises(InvalidParameterError, match=r"CausalTracing: layers must be a layer selector .*; got None\."):
+        CausalTracing(layers=None)  # type: ignore[arg-type]
     model = key_token_bert().model
     probe = key_token_probe(4)
     far = CausalTracing(layers=BERT_LAYERS, corrupt=[40], n_samples=1)

@@ -109,9 +109,12 @@ def test_both_visit_orders_agree_on_this_model() -> None:
 
 
 def test_circuit_errors_say_what_is_wrong() -> None:
-    with pytest.raises(InvalidParameterError, match=r"keep must be a fraction in \(0, 1\]; got 1.5"):
+    with pytest.raises(InvalidParameterError, match=r"CircuitDiscovery: keep must be a float in \(0, 1\]; got 1.5"):
         CircuitDiscovery(layers="x", keep=1.5)
-    with pytest.raises(InvalidParameterError, match=r"order must be one of \('reverse', 'effect'\); got 'random'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"CircuitDiscovery: order must be one of \['effect', 'reverse'\]; got 'random'"):
         CircuitDiscovery(layers="x", order="random")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="needs layers= and/or heads="):
+    with pytest.raises(InvalidParameterError, match=r"CircuitDiscovery: max_passes must be an int in \[1, inf\)"):
+        CircuitDiscovery(layers="x", max_passes=0)
+    with pytest.raises(InvalidParameterError, match="CircuitDiscovery: layers and/or heads must be given"):
         CircuitDiscovery()

@@ -176,10 +176,13 @@ def test_intervene_removes_its_hooks_even_when_the_forward_raises() -> None:
 
 
 def test_patching_errors_say_what_is_wrong() -> None:
-    with pytest.raises(InvalidParameterError, match="needs layers= and/or heads="):
+    with pytest.raises(InvalidParameterError, match="ActivationPatching: layers and/or heads must be given"):
         ActivationPatching()
-    with pytest.raises(InvalidParameterError, match=r"direction must be one of \('denoising', 'noising'\)"):
+    with pytest.raises(InvalidParameterError, match=r"ActivationPatching: direction must be one of "
+                                                    r"\['denoising', 'noising'\]; got 'both'\."):
         ActivationPatching(layers="x", direction="both")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"ActivationPatching: confidence must be a float in \(0, 1\)"):
+        ActivationPatching(layers="x", confidence=95)
     with pytest.raises(InvalidParameterError, match="n_heads must be a positive int when heads= is given"):
         resolve_nodes(tiny_mlp(), heads="net.2")
     probe = nm.ProbeSet(torch.randn(4, 8), metadata={"partner": [1, -1, 3, -1]})
@@ -200,5 +203,6 @@ def test_per_position_defaults_to_layer_nodes_and_true_adds_the_heads() -> None:
     assert every_nodes > default_nodes and any("head_" in n for n in every_nodes)
     effects = {k: v for k, v in default.metrics.items() if k.endswith("/patch_effect")}
     assert effects == {k: every.metrics[k] for k in effects}  # whole-node effects do not change
-    with pytest.raises(InvalidParameterError, match="'per_position' parameter of ActivationPatching"):
+    with pytest.raises(InvalidParameterError, match=r"ActivationPatching: per_position must be a bool or one of "
+                                                    r"\['layers'\]; got 'heads'\."):
         ActivationPatching(layers="x", per_position="heads")  # type: ignore[arg-type]
