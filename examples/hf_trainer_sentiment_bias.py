@@ -68,9 +68,9 @@ def analyses(tokenizer: Any, *, quick: bool) -> list[nm.Analysis]:
     # --quick is a smoke test: few resamples and permutations, no control task.
     resamples, permutations = (20, 19) if quick else (1000, 999)
     probing: dict[str, Any] = (
-        {"cv": 3, "n_permutations": 0, "n_bootstrap": 20, "control_task": False}
+        {"cv": 3, "n_permutations": 0, "n_resamples": 20, "control_task": False}
         if quick
-        else {"cv": 5, "n_permutations": 200, "n_bootstrap": 500}
+        else {"cv": 5, "n_permutations": 200, "n_resamples": 500}
     )
     return [
         Fairness(["gender", "race"], n_resamples=resamples, n_permutations=permutations, min_group_size=5),

@@ -102,9 +102,9 @@ def analyses(*, quick: bool) -> list[nm.Analysis]:
     """CKA drift, probing of the class and of the ink group, neuron health."""
     # --quick is a smoke test: no permutation tests or control tasks, few resamples.
     probing: dict[str, Any] = (
-        {"cv": 3, "n_permutations": 0, "n_bootstrap": 20, "control_task": False}
+        {"cv": 3, "n_permutations": 0, "n_resamples": 20, "control_task": False}
         if quick
-        else {"cv": 5, "n_permutations": 200, "n_bootstrap": 500}
+        else {"cv": 5, "n_permutations": 200, "n_resamples": 500}
     )
     return [
         CKA(),

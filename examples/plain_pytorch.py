@@ -48,7 +48,7 @@ def analyses() -> list[nm.Analysis]:
     """Activation health, plus linear probing of the digit class where that analysis is installed."""
     chosen: list[nm.Analysis] = [nm.ActivationStats()]
     if "probing" in available_analyses():
-        chosen.append(get_analysis("probing", target="label", cv=3, n_permutations=50, n_bootstrap=100))
+        chosen.append(get_analysis("probing", target="label", cv=3, n_permutations=50, n_resamples=100))
     return chosen
 
 

@@ -52,7 +52,7 @@ def main() -> None:
         # Probing only the last two layers keeps CI fast; with 2 layers the smallest Holm-adjusted
         # permutation p-value is 2 / (99 + 1) = 0.02, below the gate's 0.05.
         analyses=[nm.ActivationStats(),
-                  Probing(n_permutations=99, n_bootstrap=200, control_task=False, layers=["net.3", "net.4"])],
+                  Probing(n_permutations=99, n_resamples=200, control_task=False, layers=["net.3", "net.4"])],
         reporters=[reporter],
         name="ci-gate-example",
     )

@@ -31,7 +31,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -47,9 +47,9 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.errors import InvalidParameterError, ProbeSetError
+from neuronmap.errors import ProbeSetError
 from neuronmap.metrics.similarity import linear_cka
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+from neuronmap.stats import adjust_pvalues
 
 __all__ = ["CrossLingualAlignment"]
 
@@ -64,7 +64,9 @@ class CrossLingualAlignment(Analysis):
         pair_column: Column shared by the translations of one sentence.
         center: Subtract each language's mean vector before retrieval.
         n_permutations: Shuffles of the translations for the retrieval p-value (0 disables it).
-        n_bootstrap: Kept for a uniform signature (the CKA interval is a jackknife). confidence: Coverage.
+        n_resamples: Unused, kept so one set of statistics settings fits every analysis (the CKA interval
+            is a jackknife, the retrieval interval a Wilson interval); ``n_bootstrap`` is its deprecated name.
+        confidence: Coverage.
         p_adjust: Correction across layers and languages. alpha: Significance level.
         layers, name: As for every analysis.
 
@@ -76,7 +78,7 @@ class CrossLingualAlignment(Analysis):
         >>> base = torch.randn(30, 8)
         >>> x = torch.cat([base, base + 0.1 * torch.randn(30, 8)])
         >>> probe = nm.ProbeSet(x, metadata={"language": ["en"] * 30 + ["de"] * 30, "pair_id": list(range(30)) * 2})
-        >>> an = CrossLingualAlignment(n_permutations=99, n_bootstrap=99)
+        >>> an = CrossLingualAlignment(n_permutations=99)
         >>> m = nm.NeuronMap(probe, layers=["0"], analyses=[an], reporters=[]).run(
         ...     torch.nn.Sequential(torch.nn.Linear(8, 8)), step=0).metrics
         >>> m["neuronmap/crosslingual/0/de_retrieval"] > 0.9
@@ -84,6 +86,13 @@ class CrossLingualAlignment(Analysis):
     """
 
     name = "crosslingual"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "pivot": [str],
+        "language_column": [str],
+        "pair_column": [str],
+        "center": [bool],
+    }
+    _renamed_parameters: ClassVar[dict[str, str]] = {"n_bootstrap": "n_resamples"}
 
     def __init__(
         self,
@@ -93,7 +102,7 @@ class CrossLingualAlignment(Analysis):
         pair_column: str = "pair_id",
         center: bool = True,
         n_permutations: int = 1000,
-        n_bootstrap: int = 1000,
+        n_resamples: int = 1000,
         confidence: float = 0.95,
         p_adjust: str = "holm",
         alpha: float = 0.05,
@@ -101,19 +110,12 @@ class CrossLingualAlignment(Analysis):
         name: str | None = None,
     ) -> None:
         super().__init__(layers=layers, name=name)
-        for label, value, low in (("n_permutations", n_permutations, 0), ("n_bootstrap", n_bootstrap, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(
-                    f"The '{label}' parameter of CrossLingualAlignment must be an int >= {low}; got {value!r}."
-                )
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
         self.pivot = pivot
         self.language_column = language_column
         self.pair_column = pair_column
         self.center = center
         self.n_permutations = n_permutations
-        self.n_bootstrap = n_bootstrap
+        self.n_resamples = n_resamples
         self.confidence = confidence
         self.p_adjust = p_adjust
         self.alpha = alpha

@@ -58,14 +58,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from neuronmap.analyses._probe_fit import (
-    FoldData,
-    macro_f1,
-    prepare_folds,
-    ridge_cv_statistic,
-    stratified_folds,
-    within_fold_permutations,
-)
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -73,11 +65,17 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.analyses.params import Interval
-from neuronmap.errors import InvalidParameterError
+from neuronmap.analyses.params import Constraint, Interval
 from neuronmap.findings import Finding
+from neuronmap.metrics.probing import (
+    FoldData,
+    macro_f1,
+    prepare_folds,
+    ridge_cv_statistic,
+    stratified_folds,
+    within_fold_permutations,
+)
 from neuronmap.stats import (
-    PVALUE_METHODS,
     adjust_pvalues,
     bootstrap_ci,
     corrected_resampled_ttest,
@@ -107,6 +105,16 @@ class _LayerScore:
     n_permutations: int = 0
     design_effect: float = 1.0
     note: str = ""
+
+
+class _Classifier(Constraint):
+    """A scikit-learn style classifier: anything with ``fit`` and ``predict``."""
+
+    def __call__(self, value: Any) -> bool:
+        return hasattr(value, "fit") and hasattr(value, "predict")
+
+    def __str__(self) -> str:
+        return "a scikit-learn classifier with fit/predict"
 
 
 @register_analysis
@@ -142,7 +150,8 @@ class Probing(Analysis):
             :func:`neuronmap.stats.permutation_count` (resolution ``alpha / (10 L)``) with
             Besag & Clifford's sequential stopping after 10 exceedances, so null layers cost
             a few hundred permutations.
-        n_bootstrap: Bootstrap resamples for the confidence intervals.
+        n_resamples: Bootstrap resamples for the confidence intervals (``n_bootstrap`` is its
+            deprecated name).
         confidence: Coverage of the intervals.
         max_components: ``None`` (default): use every dimension. An integer projects wider
             layers of the default probe onto that many leading principal components of the
@@ -181,7 +190,18 @@ class Probing(Analysis):
     """
 
     name = "probing"
-    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {"n_permutations": [Interval(int, 0, None), "auto"]}
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "target": [str],
+        "estimator": [None, _Classifier()],
+        "standardize": [bool],
+        "control_task": [bool],
+        "control_column": [None, str],
+        "n_permutations": [Interval(int, 0, None), "auto"],
+        "max_components": [None, Interval(int, 1, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "blas_threads": [None, Interval(int, 1, None)],
+    }
+    _renamed_parameters: ClassVar[dict[str, str]] = {"n_bootstrap": "n_resamples"}
     probe_columns = ("target", "control_column")
     headline_metrics = ("accuracy", "selectivity")
 
@@ -201,7 +221,7 @@ class Probing(Analysis):
         control_task: bool = True,
         control_column: str | None = None,
         n_permutations: int | Literal["auto"] = 1000,
-        n_bootstrap: int = 1000,
+        n_resamples: int = 1000,
         confidence: float = 0.95,
         max_components: int | None = None,
         max_iter: int = 300,
@@ -212,34 +232,13 @@ class Probing(Analysis):
         name: str | None = None,
     ) -> None:
         super().__init__(layers=layers, name=name)
-        _check_int("cv", cv, minimum=2)
-        if blas_threads is not None:
-            _check_int("blas_threads", blas_threads, minimum=1)
-        if n_permutations != "auto" and (
-            isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 0
-        ):
-            raise InvalidParameterError(f"n_permutations must be an integer >= 0 or 'auto'; got {n_permutations!r}.")
-        _check_int("n_bootstrap", n_bootstrap, minimum=1)
-        if max_components is not None:
-            _check_int("max_components", max_components, minimum=1)
-        _check_int("max_iter", max_iter, minimum=1)
-        if not 0.0 < confidence < 1.0:
-            raise InvalidParameterError(f"confidence must be in (0, 1); got {confidence!r}.")
-        if not 0.0 < alpha < 1.0:
-            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
-        if estimator is not None and not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
-            raise InvalidParameterError(
-                f"estimator must be a scikit-learn classifier with fit/predict, or None; got {estimator!r}."
-            )
         self.target = target
         self.estimator = estimator
         self.cv = cv
         self.control_task = control_task
         self.control_column = control_column
         self.n_permutations = n_permutations
-        self.n_bootstrap = n_bootstrap
+        self.n_resamples = n_resamples
         self.confidence = confidence
         self.max_components = max_components
         self.max_iter = max_iter
@@ -394,7 +393,7 @@ class Probing(Analysis):
         self, scores: Sequence[_LayerScore], y: NDArray[np.int64], control: NDArray[np.int64] | None,
         folds: list[tuple[NDArray[np.intp], NDArray[np.intp]]], seed: int,
     ) -> pd.DataFrame:  # fmt: skip
-        ci_kw: dict[str, Any] = {"n_resamples": self.n_bootstrap, "confidence": self.confidence, "random_state": seed}
+        ci_kw: dict[str, Any] = {"n_resamples": self.n_resamples, "confidence": self.confidence, "random_state": seed}
         rows = []
         for s in scores:
             row: dict[str, Any] = {"layer": s.layer, "features": s.features, "n": len(y)}
@@ -455,11 +454,6 @@ def _widened(ci: Any, factor: float) -> Any:
     scale = float(np.sqrt(factor))
     return replace(ci, low=max(0.0, ci.estimate - scale * (ci.estimate - ci.low)),
                    high=min(1.0, ci.estimate + scale * (ci.high - ci.estimate)))
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidParameterError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
 
 def _unusable_target(target: str, y: NDArray[np.int64], classes: list[Any], cv: int) -> str:

@@ -32,21 +32,13 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from neuronmap.analyses._regression_fit import (
-    global_permutations,
-    oof_ridge_cv,
-    permutation_r2,
-    prepare_folds,
-    r2_score,
-    regression_folds,
-)
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -54,11 +46,31 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.analyses.probing import _blas_limit, _check_int
-from neuronmap.errors import InvalidParameterError, ProbeSetError
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, bootstrap_ci
+from neuronmap.analyses.params import Constraint, Interval
+from neuronmap.analyses.probing import _blas_limit
+from neuronmap.errors import ProbeSetError
+from neuronmap.metrics.probing import (
+    global_permutations,
+    oof_ridge_cv,
+    permutation_r2,
+    prepare_folds,
+    r2_score,
+    regression_folds,
+)
+from neuronmap.stats import adjust_pvalues, bootstrap_ci
 
 __all__ = ["RegressionProbing"]
+
+
+class _Columns(Constraint):
+    """A probe-set column name, or a non-empty list of them."""
+
+    def __call__(self, value: Any) -> bool:
+        names = [value] if isinstance(value, str) else value
+        return isinstance(names, (list, tuple)) and bool(names) and all(isinstance(c, str) and c for c in names)
+
+    def __str__(self) -> str:
+        return "a column name or a non-empty list of them"
 
 
 @register_analysis
@@ -74,7 +86,7 @@ class RegressionProbing(Analysis):
         control_column: Types of the control task (one random target value per type).
         random_features: Also fit the probe on Gaussian features of the layer's width.
         n_permutations: Permutations for the p-value (0 disables it).
-        n_bootstrap: Bootstrap resamples. confidence: Interval coverage.
+        n_resamples: Bootstrap resamples (``n_bootstrap`` is its deprecated name). confidence: Interval coverage.
         p_adjust: Correction across layers and targets. alpha: Significance level.
         blas_threads: BLAS threads while fitting (see :class:`~neuronmap.analyses.probing.Probing`).
         layers, name: As for every analysis.
@@ -88,13 +100,23 @@ class RegressionProbing(Analysis):
         >>> x = torch.randn(80, 6)
         >>> probe = nm.ProbeSet(x, metadata={"size": x[:, 0].numpy() * 3})
         >>> monitor = nm.NeuronMap(probe, layers=["0"], reporters=[],
-        ...                        analyses=[RegressionProbing("size", n_permutations=99, n_bootstrap=99)])
+        ...                        analyses=[RegressionProbing("size", n_permutations=99, n_resamples=99)])
         >>> m = monitor.run(torch.nn.Sequential(torch.nn.Linear(6, 6)), step=0).metrics
         >>> m["neuronmap/regression_probing/0/r2"] > 0.9
         True
     """
 
     name = "regression_probing"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "target": [_Columns()],
+        "standardize": [bool],
+        "holdout_column": [None, str],
+        "control_task": [bool],
+        "control_column": [None, str],
+        "random_features": [bool],
+        "blas_threads": [None, Interval(int, 1, None)],
+    }
+    _renamed_parameters: ClassVar[dict[str, str]] = {"n_bootstrap": "n_resamples"}
 
     def __init__(
         self,
@@ -107,7 +129,7 @@ class RegressionProbing(Analysis):
         control_column: str | None = None,
         random_features: bool = True,
         n_permutations: int = 1000,
-        n_bootstrap: int = 1000,
+        n_resamples: int = 1000,
         confidence: float = 0.95,
         p_adjust: str = "holm",
         alpha: float = 0.05,
@@ -116,22 +138,7 @@ class RegressionProbing(Analysis):
         name: str | None = None,
     ) -> None:
         super().__init__(layers=layers, name=name)
-        targets = [target] if isinstance(target, str) else list(target)
-        if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise InvalidParameterError(
-                f"The 'target' parameter of {type(self).__name__} must be a column name or a list of them; "
-                f"got {target!r}."
-            )
-        _check_int("cv", cv, minimum=2)
-        _check_int("n_permutations", n_permutations, minimum=0)
-        _check_int("n_bootstrap", n_bootstrap, minimum=1)
-        if blas_threads is not None:
-            _check_int("blas_threads", blas_threads, minimum=1)
-        if not 0.0 < confidence < 1.0 or not 0.0 < alpha < 1.0:
-            raise InvalidParameterError(f"confidence and alpha must be in (0, 1); got {confidence!r} and {alpha!r}.")
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
-        self.targets = targets
+        self.target = target
         self.cv = cv
         self.standardize = standardize
         self.holdout_column = holdout_column
@@ -139,7 +146,7 @@ class RegressionProbing(Analysis):
         self.control_column = control_column
         self.random_features = random_features
         self.n_permutations = n_permutations
-        self.n_bootstrap = n_bootstrap
+        self.n_resamples = n_resamples
         self.confidence = confidence
         self.p_adjust = p_adjust
         self.alpha = alpha
@@ -167,18 +174,18 @@ class RegressionProbing(Analysis):
             notes.append(f"{int((~keep).sum())} examples with a missing target were left out.")
         n = int(keep.sum())
         if n < 2 * self.cv:
-            return (f"Only {n} examples with every target {self.targets}; "
+            return (f"Only {n} examples with every target {self._target_columns()}; "
                     f"{type(self).__name__} needs at least {2 * self.cv}.")
         items = self.layer_items(ctx)
         if not items:
             return "No captured layer matches `layers`."
         rng = np.random.default_rng([ctx.random_state, 11])
         folds = regression_folds(n, self.cv, random_state=ctx.random_state)
-        holdout = None
-        if self.holdout_column is not None:
-            groups = ctx.probe.column(self.holdout_column)[keep]
+        holdout, holdout_column = None, self._holdout(ctx)
+        if holdout_column is not None:
+            groups = ctx.probe.column(holdout_column)[keep]
             if len(np.unique(groups.astype(str))) < 2:
-                notes.append(f"holdout_column {self.holdout_column!r} has fewer than 2 groups; no held-out score.")
+                notes.append(f"holdout_column {holdout_column!r} has fewer than 2 groups; no held-out score.")
             else:
                 holdout = regression_folds(n, self.cv, random_state=ctx.random_state, groups=groups)
         perms = global_permutations(n, self.n_permutations, rng)
@@ -212,9 +219,17 @@ class RegressionProbing(Analysis):
                          f"can fall below alpha={self.alpha}; raise n_permutations.")  # fmt: skip
         return table, preds, ys, notes
 
+    def _target_columns(self) -> list[str]:
+        """The numeric probe-set columns to predict."""
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+    def _holdout(self, ctx: AnalysisContext) -> str | None:
+        """The column whose groups are held out whole (``None``: no held-out score)."""
+        return self.holdout_column
+
     def _targets(self, ctx: AnalysisContext) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.bool_]]:
         raw = {}
-        for t in self.targets:
+        for t in self._target_columns():
             values = pd.to_numeric(pd.Series(ctx.probe.column(t)), errors="coerce")
             if values.notna().sum() == 0:
                 raise ProbeSetError(
@@ -235,7 +250,7 @@ class RegressionProbing(Analysis):
     def _score(self, layer: str, target: str, width: int, y: NDArray[np.float64], data: Any, hold: Any,
                noise: Any, control: NDArray[np.float64] | None, perms: NDArray[np.intp],
                ctx: AnalysisContext) -> tuple[dict[str, Any], NDArray[np.float64]]:  # fmt: skip
-        kw: dict[str, Any] = {"n_resamples": self.n_bootstrap, "confidence": self.confidence,
+        kw: dict[str, Any] = {"n_resamples": self.n_resamples, "confidence": self.confidence,
                               "random_state": ctx.random_state, "paired": True}  # fmt: skip
         pred, alphas = oof_ridge_cv(data, y)
         ci = bootstrap_ci(r2_score, y, pred, **kw)
@@ -264,7 +279,7 @@ class RegressionProbing(Analysis):
         """Metric keys of a :meth:`score` table (``<target>_`` prefixes when there are several targets)."""
         m = MetricSet()
         for r in table.to_dict(orient="records"):
-            pre = f"{r['target']}_" if len(self.targets) > 1 else ""
+            pre = f"{r['target']}_" if len(self._target_columns()) > 1 else ""
             p = r["p"] if np.isfinite(r["p"]) else None
             m.add(r["layer"], f"{pre}r2", r["r2"], ci=(r["r2_ci_low"], r["r2_ci_high"]), p=p,
                   p_adj=r["p_adj"] if p is not None else None)

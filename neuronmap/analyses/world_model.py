@@ -24,7 +24,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,8 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from neuronmap.analyses.base import AnalysisContext, AnalysisResult, register_analysis
-from neuronmap.analyses.regression_probing import RegressionProbing, r2_figure
+from neuronmap.analyses.params import Options
+from neuronmap.analyses.regression_probing import RegressionProbing, _Columns, r2_figure
 from neuronmap.errors import InvalidParameterError
 from neuronmap.stats import bootstrap_ci
 
@@ -70,9 +71,9 @@ class WorldModelProbe(RegressionProbing):
         targets: Override the target columns.
         holdout_column: Override the column whose groups are held out (``None`` keeps the default;
             ``""`` disables the held-out score).
-        **kwargs: The statistics settings of :class:`RegressionProbing` (``cv``,
-            ``n_permutations``, ``n_bootstrap``, ``confidence``, ``p_adjust``, ``alpha``,
-            ``control_task``, ``random_features``, ``layers``, ``name`` ...).
+        cv, standardize, control_task, control_column, random_features, n_permutations,
+            n_resamples, confidence, p_adjust, alpha, layers, blas_threads, name: As for
+            :class:`RegressionProbing` (``n_bootstrap`` is the deprecated name of ``n_resamples``).
 
     Metrics (per layer): ``<target>_r2`` (CI, ``_p``, ``_p_adj``), ``<target>_holdout_r2`` (CI),
     ``<target>_control_r2``, ``<target>_selectivity`` (CI), ``<target>_random_feature_r2``
@@ -85,7 +86,7 @@ class WorldModelProbe(RegressionProbing):
         >>> df = places().frame
         >>> coords = torch.tensor(df[["latitude", "longitude"]].to_numpy(), dtype=torch.float32)
         >>> probe = nm.ProbeSet(torch.cat([coords / 90, torch.randn(len(df), 6)], 1), metadata=df)
-        >>> wm = WorldModelProbe("space", n_permutations=99, n_bootstrap=99)
+        >>> wm = WorldModelProbe("space", n_permutations=99, n_resamples=99)
         >>> m = nm.NeuronMap(probe, layers=["0"], analyses=[wm], reporters=[]).run(
         ...     torch.nn.Sequential(torch.nn.Linear(8, 16)), step=0).metrics
         >>> m["neuronmap/world_model/0/latitude_r2"] > 0.9
@@ -93,6 +94,10 @@ class WorldModelProbe(RegressionProbing):
     """
 
     name = "world_model"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "kind": [Options(_DEFAULTS)],
+        "targets": [None, _Columns()],
+    }
 
     def __init__(
         self,
@@ -100,31 +105,45 @@ class WorldModelProbe(RegressionProbing):
         *,
         targets: Sequence[str] | None = None,
         holdout_column: str | None = None,
-        **kwargs: Any,
+        cv: int = 5,
+        standardize: bool = True,
+        control_task: bool = True,
+        control_column: str | None = None,
+        random_features: bool = True,
+        n_permutations: int = 1000,
+        n_resamples: int = 1000,
+        confidence: float = 0.95,
+        p_adjust: str = "holm",
+        alpha: float = 0.05,
+        layers: str | list[str] | None = None,
+        blas_threads: int | None = 1,
+        name: str | None = None,
     ) -> None:
-        if kind not in _DEFAULTS:
+        columns = list(_DEFAULTS[kind][0] if targets is None else [targets] if isinstance(targets, str) else targets)
+        if kind == "space" and len(columns) != 2:
             raise InvalidParameterError(
-                f"The 'kind' parameter of WorldModelProbe must be one of {list(_DEFAULTS)}; got {kind!r} instead."
+                f"WorldModelProbe: targets must be two columns (latitude, longitude) for kind='space'; got {targets!r}."
             )
-        default_targets, default_holdout = _DEFAULTS[kind]
-        targets = list(default_targets if targets is None else targets)
-        if kind == "space" and len(targets) != 2:
-            raise InvalidParameterError(f"kind='space' needs two targets (latitude, longitude); got {targets!r}.")
-        holdout = default_holdout if holdout_column is None else (holdout_column or None)
-        super().__init__(targets, holdout_column=holdout, **kwargs)
+        super().__init__(columns, cv=cv, standardize=standardize, holdout_column=holdout_column,
+                         control_task=control_task, control_column=control_column, random_features=random_features,
+                         n_permutations=n_permutations, n_resamples=n_resamples, confidence=confidence,
+                         p_adjust=p_adjust, alpha=alpha, layers=layers, blas_threads=blas_threads, name=name)
         self.kind = kind
+        self.targets = targets
+
+    def _wanted_holdout(self) -> str | None:
+        """``holdout_column`` with its default for ``kind`` filled in (``""`` disables it)."""
+        return _DEFAULTS[self.kind][1] if self.holdout_column is None else (self.holdout_column or None)
+
+    def _holdout(self, ctx: AnalysisContext) -> str | None:
+        column = self._wanted_holdout()
+        return column if column is not None and column in ctx.probe.frame else None
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
-        if self.holdout_column is not None and self.holdout_column not in ctx.probe.frame:
-            notes = [f"Probe set has no {self.holdout_column!r} column; no held-out-group score."]
-            self.holdout_column, restore = None, self.holdout_column
-            try:
-                scored = self.score(ctx)
-            finally:
-                self.holdout_column = restore
-        else:
-            notes = []
-            scored = self.score(ctx)
+        wanted, notes = self._wanted_holdout(), []
+        if wanted is not None and wanted not in ctx.probe.frame:
+            notes.append(f"Probe set has no {wanted!r} column; no held-out-group score.")
+        scored = self.score(ctx)
         if isinstance(scored, str):
             return AnalysisResult(self.name, status="skipped", notes=(scored,))
         table, preds, ys, more = scored
@@ -137,22 +156,22 @@ class WorldModelProbe(RegressionProbing):
         keep = self._targets(ctx)[1]
         labels = ctx.probe.frame.loc[keep]
         if self.kind == "space":
-            lat, lon = self.targets
+            lat, lon = self._target_columns()
             rows = []
             for layer in layers:
                 km = haversine_km(ys[lat], ys[lon], preds[(layer, lat)], preds[(layer, lon)])
-                ci = bootstrap_ci(np.mean, km, n_resamples=self.n_bootstrap, confidence=self.confidence,
+                ci = bootstrap_ci(np.mean, km, n_resamples=self.n_resamples, confidence=self.confidence,
                                   random_state=ctx.random_state)  # fmt: skip
                 rows.append({"layer": layer, "error_km": ci.estimate, "error_km_ci_low": ci.low,
                              "error_km_ci_high": ci.high, "median_error_km": float(np.median(km))})  # fmt: skip
                 metrics.add(layer, "error_km", ci.estimate, ci=ci)
             tables["distance"] = pd.DataFrame(rows)
             figures["map"] = _map_figure(ys[lat], ys[lon], preds[(best, lat)], preds[(best, lon)],
-                                         _groups(labels, self.holdout_column), best)  # fmt: skip
+                                         _groups(labels, self._holdout(ctx)), best)  # fmt: skip
         else:
-            target = self.targets[0]
+            target = self._target_columns()[0]
             figures["years"] = _time_figure(ys[target], preds[(best, target)],
-                                            _groups(labels, self.holdout_column), best, target)  # fmt: skip
+                                            _groups(labels, self._holdout(ctx)), best, target)  # fmt: skip
         notes.append(f"Best layer by mean R²: {best}.")
         return AnalysisResult(self.name, metrics=metrics, tables=tables, figures=figures, notes=tuple(notes))
 

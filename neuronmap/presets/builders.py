@@ -8,6 +8,7 @@ the result to get a :class:`~neuronmap.ProbeSet`. What each finding means is in
 from __future__ import annotations
 
 import math as _math
+import warnings
 from functools import cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -54,11 +55,16 @@ def _csv(name: str) -> pd.DataFrame:
 
 class _Stats(TypedDict):
     n_permutations: int
-    n_bootstrap: int
+    n_resamples: int
 
 
-def _stats(n_permutations: int, n_bootstrap: int) -> _Stats:
-    return {"n_permutations": n_permutations, "n_bootstrap": n_bootstrap}
+def _stats(preset: str, n_permutations: int, n_resamples: int, n_bootstrap: int | None) -> _Stats:
+    """The statistics settings of a preset's analyses (``n_bootstrap``: the deprecated name of ``n_resamples``)."""
+    if n_bootstrap is not None:
+        warnings.warn(f"presets.{preset}(n_bootstrap=...) is deprecated and will be removed in the next release; "
+                      "use n_resamples= instead.", FutureWarning, stacklevel=3)
+        n_resamples = n_bootstrap
+    return {"n_permutations": n_permutations, "n_resamples": n_resamples}
 
 
 def bracket_depth(text: str) -> int:
@@ -84,7 +90,8 @@ def _check_n(n: int, name: str, maximum: int | None = None) -> None:
         raise InvalidParameterError(f"The 'n' parameter of presets.{name} must be {bound}; got {n!r} instead.")
 
 
-def code(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap: int = 1000) -> Preset:
+def code(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_resamples: int = 1000,
+         n_bootstrap: int | None = None) -> Preset:
     """Code snippets (Python, JavaScript, C) labelled by construct, language and bracket depth.
 
     Probes: which construct (loop/conditional/definition/call) and language a layer encodes,
@@ -103,7 +110,7 @@ def code(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
     spec = yaml.safe_load(_data("code.yaml").read_text(encoding="utf-8"))
     frame = generate(spec, n=n, seed=seed)
     frame["bracket_depth"] = frame["text"].map(bracket_depth)
-    stats = _stats(n_permutations, n_bootstrap)
+    stats = _stats("code", n_permutations, n_resamples, n_bootstrap)
     return Preset("code", frame, [
         Probing("construct", name="probing_construct", **stats),
         Probing("language", name="probing_language", **stats),
@@ -117,7 +124,8 @@ def code(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
     })  # fmt: skip
 
 
-def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap: int = 1000) -> Preset:
+def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_resamples: int = 1000,
+         n_bootstrap: int | None = None) -> Preset:
     """Arithmetic statements ``a op b = c`` (half of them wrong) with operator, magnitude and result.
 
     Columns: ``operator`` (label), ``a``, ``b``, ``result``, ``shown_result``, ``correct``,
@@ -154,7 +162,7 @@ def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
                      "log_result": _math.copysign(_math.log10(1 + abs(result)), result),
                      "label": op})  # fmt: skip
     frame = pd.DataFrame(rows)
-    stats = _stats(n_permutations, n_bootstrap)
+    stats = _stats("math", n_permutations, n_resamples, n_bootstrap)
     return Preset("math", frame, [
         Probing("operator", name="probing_operator", **stats),
         Probing("correct", name="probing_correct", **stats),
@@ -170,7 +178,7 @@ def math(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap
 
 
 def multilingual(*, n: int = 40, languages: tuple[str, ...] = LANGUAGES, n_permutations: int = 1000,
-                 n_bootstrap: int = 1000, seed: int = 0) -> Preset:  # fmt: skip
+                 n_resamples: int = 1000, seed: int = 0, n_bootstrap: int | None = None) -> Preset:  # fmt: skip
     """Parallel sentences in English, German, French, Spanish and Italian (``n`` per language, at most 40).
 
     Columns: ``text``, ``language`` (label), ``pair_id`` (shared by the translations of one sentence).
@@ -185,7 +193,7 @@ def multilingual(*, n: int = 40, languages: tuple[str, ...] = LANGUAGES, n_permu
     part = table.iloc[np.sort(np.random.default_rng([seed, 41]).permutation(len(table))[:n])]
     frame = pd.DataFrame([{"text": row[lang], "language": lang, "pair_id": int(row["pair_id"]), "label": lang}
                           for lang in languages for _, row in part.iterrows()])  # fmt: skip
-    stats = _stats(n_permutations, n_bootstrap)
+    stats = _stats("multilingual", n_permutations, n_resamples, n_bootstrap)
     return Preset("multilingual", frame, [
         CrossLingualAlignment(pivot=languages[0], **stats),
         Probing("language", name="probing_language", **stats),
@@ -198,7 +206,8 @@ def multilingual(*, n: int = 40, languages: tuple[str, ...] = LANGUAGES, n_permu
     })
 
 
-def temporal(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_bootstrap: int = 1000) -> Preset:
+def temporal(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_resamples: int = 1000,
+             n_bootstrap: int | None = None) -> Preset:
     """Sentences with explicit years (``year`` regression) and before/after statements (``order_true``).
 
     Half the rows (``kind="date"``) mention one year; the other half (``kind="order"``) compare
@@ -230,7 +239,7 @@ def temporal(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_boots
         seen.add(text)
         rows.append({"text": text, **row})
     frame = pd.DataFrame(rows)
-    stats = _stats(n_permutations, n_bootstrap)
+    stats = _stats("temporal", n_permutations, n_resamples, n_bootstrap)
     return Preset("temporal", frame, [
         RegressionProbing("year", name="regression_year", **stats),
         Probing("order_true", name="probing_order", **stats),
@@ -242,17 +251,19 @@ def temporal(*, n: int = 240, seed: int = 0, n_permutations: int = 1000, n_boots
     })
 
 
-def places(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n_bootstrap: int = 1000) -> Preset:
+def places(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n_resamples: int = 1000,
+           n_bootstrap: int | None = None) -> Preset:
     """World places (cities) with latitude, longitude, country and region, for ``WorldModelProbe("space")``."""
     from neuronmap.analyses import WorldModelProbe
 
+    stats = _stats("places", n_permutations, n_resamples, n_bootstrap)
     table = _csv("places.csv")
     frame = table.rename(columns={"name": "text"}).copy()
     if n is not None:
         _check_n(n, "places", maximum=len(frame))
         keep = np.sort(np.random.default_rng([seed, 61]).permutation(len(frame))[:n])
         frame = frame.iloc[keep].reset_index(drop=True)
-    return Preset("places", frame, [WorldModelProbe("space", **_stats(n_permutations, n_bootstrap))],
+    return Preset("places", frame, [WorldModelProbe("space", **stats)],
                   description=f"{len(frame)} world cities with approximate coordinates "
                               "(public facts, two decimals).",
                   findings={"world_model": "Latitude/longitude R² above the random-feature baseline that holds "
@@ -260,10 +271,12 @@ def places(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n
                             "(Gurnee & Tegmark 2023)."})  # fmt: skip
 
 
-def events(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n_bootstrap: int = 1000) -> Preset:
+def events(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n_resamples: int = 1000,
+           n_bootstrap: int | None = None) -> Preset:
     """Historical events with their year and period, for ``WorldModelProbe("time")``."""
     from neuronmap.analyses import WorldModelProbe
 
+    stats = _stats("events", n_permutations, n_resamples, n_bootstrap)
     frame = _csv("events.csv").rename(columns={"event": "text"}).copy()
     frame["year"] = frame["year"].astype(float)
     frame["period"] = [next(label for start, label in reversed(_PERIODS) if y >= start) for y in frame["year"]]
@@ -271,7 +284,7 @@ def events(*, n: int | None = None, seed: int = 0, n_permutations: int = 1000, n
         _check_n(n, "events", maximum=len(frame))
         keep = np.sort(np.random.default_rng([seed, 71]).permutation(len(frame))[:n])
         frame = frame.iloc[keep].reset_index(drop=True)
-    return Preset("events", frame, [WorldModelProbe("time", **_stats(n_permutations, n_bootstrap))],
+    return Preset("events", frame, [WorldModelProbe("time", **stats)],
                   description=f"{len(frame)} historical events from 490 BC to 2022 with their year.",
                   findings={"world_model": "Year R² above baselines, holding for held-out periods, means a linear "
                             "timeline in the layer (Gurnee & Tegmark 2023)."})  # fmt: skip

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import neuronmap as nm
-from neuronmap.analyses._regression_fit import r2_score
 from neuronmap.analyses.world_model import haversine_km
 from neuronmap.errors import AnalysisError, InvalidParameterError
 from neuronmap.presets import events, places
@@ -42,16 +41,8 @@ def _run(probe: nm.ProbeSet, analysis: nm.Analysis, model: nn.Module | None = No
         model or _Planted(), step=0)
 
 
-def test_r2_score_matches_scikit_learn():
-    from sklearn.metrics import r2_score as sk_r2
-
-    rng = np.random.default_rng(0)
-    y, pred = rng.standard_normal(50), rng.standard_normal(50)
-    assert float(r2_score(y, pred)) == pytest.approx(sk_r2(y, pred))
-
-
 def test_planted_target_is_recovered_only_where_it_was_planted():
-    analysis = nm.RegressionProbing(["size", "null"], holdout_column="region", n_permutations=199, n_bootstrap=200)
+    analysis = nm.RegressionProbing(["size", "null"], holdout_column="region", n_permutations=199, n_resamples=200)
     report = _run(_probe(160, 0), analysis)
     table = report.results["regression_probing"].tables["regression_probing"].set_index(["layer", "target"])
     hit = table.loc[("signal", "size")]
@@ -74,7 +65,7 @@ def test_null_p_values_are_calibrated():
     for seed in range(40):
         x = rng.standard_normal((40, 6))
         probe = nm.ProbeSet(torch.tensor(x, dtype=torch.float32), metadata={"y": rng.standard_normal(40)})
-        analysis = nm.RegressionProbing("y", n_permutations=99, n_bootstrap=20, control_task=False,
+        analysis = nm.RegressionProbing("y", n_permutations=99, n_resamples=20, control_task=False,
                                         random_features=False)
         report = nm.NeuronMap(probe, layers=["0"], analyses=[analysis], reporters=[], random_state=seed).run(
             nn.Sequential(nn.Identity()), step=0)
@@ -91,7 +82,7 @@ def test_world_model_space_recovers_coordinates_and_draws_a_map():
     x = np.hstack([coords, rng.standard_normal((len(frame), 6))]).astype(np.float32)
     probe = nm.ProbeSet(torch.from_numpy(x), metadata=frame)
     model = nn.Sequential(nn.Linear(8, 16))
-    analysis = nm.WorldModelProbe("space", n_permutations=99, n_bootstrap=100)
+    analysis = nm.WorldModelProbe("space", n_permutations=99, n_resamples=100)
     report = nm.NeuronMap(probe, layers=["0"], analyses=[analysis], reporters=[]).run(model, step=0)
     result = report.results["world_model"]
     assert result.status == "ok", result.error
@@ -106,7 +97,7 @@ def test_world_model_space_recovers_coordinates_and_draws_a_map():
 def test_world_model_time_null_is_not_significant():
     frame = events().frame
     probe = nm.ProbeSet(torch.randn(len(frame), 8), metadata=frame)
-    analysis = nm.WorldModelProbe("time", n_permutations=199, n_bootstrap=50)
+    analysis = nm.WorldModelProbe("time", n_permutations=199, n_resamples=50)
     report = nm.NeuronMap(probe, layers=["0"], analyses=[analysis], reporters=[]).run(
         nn.Sequential(nn.Linear(8, 8)), step=0)
     row = report.results["world_model"].tables["world_model"].iloc[0]
@@ -127,7 +118,7 @@ def test_crosslingual_alignment_planted_and_null():
     meta = pd.DataFrame({"language": np.repeat(list(blocks), 30), "pair_id": np.tile(np.arange(30), 3)})
     probe = nm.ProbeSet(torch.from_numpy(x), metadata=meta)
     report = nm.NeuronMap(probe, layers=["0"], reporters=[],
-                          analyses=[nm.CrossLingualAlignment(n_permutations=199, n_bootstrap=100)]).run(
+                          analyses=[nm.CrossLingualAlignment(n_permutations=199, n_resamples=100)]).run(
         nn.Sequential(nn.Identity()), step=0)  # fmt: skip
     table = report.results["crosslingual"].tables["alignment"].set_index("language")
     assert table.loc["de", "retrieval"] == 1.0 and table.loc["de", "retrieval_p_adj"] < 0.05
@@ -138,10 +129,14 @@ def test_crosslingual_alignment_planted_and_null():
 
 
 def test_errors():
-    with pytest.raises(InvalidParameterError, match=r"'kind' parameter of WorldModelProbe .* \['space', 'time'\]"):
+    with pytest.raises(InvalidParameterError, match=r"WorldModelProbe: kind must be one of \['space', 'time'\]"):
         nm.WorldModelProbe("depth")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="cv must be an integer >= 2; got 1"):
+    with pytest.raises(InvalidParameterError, match=r"WorldModelProbe: targets must be two columns .*; got \['x'\]"):
+        nm.WorldModelProbe("space", targets=["x"])
+    with pytest.raises(InvalidParameterError, match=r"RegressionProbing: cv must be an int in \[2, inf\); got 1"):
         nm.RegressionProbing("y", cv=1)
+    with pytest.raises(InvalidParameterError, match=r"RegressionProbing: target must be a column name or a non-empty"):
+        nm.RegressionProbing([])
     probe = nm.ProbeSet(torch.randn(20, 8), metadata={"word": ["a"] * 20})
     with pytest.raises(AnalysisError, match=r"Target 'word' .* has no numeric value"):
         nm.NeuronMap(probe, layers=["signal"], analyses=[nm.RegressionProbing("word")], reporters=[],
@@ -149,3 +144,17 @@ def test_errors():
     with pytest.raises(AnalysisError, match=r"needs columns \['language', 'pair_id'\]"):
         nm.NeuronMap(probe, layers=["signal"], analyses=[nm.CrossLingualAlignment()], reporters=[],
                      strict=True).run(_Planted(), step=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", [nm.RegressionProbing, nm.WorldModelProbe, nm.CrossLingualAlignment])
+def test_n_bootstrap_is_a_deprecated_name_of_n_resamples(cls: type) -> None:
+    with pytest.warns(FutureWarning, match=rf"{cls.__name__}\(n_bootstrap=...\) is deprecated .* use n_resamples="):
+        analysis = cls(n_bootstrap=123)
+    assert analysis.n_resamples == 123
+
+
+def test_world_model_keeps_its_arguments_and_resolves_defaults_at_run_time():
+    analysis = nm.WorldModelProbe("time", holdout_column="")
+    assert (analysis.targets, analysis.holdout_column) == (None, "")
+    assert analysis._target_columns() == ["year"] and analysis._wanted_holdout() is None
+    assert nm.WorldModelProbe("space")._wanted_holdout() == "region"

@@ -79,7 +79,7 @@ def _context(rng: np.random.Generator, n: int, d: int, seed: int) -> AnalysisCon
 
 def test_probing_statistics_are_calibrated_on_noise_layers(size: str) -> None:
     rng, reps, n, d = np.random.default_rng(20), REPS[size], 200, 16
-    analysis = Probing(n_permutations=199, n_bootstrap=300)
+    analysis = Probing(n_permutations=199, n_resamples=300)
     truth = _population_accuracy("logistic", n * 4 // 5, d)
     counts = dict.fromkeys(["acc_cover", "p_reject", "sel_reject", "sel_cover", "f1_cover", "acc_power", "sel_power",
                             "weak_cover"], 0)  # fmt: skip

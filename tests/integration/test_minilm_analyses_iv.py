@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.integration
 LAYERS = ["bert.encoder.layer.0", "bert.encoder.layer.3", "bert.encoder.layer.5"]
-STATS = {"n_permutations": 199, "n_bootstrap": 100}  # 199: Holm over 6 tests can reach 0.03
+STATS = {"n_permutations": 199, "n_resamples": 100}  # 199: Holm over 6 tests can reach 0.03
 
 
 @pytest.fixture(scope="module")

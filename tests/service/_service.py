@@ -197,7 +197,7 @@ def make_runs(root: Path) -> None:
     for name, seed in (("alpha", 0), ("beta", 1)):
         reporter = LocalReporter(root, run_name=name, render_html=False)
         monitor = nm.NeuronMap(probe, layers="net.*",
-                               analyses=[nm.ActivationStats(), nm.Probing(cv=3, n_permutations=19, n_bootstrap=49)],
+                               analyses=[nm.ActivationStats(), nm.Probing(cv=3, n_permutations=19, n_resamples=49)],
                                reporters=[reporter])
         if name == "alpha":
             AuditTrail(reporter.run_dir).attach(monitor)
