@@ -72,8 +72,8 @@ def _synthetic_layers(n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def _ours(x: np.ndarray, y: np.ndarray, folds: list, standardize: bool = True) -> np.ndarray:
-    from neuronmap.analyses._probe_fit import prepare_folds
     from neuronmap.analyses.probing import Probing
+    from neuronmap.metrics.probing import prepare_folds
 
     probing = Probing(standardize=standardize)
     data = prepare_folds(x, folds, max_components=None, random_state=0, standardize=standardize)
@@ -113,15 +113,15 @@ def main() -> None:
     from sklearn.model_selection import permutation_test_score
 
     import neuronmap as nm
-    from neuronmap.analyses._probe_fit import (
+    from neuronmap.analyses.base import AnalysisContext
+    from neuronmap.analyses.probing import Probing
+    from neuronmap.capture.hooks import Activations
+    from neuronmap.metrics.probing import (
         prepare_folds,
         ridge_correct_counts,
         stratified_folds,
         within_fold_permutations,
     )
-    from neuronmap.analyses.base import AnalysisContext
-    from neuronmap.analyses.probing import Probing
-    from neuronmap.capture.hooks import Activations
     from neuronmap.testing import tiny_mlp
 
     layers, labels = _synthetic_layers(args.n) if args.synthetic else _minilm_layers(args.n, args.target)

@@ -50,12 +50,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from neuronmap.analyses._probe_fit import (
-    prepare_folds,
-    ridge_cv_statistic,
-    stratified_folds,
-    within_fold_permutations,
-)
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -65,6 +59,12 @@ from neuronmap.analyses.base import (
 )
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.findings import Finding
+from neuronmap.metrics.probing import (
+    prepare_folds,
+    ridge_cv_statistic,
+    stratified_folds,
+    within_fold_permutations,
+)
 from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, wilson_interval
 
 __all__ = ["RepresentationBias", "weat_effect_size", "weat_test"]
