@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +58,7 @@ from neuronmap.analyses.base import (
 )
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.findings import Finding
+from neuronmap.metrics.bias import centroid_distance_test, weat_effect_size, weat_test
 from neuronmap.metrics.probing import (
     prepare_folds,
     ridge_cv_statistic,
@@ -68,63 +68,6 @@ from neuronmap.metrics.probing import (
 from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, wilson_interval
 
 __all__ = ["RepresentationBias", "weat_effect_size", "weat_test"]
-
-
-def _cosine(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.asarray(an @ bn.T)
-
-
-def _association(w: NDArray[np.float64], a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``s(w, A, B)`` of Caliskan et al. (2017) for every row of ``w``."""
-    return _cosine(w, a).mean(axis=1) - _cosine(w, b).mean(axis=1)
-
-
-def weat_effect_size(x: Any, y: Any, a: Any, b: Any) -> float:
-    """WEAT effect size ``d`` (Caliskan, Bryson & Narayanan 2017, Science 356: 183-186).
-
-    ``d = (mean_x s(x, A, B) - mean_y s(y, A, B)) / std_{w in X u Y} s(w, A, B)`` with
-    ``s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b)`` and ``ddof=1``. Positive: targets X
-    sit closer to attributes A (and Y to B). Applied to sentence encodings it is SEAT
-    (May et al. 2019).
-
-    Args:
-        x, y: Target embeddings ``[n_x, d]`` and ``[n_y, d]``.
-        a, b: Attribute embeddings ``[n_a, d]`` and ``[n_b, d]``.
-
-    Returns:
-        The effect size (NaN when every association is equal).
-
-    Example:
-        >>> weat_effect_size([[1, 0.1], [1, 0.2]], [[0.1, 1], [0.2, 1]], [[1, 0]], [[0, 1]]) > 1
-        True
-    """
-    x, y, a, b = (np.asarray(v, dtype=np.float64) for v in (x, y, a, b))
-    s = _association(np.vstack([x, y]), a, b)
-    std = float(np.std(s, ddof=1))
-    return float((s[: len(x)].mean() - s[len(x) :].mean()) / std) if std > 0 else float("nan")
-
-
-def weat_test(
-    x: Any, y: Any, a: Any, b: Any, *, n_permutations: int = 9999, random_state: int | None = 0
-) -> tuple[float, float]:
-    """WEAT effect size and one-sided permutation p-value (Caliskan et al. 2017).
-
-    The p-value is ``P(S(X_i, Y_i) >= S(X, Y))`` over random equal-size re-partitions
-    ``(X_i, Y_i)`` of ``X u Y`` (the observed partition counted once, Phipson & Smyth 2010).
-
-    Returns:
-        ``(effect_size, p_value)``.
-    """
-    x, y, a, b = (np.asarray(v, dtype=np.float64) for v in (x, y, a, b))
-    s = _association(np.vstack([x, y]), a, b)
-    rng = np.random.default_rng(random_state)
-    perms = rng.permuted(np.tile(np.arange(len(s)), (n_permutations, 1)), axis=1)
-    observed = s[: len(x)].sum() - s[len(x) :].sum()
-    null = s[perms[:, : len(x)]].sum(axis=1) - s[perms[:, len(x) :]].sum(axis=1)
-    p = (1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + n_permutations)
-    return weat_effect_size(x, y, a, b), float(p)
 
 
 @dataclass
@@ -306,7 +249,7 @@ class RepresentationBias(Analysis):
         binomial = mean * (1 - mean) / len(y)
         deff = max(1.0, float(np.var(null / len(y), ddof=1)) / binomial) if binomial > 0 else 1.0
         ci = wilson_interval(float(counts[0]), len(y), confidence=self.confidence, design_effect=deff)
-        distance, distance_p = _centroid_distance_test(x, y, self.n_permutations, rng)
+        distance, distance_p = centroid_distance_test(x, y, self.n_permutations, rng)
         tested = statistic[1 : self.n_permutations + 1]
         return {
             "decodability": counts[0] / len(y), "decodability_ci_low": ci.low, "decodability_ci_high": ci.high,
@@ -326,24 +269,6 @@ class RepresentationBias(Analysis):
         if "decodability_p_adj" in table:
             table["decodability_significant"] = table["decodability_p_adj"] < self.alpha
         return table
-
-
-def _centroid_distance_test(
-    x: NDArray[np.float64], y: NDArray[np.int64], n_permutations: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Largest standardised distance between group centroids and its permutation p-value."""
-    labels = np.vstack([y, rng.permuted(np.tile(y, (n_permutations, 1)), axis=1)])
-    k = int(y.max()) + 1
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    onehot = (labels[:, :, None] == np.arange(k)).astype(np.float64)  # [P + 1, n, k]
-    centroids = np.einsum("pnk,nd->pkd", onehot, x) / counts[None, :, None]
-    spread = (x**2).sum(axis=1) @ onehot / counts - (centroids**2).sum(axis=2)  # tr(Cov_g) per group
-    scale = np.sqrt(np.maximum(spread.mean(axis=1), 1e-24))
-    gram = centroids @ centroids.transpose(0, 2, 1)  # squared distances from the Gram matrix: [P + 1, k, k]
-    norms = np.diagonal(gram, axis1=1, axis2=2)
-    squared = norms[:, :, None] + norms[:, None, :] - 2 * gram
-    gaps = np.sqrt(np.maximum(squared, 0).max(axis=(1, 2))) / scale
-    return float(gaps[0]), float((1 + np.count_nonzero(gaps[1:] >= gaps[0] - 1e-12)) / (1 + n_permutations))
 
 
 def _metrics(table: pd.DataFrame) -> MetricSet:
