@@ -37,7 +37,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,10 +51,11 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Columns, Interval, Options, Subset
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.findings import Finding
 from neuronmap.metrics.fairness import GroupReport, fairness_report
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, permutation_count, resolution_note
+from neuronmap.stats import adjust_pvalues, permutation_count, resolution_note
 
 if TYPE_CHECKING:
     from neuronmap.probe import ProbeSet
@@ -179,6 +180,16 @@ class Fairness(Analysis):
 
         return fairness_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
     needs_outputs = True
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "sensitive": [Columns(groups=True)],
+        "positive_label": [Interval(int, 0, None), str],
+        "predictions": [None, callable],
+        "label_column": [str],
+        "metrics": [None, Subset([*_HYPOTHESIS, "calibration_error_difference"])],
+        "min_group_size": [Interval(int, 1, None)],
+        "test": [Options(_TESTS)],
+        "n_permutations": [Interval(int, 1, None)],
+    }
 
     def __init__(
         self,
@@ -197,24 +208,7 @@ class Fairness(Analysis):
         alpha: float = 0.05,
     ) -> None:
         super().__init__()
-        if test not in _TESTS:
-            raise InvalidParameterError(f"test must be one of {_TESTS}; got {test!r}.")
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
-        if predictions is not None and not callable(predictions):
-            raise InvalidParameterError(f"predictions must be None or a callable; got {predictions!r}.")
-        known = [*_HYPOTHESIS, "calibration_error_difference"]
-        unknown = sorted(set(metrics or ()) - set(known))
-        if unknown:
-            raise InvalidParameterError(f"Unknown fairness metric(s) {unknown}; allowed: {known}.")
-        for label, value, low in (("n_permutations", n_permutations, 1), ("min_group_size", min_group_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(f"{label} must be an int >= {low}; got {value!r}.")
-        if not 0.0 < alpha < 1.0:
-            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
         items = [sensitive] if isinstance(sensitive, str) else list(sensitive)
-        if not items:
-            raise InvalidParameterError("sensitive must name at least one probe-set column; got none.")
         self.sensitive = [list(s) if isinstance(s, tuple) else s for s in items]
         self.positive_label = positive_label
         self._predictions = predictions

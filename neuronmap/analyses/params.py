@@ -44,7 +44,7 @@ from typing import Any
 
 from neuronmap.errors import InvalidParameterError
 
-__all__ = ["STATISTICS", "Constraint", "Interval", "Options", "Type", "validate_parameters"]
+__all__ = ["STATISTICS", "Columns", "Constraint", "Interval", "Options", "Subset", "Type", "validate_parameters"]
 
 
 class Constraint:
@@ -129,6 +129,46 @@ class Type(Constraint):
             return self.label
         names = ["None" if k is None else "a callable" if k is callable else _article(k.__name__) for k in self.types]
         return " or ".join(names)
+
+
+class Columns(Constraint):
+    """A probe-set column name or a non-empty list/tuple of them (``groups=True``: items may be tuples of names).
+
+    Example:
+        >>> Columns()("gender"), Columns()([]), Columns(groups=True)(["age", ("gender", "race")])
+        (True, False, True)
+    """
+
+    def __init__(self, *, groups: bool = False) -> None:
+        self.groups = groups
+
+    def __call__(self, value: Any) -> bool:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            return False
+        return all(_column(c) or (self.groups and isinstance(c, tuple) and bool(c) and all(map(_column, c)))
+                   for c in items)
+
+    def __str__(self) -> str:
+        tail = " (a tuple of names is one intersectional group)" if self.groups else ""
+        return f"a column name or a non-empty list of them{tail}"
+
+
+class Subset(Constraint):
+    """A list or tuple whose every item is one of ``values``."""
+
+    def __init__(self, values: Iterable[Any]) -> None:
+        self.values = list(values)
+
+    def __call__(self, value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and all(Options(self.values)(v) for v in value)
+
+    def __str__(self) -> str:
+        return f"a list of items from {sorted(self.values, key=str)}"
+
+
+def _column(name: Any) -> bool:
+    return isinstance(name, str) and bool(name)
 
 
 def _article(noun: str) -> str:

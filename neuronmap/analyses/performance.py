@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from neuronmap.analyses.base import Analysis, AnalysisContext, AnalysisResult, MetricSet, register_analysis
+from neuronmap.analyses.params import Columns, Interval, Options
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.stats import bootstrap_ci
 
@@ -140,6 +141,14 @@ class ModelPerformance(Analysis):
 
     name = "performance"
     needs_outputs = True
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "task": [Options(_TASKS)],
+        "label_column": [str],
+        "groups": [None, Columns()],
+        "predictions": [None, callable],
+        "n_bins": [Interval(int, 1, None)],
+        "min_group_size": [Interval(int, 2, None)],
+    }
 
     def __init__(
         self,
@@ -155,19 +164,6 @@ class ModelPerformance(Analysis):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        if task not in _TASKS:
-            raise InvalidParameterError(f"The 'task' parameter of ModelPerformance must be one of {_TASKS}. "
-                                        f"Got {task!r} instead.")
-        for label, value, low in (("n_bins", n_bins, 1), ("n_resamples", n_resamples, 1),
-                                  ("min_group_size", min_group_size, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(f"The {label!r} parameter of ModelPerformance must be an int >= {low}. "
-                                            f"Got {value!r} instead.")
-        if not 0.0 < confidence < 1.0:
-            raise InvalidParameterError(f"The 'confidence' parameter of ModelPerformance must be in (0, 1). "
-                                        f"Got {confidence!r} instead.")
-        if predictions is not None and not callable(predictions):
-            raise InvalidParameterError(f"predictions must be None or a callable; got {predictions!r}.")
         self.task = task
         self.label_column = label_column
         self.groups = [groups] if isinstance(groups, str) else (None if groups is None else list(groups))

@@ -46,7 +46,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.analyses.params import Constraint, Interval
+from neuronmap.analyses.params import Columns, Interval
 from neuronmap.analyses.probing import _blas_limit
 from neuronmap.errors import ProbeSetError
 from neuronmap.metrics.probing import (
@@ -60,17 +60,6 @@ from neuronmap.metrics.probing import (
 from neuronmap.stats import adjust_pvalues, bootstrap_ci
 
 __all__ = ["RegressionProbing"]
-
-
-class _Columns(Constraint):
-    """A probe-set column name, or a non-empty list of them."""
-
-    def __call__(self, value: Any) -> bool:
-        names = [value] if isinstance(value, str) else value
-        return isinstance(names, (list, tuple)) and bool(names) and all(isinstance(c, str) and c for c in names)
-
-    def __str__(self) -> str:
-        return "a column name or a non-empty list of them"
 
 
 @register_analysis
@@ -108,7 +97,7 @@ class RegressionProbing(Analysis):
 
     name = "regression_probing"
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "target": [_Columns()],
+        "target": [Columns()],
         "standardize": [bool],
         "holdout_column": [None, str],
         "control_task": [bool],

@@ -32,8 +32,8 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from neuronmap.analyses.base import AnalysisContext, AnalysisResult, register_analysis
-from neuronmap.analyses.params import Options
-from neuronmap.analyses.regression_probing import RegressionProbing, _Columns, r2_figure
+from neuronmap.analyses.params import Columns, Options
+from neuronmap.analyses.regression_probing import RegressionProbing, r2_figure
 from neuronmap.errors import InvalidParameterError
 from neuronmap.stats import bootstrap_ci
 
@@ -96,7 +96,7 @@ class WorldModelProbe(RegressionProbing):
     name = "world_model"
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "kind": [Options(_DEFAULTS)],
-        "targets": [None, _Columns()],
+        "targets": [None, Columns()],
     }
 
     def __init__(

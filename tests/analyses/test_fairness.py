@@ -145,10 +145,14 @@ def test_bad_inputs_raise_clear_errors() -> None:
                         groups={"group": probe.column("group")})
     with pytest.raises(AnalysisError, match=r"must hold class indices.*got values like \['"):
         _run(Fairness("group"), named, model)
-    with pytest.raises(InvalidParameterError, match=r"test must be one of \('chi2', 'permutation'\)"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"Fairness: test must be one of \['chi2', 'permutation'\]; got 't'"):
         Fairness("group", test="t")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="Unknown fairness metric"):
+    with pytest.raises(InvalidParameterError, match=r"Fairness: metrics must be None or a list of items from \[.*"
+                                                    r"'demographic_parity_difference'.*\]; got \['parity'\]"):
         Fairness("group", metrics=["parity"])
+    with pytest.raises(InvalidParameterError, match=r"Fairness: sensitive must be a column name or a non-empty list"):
+        Fairness([])
 
 
 def test_callable_predictions_with_threshold() -> None:
