@@ -3,14 +3,14 @@
 Per attention module (the layer in metric keys) and head: the entropy of the attention
 distribution, the attention mass parked on special tokens, the mean attention distance
 (:mod:`neuronmap.metrics.attention`), and the importance of the head measured by ablating it
-on the probe set (:mod:`neuronmap.analyses._attention_hooks` documents how heads are found
+on the probe set (:mod:`neuronmap.capture.attention_hooks` documents how heads are found
 and ablated).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -19,15 +19,6 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 
 from neuronmap._progress import progress
-from neuronmap.analyses._attention_hooks import (
-    AttentionModule,
-    HeadAblation,
-    ablation_mechanism,
-    eager_attention,
-    find_attention_modules,
-    model_forward,
-)
-from neuronmap.analyses._input_space import output_scores
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -35,7 +26,16 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.capture.layers import glob_to_regex
+from neuronmap.analyses.params import Interval, Options, Type
+from neuronmap.capture.attention_hooks import (
+    AttentionModule,
+    HeadAblation,
+    ablation_mechanism,
+    eager_attention,
+    find_attention_modules,
+)
+from neuronmap.capture.forward import forward, output_logits, probe_batches
+from neuronmap.capture.layers import match_selector
 from neuronmap.errors import InvalidParameterError, NeuronMapError, ProbeSetError
 from neuronmap.findings import Finding
 from neuronmap.metrics.attention import (
@@ -88,8 +88,11 @@ class AttentionAnalysis(Analysis):
             threads. The estimate stays unbiased for the probe-set mean; its CI widens about
             ``sqrt(n / 32)``-fold (docs/performance.md).
         n_resamples: Bootstrap resamples for CIs.
+        confidence: Coverage of the CIs.
         n_permutations: Sign flips for the importance p-values.
         p_adjust: Multiple-comparison correction across heads (see ``neuronmap.stats``).
+        alpha: Significance level of the corrected importance p-values (the findings; the
+            two-stage FDR corrections also use it).
         per_head_metrics: Log per-head metrics (the table holds them either way).
         layers: Selectors restricting the analysis to some attention modules.
 
@@ -106,12 +109,20 @@ class AttentionAnalysis(Analysis):
     needs_model = True  # re-runs the model for attention maps and head ablations
     name = "attention"
     headline_metrics = ("normalized_entropy", "special_mass")
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "ablation": [bool],
+        "measure": [Options(_MEASURES)],
+        "special_token_ids": [None, Type(list, tuple, np.ndarray, label="a list of token ids")],
+        "switch_to_eager": [bool],
+        "ablation_examples": [None, Interval(int, 2, None)],
+        "per_head_metrics": [bool],
+    }
 
     def findings(self, result: AnalysisResult) -> list[Finding]:
         """See :func:`neuronmap.analyses._findings.attention_findings`."""
         from neuronmap.analyses._findings import attention_findings
 
-        return attention_findings(result, alpha=float(getattr(self, "alpha", 0.05)))
+        return attention_findings(result, alpha=float(getattr(self, "alpha", 0.05)))  # hooks may run on a bare instance
 
     def __init__(
         self,
@@ -123,35 +134,27 @@ class AttentionAnalysis(Analysis):
         max_examples: int | None = None,
         ablation_examples: int | None = 32,
         n_resamples: int = 1000,
+        confidence: float = 0.95,
         n_permutations: int = 999,
         p_adjust: str = "holm",
+        alpha: float = 0.05,
         per_head_metrics: bool = True,
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        if measure not in _MEASURES:
-            raise InvalidParameterError(
-                f"The 'measure' parameter of AttentionAnalysis must be one of {list(_MEASURES)}; "
-                f"got {measure!r} instead."
-            )
         self.ablation = ablation
         self.measure = measure
         self.special_token_ids = (
             None if special_token_ids is None else [int(t) for t in special_token_ids]
         )
         self.switch_to_eager = switch_to_eager
-        if ablation_examples is not None and (
-            isinstance(ablation_examples, bool) or not isinstance(ablation_examples, int) or ablation_examples < 2
-        ):
-            raise InvalidParameterError(
-                "The 'ablation_examples' parameter of AttentionAnalysis must be an int >= 2 or None; "
-                f"got {ablation_examples!r} instead."
-            )
         self.max_examples = max_examples
         self.ablation_examples = ablation_examples
         self.n_resamples = n_resamples
+        self.confidence = confidence
         self.n_permutations = n_permutations
         self.p_adjust = p_adjust
+        self.alpha = alpha
         self.per_head_metrics = per_head_metrics
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
@@ -165,7 +168,7 @@ class AttentionAnalysis(Analysis):
         with eager_attention(model, allowed=self.switch_to_eager) as switched:
             if switched:
                 notes.append(switched)
-            first = next(iter(probe.batches(ctx.batch_size, ctx.device)))
+            first = next(probe_batches(probe, ctx.batch_size, ctx.device))
             found = find_attention_modules(model, first, probe.positional)
             modules = self._select(found, model)
             stats, outputs = self._describe(model, probe, modules, ctx)
@@ -215,8 +218,9 @@ class AttentionAnalysis(Analysis):
             )
         if not self.layers:
             return modules
-        wanted = [glob_to_regex(s) for s in self.layers]
-        chosen = [m for m in modules if any(w.fullmatch(m.name) for w in wanted)]
+        by_name = {m.name: m.module for m in modules}
+        names = {n for s in self.layers for n in match_selector(s, by_name, modules=by_name)}
+        chosen = [m for m in modules if m.name in names]
         if not chosen:
             raise InvalidParameterError(
                 f"The layers selectors {self.layers} match none of the attention modules {[m.name for m in modules]}."
@@ -238,9 +242,9 @@ class AttentionAnalysis(Analysis):
         maps: dict[str, torch.Tensor] = {}
         handles = [m.module.register_forward_hook(_grab(maps, m)) for m in modules]
         try:
-            for batch in probe.batches(ctx.batch_size, ctx.device):
+            for batch in probe_batches(probe, ctx.batch_size, ctx.device):
                 with torch.no_grad():
-                    outputs.append(_logits(model_forward(model, batch, probe.positional)))
+                    outputs.append(_logits(forward(model, batch, positional=probe.positional, output_attentions=True)))
                 mask = batch.get("attention_mask")
                 for m in modules:
                     attn = maps.pop(m.name).float()
@@ -289,9 +293,9 @@ class AttentionAnalysis(Analysis):
         self, model: torch.nn.Module, probe: ProbeSet, ablation: HeadAblation, ctx: AnalysisContext
     ) -> torch.Tensor:
         outputs = []
-        with ablation, torch.no_grad():
-            for batch in probe.batches(ctx.batch_size, ctx.device):
-                output = model_forward(model, batch, probe.positional, **ablation.kwargs)
+        with ablation:
+            for batch in probe_batches(probe, ctx.batch_size, ctx.device, no_grad=True):
+                output = forward(model, batch, positional=probe.positional, output_attentions=True, **ablation.kwargs)
                 outputs.append(_logits(output).float().cpu())
         return torch.cat(outputs)
 
@@ -311,7 +315,8 @@ class AttentionAnalysis(Analysis):
                 if (li, head) in importance:
                     diffs = importance[(li, head)]
                     ci = bootstrap_ci(
-                        np.mean, diffs, n_resamples=self.n_resamples, random_state=ctx.random_state
+                        np.mean, diffs, n_resamples=self.n_resamples, confidence=self.confidence,
+                        random_state=ctx.random_state,
                     )
                     test = permutation_test(
                         _mean,
@@ -330,7 +335,7 @@ class AttentionAnalysis(Analysis):
         table = pd.DataFrame(rows)
         if "importance_p" in table:
             table["importance_p_adj"] = adjust_pvalues(
-                table["importance_p"].to_numpy(), method=self.p_adjust
+                table["importance_p"].to_numpy(), method=self.p_adjust, alpha=self.alpha
             )
         return table
 
@@ -350,6 +355,7 @@ class AttentionAnalysis(Analysis):
                         np.mean,
                         per_example,
                         n_resamples=self.n_resamples,
+                        confidence=self.confidence,
                         random_state=ctx.random_state,
                     )
                     if len(per_example) > 1
@@ -392,7 +398,7 @@ def _grab(store: dict[str, torch.Tensor], module: AttentionModule) -> Any:
 
 
 def _logits(output: Any) -> torch.Tensor:
-    logits = output_scores(output)
+    logits = output_logits(output)
     if logits is None:
         raise NeuronMapError(
             f"The model output holds no tensor to measure head importance on; got {type(output).__name__}."

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,8 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.errors import InvalidParameterError, ProbeSetError
+from neuronmap.analyses.params import Interval, Options, Type
+from neuronmap.errors import ProbeSetError
 from neuronmap.metrics.attribution import (
     IntegrationMethod,
     input_x_gradient,
@@ -94,6 +95,7 @@ class Attribution(Analysis):
             the default 32 (was all) keeps a MiniLM-sized model on 160 sentences near the 10 s
             budget; the aggregates' CIs widen about ``sqrt(n / 32)``-fold (docs/performance.md).
         n_resamples: Bootstrap resamples for the CIs.
+        confidence: Coverage of the CIs.
 
     Example:
         >>> import neuronmap as nm
@@ -107,6 +109,15 @@ class Attribution(Analysis):
 
     needs_model = True  # takes gradients through the model
     name = "attribution"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "method": [Options(_METHODS)],
+        "target": [Options(["predicted", "label"]), Type(int, label="a class index (int)")],
+        "n_steps": [Interval(int, 1, None)],
+        "integration": [Options(get_args(IntegrationMethod))],
+        "baseline": [Interval(float, None, None)],
+        "internal_batch_size": [Interval(int, 1, None)],
+        "occlusion_window": [None, Type(list, tuple, label="a list of window sizes, one per input axis")],
+    }
 
     def __init__(
         self,
@@ -121,28 +132,9 @@ class Attribution(Analysis):
         top_k: int = 10,
         max_examples: int | None = 32,
         n_resamples: int = 1000,
+        confidence: float = 0.95,
     ) -> None:
         super().__init__()
-        if method not in _METHODS:
-            raise InvalidParameterError(
-                f"The 'method' parameter of Attribution must be one of {list(_METHODS)}; got {method!r} instead."
-            )
-        if not (
-            target in ("predicted", "label")
-            or (isinstance(target, int) and not isinstance(target, bool))
-        ):
-            raise InvalidParameterError(
-                f"The 'target' parameter of Attribution must be 'predicted', 'label' or a class index; got {target!r}."
-            )
-        for label, value in (
-            ("n_steps", n_steps),
-            ("top_k", top_k),
-            ("internal_batch_size", internal_batch_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidParameterError(
-                    f"The '{label}' parameter of Attribution must be a positive int; got {value!r}."
-                )
         self.method = method
         self.target = target
         self.n_steps = n_steps
@@ -155,6 +147,7 @@ class Attribution(Analysis):
         self.top_k = top_k
         self.max_examples = max_examples
         self.n_resamples = n_resamples
+        self.confidence = confidence
         self._previous: list[np.ndarray] | None = None
         self._previous_step: int | None = None
 
@@ -256,7 +249,7 @@ class Attribution(Analysis):
         if len(values) < 2:
             return None
         return bootstrap_ci(
-            np.mean, values, n_resamples=self.n_resamples, random_state=ctx.random_state
+            np.mean, values, n_resamples=self.n_resamples, confidence=self.confidence, random_state=ctx.random_state
         )
 
     def _targets(

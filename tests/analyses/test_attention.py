@@ -243,9 +243,12 @@ def test_end_to_end_figures_in_the_run_folder_and_in_tensorboard(tmp_path):
 
 def test_errors():
     with pytest.raises(
-        InvalidParameterError, match=r"'measure' parameter .* one of \['auto', 'loss', 'logit'\]"
+        InvalidParameterError,
+        match=r"AttentionAnalysis: measure must be one of \['auto', 'logit', 'loss'\]; got 'accuracy'\.",
     ):
         AttentionAnalysis(measure="accuracy")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"AttentionAnalysis: alpha must be a float in \(0, 1\); got 5\."):
+        AttentionAnalysis(alpha=5)
     probe = ProbeSet(_custom_probe().inputs)  # no labels
     with pytest.raises(AnalysisError, match="measure='loss'\\) needs integer probe labels"):
         _run(_dead_head_classifier(), probe, AttentionAnalysis(measure="loss"), strict=True)
@@ -270,5 +273,19 @@ def test_ablation_examples_measures_importance_on_a_seeded_subsample():
     pd.testing.assert_series_equal(sub.tables["heads"]["entropy"], everything.tables["heads"]["entropy"])
     assert any("5 of 12 probe examples" in note for note in sub.notes)
     with pytest.raises(InvalidParameterError,
-                       match=r"'ablation_examples' parameter of AttentionAnalysis .* got 1 instead"):
+                       match=r"AttentionAnalysis: ablation_examples must be None or an int in \[2, inf\); got 1\."):
         AttentionAnalysis(ablation_examples=1)
+
+
+def test_confidence_sets_the_ci_level_and_alpha_the_findings_threshold():
+    model, probe = _dead_head_classifier(), _custom_probe()
+    settings = {"measure": "logit", "n_resamples": 200, "n_permutations": 19}
+    wide = _run(model, probe, AttentionAnalysis(**settings), strict=True)
+    narrow = _run(model, probe, AttentionAnalysis(**settings, confidence=0.5), strict=True).metrics
+    key = "neuronmap/attention/blocks.0/head0_importance"
+    assert narrow[key] == wide.metrics[key]
+    assert narrow[key + "_ci_high"] - narrow[key + "_ci_low"] < wide.metrics[key + "_ci_high"] - wide.metrics[
+        key + "_ci_low"]
+    result = wide.results["attention"]
+    assert not [f for f in AttentionAnalysis(alpha=1e-6).findings(result) if f.metric.endswith("_importance")]
+    assert [f for f in AttentionAnalysis(alpha=0.999).findings(result) if f.metric.endswith("_importance")]

@@ -171,15 +171,16 @@ def test_image_occlusion_end_to_end(tmp_path):
 def test_errors():
     with pytest.raises(
         InvalidParameterError,
-        match=r"'method' parameter of Attribution must be one of \['saliency'",
+        match=r"Attribution: method must be one of \['input_x_gradient', .*\]; got 'gradcam'\.",
     ):
         Attribution("gradcam")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match=r"'target' parameter .* got 'true'"):
+    with pytest.raises(InvalidParameterError, match=r"Attribution: target must be one of \['label', 'predicted'\] "
+                                                    r"or a class index \(int\); got 'true'\."):
         Attribution(target="true")  # type: ignore[arg-type]
-    with pytest.raises(
-        InvalidParameterError, match="'n_steps' parameter of Attribution must be a positive int"
-    ):
+    with pytest.raises(InvalidParameterError, match=r"Attribution: n_steps must be an int in \[1, inf\); got 0\."):
         Attribution(n_steps=0)
+    with pytest.raises(InvalidParameterError, match=r"Attribution: integration must be one of \['gausslegendre'"):
+        Attribution(integration="simpson")  # type: ignore[arg-type]
     with pytest.raises(AnalysisError, match="target='label'\\) needs probe labels"):
         _monitor(ProbeSet(torch.randn(4, 8)), Attribution(target="label")).run(tiny_mlp(), step=0)
     with pytest.raises(AnalysisError, match=r"BertModel returns \(8, \d+, 32\) where one score"):
