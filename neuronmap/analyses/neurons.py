@@ -46,7 +46,7 @@ References:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -62,10 +62,10 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.errors import InvalidParameterError
+from neuronmap.analyses.params import Constraint, Interval, Options
 from neuronmap.findings import Finding
 from neuronmap.metrics.neurons import dead_fraction, participation_ratio, sparsity
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues
+from neuronmap.stats import adjust_pvalues
 
 __all__ = ["NeuronStats"]
 
@@ -80,6 +80,18 @@ _BOUNDED: dict[type[nn.Module], tuple[float, float]] = {
     nn.Softsign: (-1.0, 1.0),
     nn.ReLU6: (0.0, 6.0),
 }
+
+
+class _Range(Constraint):
+    """A ``(low, high)`` pair of real numbers with ``low < high``."""
+
+    def __call__(self, value: Any) -> bool:
+        number = Interval(float, None, None)
+        return (isinstance(value, (tuple, list)) and len(value) == 2 and all(number(v) for v in value)
+                and value[0] < value[1])
+
+    def __str__(self) -> str:
+        return "a (low, high) pair of floats with low < high"
 
 
 @register_analysis
@@ -118,6 +130,16 @@ class NeuronStats(Analysis):
     name = "neuron_stats"
     probe_columns = ("target",)
     headline_metrics = ("dead_fraction", "saturated_fraction", "outlier_dims", "selective_fraction")
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "target": [None, str],
+        "dead_threshold": [Interval(float, None, None)],
+        "saturation_tol": [Interval(float, 0, 1, closed="neither")],
+        "saturation_fraction": [Interval(float, 0, 1, closed="neither")],
+        "bounds": [None, _Range()],
+        "outlier_sigma": [Interval(float, 0, None, closed="neither")],
+        "selectivity": [Options(_SELECTIVITY)],
+        "test": [Options(_TESTS)],
+    }
 
     def findings(self, result: AnalysisResult) -> list[Finding]:
         """See :func:`neuronmap.analyses._findings.neuron_findings`."""
@@ -142,25 +164,11 @@ class NeuronStats(Analysis):
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        for value, allowed, label in ((selectivity, _SELECTIVITY, "selectivity"), (test, _TESTS, "test"),
-                                      (p_adjust, PVALUE_METHODS, "p_adjust")):
-            if value not in allowed:
-                raise InvalidParameterError(f"{label} must be one of {allowed}; got {value!r}.")
-        fractions = {"saturation_tol": saturation_tol, "saturation_fraction": saturation_fraction, "alpha": alpha}
-        for name, fraction in fractions.items():
-            if not 0.0 < fraction < 1.0:
-                raise InvalidParameterError(f"{name} must be in (0, 1); got {fraction!r}.")
-        if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
-            raise InvalidParameterError(f"bounds must be (low, high) with low < high; got {bounds!r}.")
-        if not outlier_sigma > 0:
-            raise InvalidParameterError(f"outlier_sigma must be positive; got {outlier_sigma!r}.")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InvalidParameterError(f"top_k must be a positive integer; got {top_k!r}.")
         self.target = target
         self.dead_threshold = dead_threshold
         self.saturation_tol = saturation_tol
         self.saturation_fraction = saturation_fraction
-        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        self.bounds = bounds
         self.outlier_sigma = outlier_sigma
         self.selectivity = selectivity
         self.test = test
@@ -186,7 +194,8 @@ class NeuronStats(Analysis):
                 "kurtosis": _mean_kurtosis(x),
                 "effective_rank": participation_ratio(x),
             }
-            bounds = self.bounds or _module_bounds(ctx.model, layer)
+            bounds = (_module_bounds(ctx.model, layer) if self.bounds is None
+                      else (float(self.bounds[0]), float(self.bounds[1])))
             if bounds is not None and x.min() >= bounds[0] - 1e-6 and x.max() <= bounds[1] + 1e-6:
                 row["saturated_fraction"] = _saturated_fraction(x, bounds, self.saturation_tol,
                                                                 self.saturation_fraction)

@@ -125,11 +125,16 @@ def test_explicit_bounds_apply_only_when_the_data_respect_them() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"selectivity": "ratio"}, r"selectivity must be one of \('auto', 'index', 'dprime'\); got 'ratio'"),
-        ({"test": "t"}, r"test must be one of \('kruskal', 'anova'\); got 't'"),
-        ({"saturation_fraction": 1.0}, r"saturation_fraction must be in \(0, 1\); got 1.0"),
-        ({"bounds": (1.0, -1.0)}, r"bounds must be \(low, high\) with low < high; got \(1.0, -1.0\)"),
-        ({"top_k": 0}, r"top_k must be a positive integer; got 0"),
+        ({"selectivity": "ratio"},
+         r"^NeuronStats: selectivity must be one of \['auto', 'dprime', 'index'\]; got 'ratio'\.$"),
+        ({"test": "t"}, r"^NeuronStats: test must be one of \['anova', 'kruskal'\]; got 't'\.$"),
+        ({"saturation_fraction": 1.0}, r"^NeuronStats: saturation_fraction must be a float in \(0, 1\); got 1\.0\.$"),
+        ({"bounds": (1.0, -1.0)},
+         r"^NeuronStats: bounds must be None or a \(low, high\) pair of floats with low < high; got \(1\.0, -1\.0\)"),
+        ({"bounds": (0, "1")}, r"^NeuronStats: bounds must be None or a \(low, high\) pair"),
+        ({"outlier_sigma": 0}, r"^NeuronStats: outlier_sigma must be a float in \(0, inf\); got 0\.$"),
+        ({"top_k": 0}, r"^NeuronStats: top_k must be an int in \[1, inf\); got 0\.$"),
+        ({"target": 3}, r"^NeuronStats: target must be None or a str; got 3\.$"),
     ],
 )
 def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
