@@ -32,6 +32,8 @@ References:
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -44,7 +46,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.errors import InvalidParameterError
+from neuronmap.analyses.params import Interval
 from neuronmap.metrics.information import (
     entropy_plugin,
     mi_knn,
@@ -53,7 +55,7 @@ from neuronmap.metrics.information import (
     top_components,
     unit_entropy,
 )
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, resolution_note
+from neuronmap.stats import adjust_pvalues, resolution_note
 
 __all__ = ["Information"]
 
@@ -69,9 +71,12 @@ class Information(Analysis):
         n_binned: Leading components binned jointly for ``mi_binned``.
         n_bins: Bins per component (equal frequency) and per unit for ``entropy`` (equal width).
         n_permutations: Label permutations for the ``mi_knn`` p-value (0 disables it).
-        max_examples: Larger probe sets are subsampled (seeded); the estimator holds an
-            ``n x n`` distance matrix and each permutation costs ``O(n^2)``.
+        max_examples: Larger probe sets are subsampled (seeded; at least 10, ``None``: every
+            example); the estimator holds an ``n x n`` distance matrix and each permutation
+            costs ``O(n^2)``.
         p_adjust: Correction across layers (:data:`neuronmap.stats.PVALUE_METHODS`).
+        alpha: Significance level of the findings (corrected p below it) and of the note that
+            says when ``n_permutations`` is too few to reach it.
         layers: Optional selectors restricting the analysis to some captured layers.
 
     Raises:
@@ -88,6 +93,14 @@ class Information(Analysis):
 
     name = "information"
     probe_columns = ("target",)
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "target": [str],
+        "n_components": [Interval(int, 1, None)],
+        "n_neighbors": [Interval(int, 1, None)],
+        "n_binned": [Interval(int, 1, None)],
+        "n_bins": [Interval(int, 2, None)],
+        "max_examples": [None, Interval(int, 10, None)],  # fewer leaves the k-NN estimator nothing to count
+    }
 
     def __init__(
         self,
@@ -98,18 +111,12 @@ class Information(Analysis):
         n_binned: int = 1,
         n_bins: int = 8,
         n_permutations: int = 200,
-        max_examples: int = 500,
+        max_examples: int | None = 500,
         p_adjust: str = "holm",
+        alpha: float = 0.05,
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        for label, value, minimum in (("n_components", n_components, 1), ("n_neighbors", n_neighbors, 1),
-                                      ("n_binned", n_binned, 1), ("n_bins", n_bins, 2),
-                                      ("n_permutations", n_permutations, 0), ("max_examples", max_examples, 10)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InvalidParameterError(f"{label} must be an integer >= {minimum}; got {value!r}.")
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
         self.target = target
         self.n_components = n_components
         self.n_neighbors = n_neighbors
@@ -118,6 +125,7 @@ class Information(Analysis):
         self.n_permutations = n_permutations
         self.max_examples = max_examples
         self.p_adjust = p_adjust
+        self.alpha = alpha
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         from sklearn.feature_selection import mutual_info_classif
@@ -126,7 +134,7 @@ class Information(Analysis):
         keep = np.flatnonzero(~pd.isna(raw))
         rng = np.random.default_rng([ctx.random_state, 3])
         notes = []
-        if len(keep) > self.max_examples:
+        if self.max_examples is not None and len(keep) > self.max_examples:
             keep = np.sort(rng.choice(keep, self.max_examples, replace=False))
             notes.append(f"A seeded random subset of {self.max_examples} examples was used.")
         y = pd.factorize(pd.Series(raw[keep]), sort=True)[0].astype(np.int64)
@@ -165,8 +173,8 @@ class Information(Analysis):
                            for k, (e, v) in enumerate(zip(explained, per_component, strict=True))]
         table = pd.DataFrame(rows, columns=["layer", "components", "mi_knn", "p", "n_permutations", "p_resolution",
                                             "mi_binned", "mi_binned_plugin", "entropy", "label_entropy"])
-        table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust)
-        note = resolution_note(self.n_permutations, len(table), alpha=0.05, what="layers")
+        table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust, alpha=self.alpha)
+        note = resolution_note(self.n_permutations, len(table), alpha=self.alpha, what="layers")
         if note:
             notes.append(note)
         metrics = MetricSet()

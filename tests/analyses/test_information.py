@@ -51,11 +51,28 @@ def test_a_single_class_is_skipped() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_bins": 1}, r"n_bins must be an integer >= 2; got 1"),
-        ({"n_components": 0}, r"n_components must be an integer >= 1; got 0"),
-        ({"p_adjust": "bh"}, r"p_adjust must be one of .*; got 'bh'"),
+        ({"n_bins": 1}, r"^Information: n_bins must be an int in \[2, inf\); got 1\.$"),
+        ({"n_components": 0}, r"^Information: n_components must be an int in \[1, inf\); got 0\.$"),
+        ({"p_adjust": "bh"}, r"^Information: p_adjust must be one of .*; got 'bh'\.$"),
+        ({"max_examples": 9}, r"^Information: max_examples must be None or an int in \[10, inf\); got 9\.$"),
+        ({"alpha": 0}, r"^Information: alpha must be a float in \(0, 1\); got 0\.$"),
     ],
 )
 def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         Information(**kwargs)
+
+
+def test_alpha_sets_the_level_of_the_resolution_note_and_the_findings() -> None:
+    """19 permutations over three layers reach a Holm-corrected p of 3/20 = 0.15 at best."""
+    probe = planted_probe(n=150)
+    runs = {}
+    for alpha in (0.05, 0.2):
+        analysis = Information(n_permutations=19, alpha=alpha)
+        result = nm.NeuronMap(probe, layers=LAYERS, analyses=[analysis], reporters=[]).run(
+            planted_model(), step=0).results["information"]
+        runs[alpha] = (result, analysis.findings(result))
+    assert any("p-value resolution" in note for note in runs[0.05][0].notes)
+    assert not any("p-value resolution" in note for note in runs[0.2][0].notes)
+    assert runs[0.2][0].metrics["signal/mi_knn_p_adj"] < 0.2
+    assert any("signal" in str(f) for f in runs[0.2][1]) and not any("signal" in str(f) for f in runs[0.05][1])
