@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.errors import InvalidParameterError
+from neuronmap.analyses.params import Constraint, Interval, Type
 
 __all__ = ["Projection"]
 
@@ -46,6 +46,17 @@ Method = Literal["pca", "tsne", "umap"]
 _METHODS = ("pca", "tsne", "umap")
 # Columns with at most this many distinct values (or non-numeric ones) get a legend, not a colour bar.
 _MAX_CATEGORIES = 20
+
+
+class _Methods(Constraint):
+    """A method name or a non-empty list of them."""
+
+    def __call__(self, value: Any) -> bool:
+        names = [value] if isinstance(value, str) else value
+        return isinstance(names, (list, tuple)) and bool(names) and all(m in _METHODS for m in names)
+
+    def __str__(self) -> str:
+        return f"a non-empty subset of {list(_METHODS)}"
 
 
 @register_analysis
@@ -57,7 +68,8 @@ class Projection(Analysis):
     Args:
         methods: Any of ``"pca"``, ``"tsne"``, ``"umap"``.
         color_by: Probe-set columns to colour by; ``None`` uses the labels and every group column.
-        max_points: Larger probe sets are subsampled (seeded) to this many points.
+        max_examples: Larger probe sets are subsampled (seeded) to this many points (at least 10;
+            ``None``: every example). Formerly ``max_points``, which still works and warns.
         perplexity: t-SNE perplexity (capped at ``(n - 1) / 3``).
         n_neighbors: UMAP neighbourhood size (capped at ``n - 1``).
         layers: Optional selectors restricting the analysis to some captured layers.
@@ -75,44 +87,45 @@ class Projection(Analysis):
     """
 
     name = "projection"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "methods": [_Methods()],
+        "color_by": [None, Type(str, list, tuple, label="a column name or a list of them")],
+        "max_examples": [None, Interval(int, 10, None)],  # a 2-D map of fewer points shows nothing
+        "perplexity": [Interval(float, 0, None, closed="neither")],
+        "n_neighbors": [Interval(int, 2, None)],
+    }
+    _renamed_parameters: ClassVar[dict[str, str]] = {"max_points": "max_examples"}
 
     def __init__(
         self,
         *,
-        methods: Sequence[Method] = ("pca", "tsne", "umap"),
-        color_by: Sequence[str] | None = None,
-        max_points: int = 2000,
+        methods: Sequence[Method] | Method = ("pca", "tsne", "umap"),
+        color_by: Sequence[str] | str | None = None,
+        max_examples: int | None = 2000,
         perplexity: float = 30.0,
         n_neighbors: int = 15,
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        chosen: list[str] = [methods] if isinstance(methods, str) else list(methods)
-        if not chosen or any(m not in _METHODS for m in chosen):
-            raise InvalidParameterError(f"methods must be a non-empty subset of {_METHODS}; got {methods!r}.")
-        for label, value, minimum in (("max_points", max_points, 10), ("n_neighbors", n_neighbors, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InvalidParameterError(f"{label} must be an integer >= {minimum}; got {value!r}.")
-        if not perplexity > 0:
-            raise InvalidParameterError(f"perplexity must be positive; got {perplexity!r}.")
-        self.methods = chosen
-        self.color_by = None if color_by is None else [color_by] if isinstance(color_by, str) else list(color_by)
-        self.max_points = max_points
+        self.methods = methods
+        self.color_by = color_by
+        self.max_examples = max_examples
         self.perplexity = perplexity
         self.n_neighbors = n_neighbors
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         probe = ctx.probe
-        columns = self.color_by
+        columns = _names(self.color_by)
         if columns is None:
             columns = (["label"] if probe.has_labels else []) + list(probe.group_columns)
         rows = np.arange(len(probe))
         notes: list[str] = []
-        if len(rows) > self.max_points:
-            rows = np.sort(np.random.default_rng([ctx.random_state, 4]).choice(rows, self.max_points, replace=False))
-            notes.append(f"A seeded random subset of {self.max_points} of {len(probe)} examples is shown.")
+        if self.max_examples is not None and len(rows) > self.max_examples:
+            rng = np.random.default_rng([ctx.random_state, 4])
+            rows = np.sort(rng.choice(rows, self.max_examples, replace=False))
+            notes.append(f"A seeded random subset of {self.max_examples} of {len(probe)} examples is shown.")
         colours = {c: probe.column(c)[rows] for c in columns}
-        methods = list(self.methods)
+        methods = _names(self.methods) or []
         if "umap" in methods and not UMAP_AVAILABLE:
             methods.remove("umap")
             notes.append(f"UMAP figures skipped: {UMAP_AVAILABLE}")
@@ -158,6 +171,11 @@ class Projection(Analysis):
         # a seeded UMAP runs on one thread anyway; saying so avoids its warning
         reducer = umap.UMAP(n_components=2, n_neighbors=min(self.n_neighbors, n - 1), random_state=seed, n_jobs=1)
         return _two_columns(np.asarray(reducer.fit_transform(x), dtype=np.float64)), float("nan")
+
+
+def _names(value: str | Sequence[str] | None) -> list[str] | None:
+    """A name or a sequence of names as a list (``None`` stays ``None``)."""
+    return None if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def _two_columns(embedding: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -27,6 +27,9 @@ CASES: dict[str, Callable[[], Case]] = {
     "activation_stats": lambda: (nm.ActivationStats(), None, None, None),
     "cka": lambda: (nm.CKA(), None, None, None),
     "rsa": lambda: (nm.RSA(n_permutations=19), None, None, None),
+    "information": lambda: (nm.Information(n_components=3, n_permutations=19), None, None, None),
+    "neuron_stats": lambda: (nm.NeuronStats(top_k=3), None, None, None),
+    "projection": lambda: (nm.Projection(methods=["pca", "tsne"], max_examples=40), None, None, None),
     # --- mechanistic: activation_max, activation_patching, circuit_discovery, causal_tracing,
     #     attention, attribution, adversarial
 }

@@ -70,7 +70,7 @@ def test_subsampling_and_constant_layers_are_noted() -> None:
     with torch.no_grad():
         model.net[0].bias.fill_(-100.0)  # net.1 = ReLU(...) is constant zero
     monitor = nm.NeuronMap(tiny_probe(n=30), layers=["net.0", "net.1"], reporters=[],
-                           analyses=[Projection(methods=["pca"], max_points=20)])
+                           analyses=[Projection(methods=["pca"], max_examples=20)])
     result = monitor.run(model, step=0).results["projection"]
     assert sorted(result.figures) == ["pca/net.0"]
     assert "A seeded random subset of 20 of 30 examples is shown." in result.notes
@@ -81,12 +81,24 @@ def test_subsampling_and_constant_layers_are_noted() -> None:
     ("kwargs", "match"),
     [
         ({"methods": ["pca", "mds"]},
-         r"methods must be a non-empty subset of \('pca', 'tsne', 'umap'\); got \['pca', 'mds'\]"),
-        ({"methods": []}, r"methods must be a non-empty subset"),
-        ({"max_points": 3}, r"max_points must be an integer >= 10; got 3"),
-        ({"perplexity": 0}, r"perplexity must be positive; got 0"),
+         r"^Projection: methods must be a non-empty subset of \['pca', 'tsne', 'umap'\]; got \['pca', 'mds'\]\.$"),
+        ({"methods": []}, r"^Projection: methods must be a non-empty subset"),
+        ({"max_examples": 3}, r"^Projection: max_examples must be None or an int in \[10, inf\); got 3\.$"),
+        ({"perplexity": 0}, r"^Projection: perplexity must be a float in \(0, inf\); got 0\.$"),
+        ({"color_by": 3}, r"^Projection: color_by must be None or a column name or a list of them; got 3\.$"),
     ],
 )
 def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         Projection(**kwargs)
+
+
+def test_max_points_is_the_deprecated_name_of_max_examples() -> None:
+    with pytest.warns(FutureWarning, match=r"Projection\(max_points=\.\.\.\) is deprecated .* use max_examples="):
+        projection = Projection(methods="pca", max_points=20)
+    assert projection.max_examples == 20 and "max_points" not in projection.config()
+    with pytest.raises(InvalidParameterError, match="pass max_examples= only"):
+        Projection(max_points=20, max_examples=30)
+    monitor = nm.NeuronMap(tiny_probe(n=30), layers=["net.0"], analyses=[projection], reporters=[])
+    assert "A seeded random subset of 20 of 30 examples is shown." in monitor.run(tiny_mlp(), step=0).results[
+        "projection"].notes
