@@ -27,7 +27,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -43,12 +43,12 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.analyses.fairness import Predictions, predict_from_outputs
-from neuronmap.capture.hooks import extract_tensor, model_device
+from neuronmap.analyses.params import Constraint, Interval, Type
+from neuronmap.capture.forward import forward, model_device, output_logits, probe_batches
 from neuronmap.data.swaps import BUILTIN_SWAPS, swap_terms
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.probe import ProbeSet
 from neuronmap.stats import (
-    PVALUE_METHODS,
     adjust_pvalues,
     bootstrap_ci,
     permutation_test,
@@ -111,6 +111,21 @@ def resolve_swaps(swaps: SwapSpec) -> dict[str, SwapList]:
     )
 
 
+class _SwapSpec(Constraint):
+    """What :func:`resolve_swaps` accepts."""
+
+    def __call__(self, value: Any) -> bool:
+        try:
+            resolve_swaps(value)
+        except InvalidParameterError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return (f"a built-in name {sorted(BUILTIN_SWAPS)}, a list of names, a list of (a, b) pairs, "
+                "a {source: target} mapping or {attribute: swaps}")
+
+
 @register_analysis
 class CounterfactualBias(Analysis):
     """Flip rate and score change when group terms in the probe texts are swapped.
@@ -129,6 +144,7 @@ class CounterfactualBias(Analysis):
         confidence: Coverage of the intervals.
         top_k: Rows of the ``worst_examples`` table per attribute.
         p_adjust: Correction across attributes (any of ``PVALUE_METHODS``).
+        alpha: Significance level of the ``significant`` column and the findings.
 
     Metrics (per attribute): ``flip_rate``, ``mean_abs_delta_score`` (with CIs),
     ``mean_delta_score`` (CI, ``_p``, ``_p_adj``), ``n_pairs``. Tables: ``summary``,
@@ -149,6 +165,14 @@ class CounterfactualBias(Analysis):
     name = "counterfactual_bias"
     probe_columns = ("text_column",)
     needs_outputs = True
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "swaps": [_SwapSpec()],
+        "tokenizer": [Type(callable, label="the probe set's tokenizer (a callable, passed as tokenizer=...)")],
+        "max_length": [Interval(int, 1, None)],
+        "positive_label": [Interval(int, 0, None), str],
+        "predictions": [None, callable],
+        "text_column": [str],
+    }
 
     def __init__(
         self,
@@ -163,20 +187,11 @@ class CounterfactualBias(Analysis):
         confidence: float = 0.95,
         top_k: int = 10,
         p_adjust: str = "holm",
+        alpha: float = 0.05,
     ) -> None:
         super().__init__()
-        if tokenizer is None or not callable(tokenizer):
-            raise InvalidParameterError(
-                f"CounterfactualBias needs the probe set's tokenizer (tokenizer=...) to encode the swapped "
-                f"texts; got {tokenizer!r}."
-            )
-        for label, value in (("max_length", max_length), ("n_resamples", n_resamples), ("top_k", top_k)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidParameterError(f"{label} must be an int >= 1; got {value!r}.")
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
+        self.swaps = swaps
         self._swaps = resolve_swaps(swaps)
-        self.swaps = sorted(self._swaps)
         self._tokenizer = tokenizer
         self.max_length = max_length
         self.positive_label = positive_label
@@ -186,6 +201,7 @@ class CounterfactualBias(Analysis):
         self.confidence = confidence
         self.top_k = top_k
         self.p_adjust = p_adjust
+        self.alpha = alpha
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "tokenizer": type(self._tokenizer).__name__,
@@ -223,9 +239,10 @@ class CounterfactualBias(Analysis):
         summary = pd.DataFrame(rows)
         if not summary.empty:
             summary["mean_delta_score_p_adj"] = adjust_pvalues(summary["mean_delta_score_p"].to_numpy(float),
-                                                               method=self.p_adjust)  # fmt: skip
+                                                               method=self.p_adjust, alpha=self.alpha)  # fmt: skip
+            summary["significant"] = summary["mean_delta_score_p_adj"] < self.alpha
             tested = summary["mean_delta_score_p_resolution"].dropna()
-            note = resolution_note(self.n_resamples, len(tested), what="attributes",
+            note = resolution_note(self.n_resamples, len(tested), alpha=self.alpha, what="attributes",
                                    smallest=float(tested.max()) if len(tested) else None)
             if note:
                 notes.append(note)
@@ -245,15 +262,14 @@ class CounterfactualBias(Analysis):
         probe = ProbeSet.from_texts(texts, self._tokenizer, max_length=self.max_length)
         device = ctx.device or model_device(ctx.model)
         chunks = []
-        with torch.no_grad():
-            for batch in probe.batches(ctx.batch_size, device):
-                out = ctx.model(**batch)
-                logits = extract_tensor(out, "logits" if isinstance(out, Mapping) else None)
-                if logits is None:
-                    raise InvalidParameterError(
-                        f"The model returned no tensor on the swapped texts (got {type(out).__name__})."
-                    )
-                chunks.append(logits.detach().float().cpu())
+        for batch in probe_batches(probe, ctx.batch_size, device, no_grad=True):
+            out = forward(ctx.model, batch, positional=probe.positional)
+            logits = output_logits(out, hidden_fallback=False)
+            if logits is None:
+                raise InvalidParameterError(
+                    f"The model returned no tensor on the swapped texts (got {type(out).__name__})."
+                )
+            chunks.append(logits.detach().float().cpu())
         return torch.cat(chunks).numpy()
 
     def _row(

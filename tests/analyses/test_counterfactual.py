@@ -118,15 +118,17 @@ def test_swap_specs_and_texts_without_terms() -> None:
         resolve_swaps("age")
     with pytest.raises(InvalidParameterError, match="swaps must be"):
         resolve_swaps([1, 2])  # type: ignore[list-item]
+    with pytest.raises(InvalidParameterError, match=r"CounterfactualBias: swaps must be a built-in name .*; got 'age'"):
+        CounterfactualBias("age", tokenizer=TOKENIZER)
     report = _run(CounterfactualBias({"pets": [("cat", "dog")]}, tokenizer=TOKENIZER), BagOfWords({}))
     result = report.results["counterfactual_bias"]
     assert result.status == "skipped" and "pets: no probe text contains a listed term" in result.notes[0]
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(InvalidParameterError, match="needs the probe set's tokenizer"):
+    with pytest.raises(InvalidParameterError, match="CounterfactualBias: tokenizer must be the probe set's tokenizer"):
         CounterfactualBias("gender", tokenizer=None)
-    with pytest.raises(InvalidParameterError, match=r"needs the probe set's tokenizer \(tokenizer=...\).*got None"):
+    with pytest.raises(InvalidParameterError, match=r"tokenizer must be .*tokenizer=.*got None"):
         CounterfactualBias(["gender", "race"])  # forgotten altogether: the documented error, not a TypeError
     tensor_probe = nm.ProbeSet({"input_ids": torch.ones(4, 3, dtype=torch.long),
                                 "attention_mask": torch.ones(4, 3, dtype=torch.long)})
