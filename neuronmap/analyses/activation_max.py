@@ -14,7 +14,7 @@ Two views of a unit (or a direction) of one layer, tracked over training:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,8 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
-from neuronmap.capture.hooks import extract_tensor
+from neuronmap.analyses.params import Interval, Options, Type
+from neuronmap.capture.forward import extract_tensor
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.capture.reduce import reduce_tokens
 from neuronmap.errors import InvalidParameterError
@@ -84,6 +85,17 @@ class ActivationMaximization(Analysis):
 
     needs_model = True  # optimises inputs through the model
     name = "activation_max"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "layer": [Type(str, label="a selector (str) naming one module")],
+        "units": [Type(list, tuple, label="a non-empty list of unit indices and/or directions")],
+        "steps": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "l2": [Interval(float, 0, None)],
+        "tv": [Interval(float, 0, None)],
+        "jitter": [Interval(int, 0, None)],
+        "init": [Options(_INITS)],
+        "start_example": [Interval(int, 0, None)],
+    }
 
     def __init__(
         self,
@@ -100,19 +112,11 @@ class ActivationMaximization(Analysis):
         top_k: int = 5,
     ) -> None:
         super().__init__(layers=None)
-        if init not in _INITS:
-            raise InvalidParameterError(
-                f"The 'init' parameter of ActivationMaximization must be one of {list(_INITS)}; got {init!r} instead."
-            )
         if not units:
             raise InvalidParameterError(
-                "ActivationMaximization needs at least one unit or direction; got none."
+                f"ActivationMaximization: units must be a non-empty list of unit indices and/or directions; "
+                f"got {units!r}."
             )
-        for label, value in (("steps", steps), ("top_k", top_k)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidParameterError(
-                    f"The '{label}' parameter of ActivationMaximization must be a positive int; got {value!r}."
-                )
         self.layer = layer
         self.units = [u if isinstance(u, int) else [float(v) for v in u] for u in units]
         self.steps, self.lr, self.l2, self.tv, self.jitter = steps, lr, l2, tv, int(jitter)

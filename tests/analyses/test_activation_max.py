@@ -132,13 +132,18 @@ def test_image_channel_with_jitter_and_total_variation(tmp_path):
 
 def test_errors():
     with pytest.raises(
-        InvalidParameterError, match=r"'init' parameter .* one of \['probe', 'noise'\]; got 'zeros'"
+        InvalidParameterError,
+        match=r"ActivationMaximization: init must be one of \['noise', 'probe'\]; got 'zeros'\.",
     ):
         ActivationMaximization("net.0", init="zeros")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="at least one unit"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"ActivationMaximization: units must be a non-empty list .*; got \[\]"):
         ActivationMaximization("net.0", units=[])
-    with pytest.raises(InvalidParameterError, match=r"'steps' parameter .* positive int; got 0"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"ActivationMaximization: steps must be an int in \[1, inf\); got 0"):
         ActivationMaximization("net.0", steps=0)
+    with pytest.raises(InvalidParameterError, match=r"ActivationMaximization: lr must be a float in \(0, inf\)"):
+        ActivationMaximization("net.0", lr=0)
     model, probe = tiny_mlp(), tiny_probe(8)
     with pytest.raises(AnalysisError, match="Unit 16 is out of range: the layer has 16 units"):
         _run(model, probe, ActivationMaximization("net.0", units=[16]))
