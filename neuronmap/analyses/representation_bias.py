@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Columns, Constraint, Interval
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.findings import Finding
 from neuronmap.metrics.bias import centroid_distance_test, weat_effect_size, weat_test
@@ -65,7 +67,7 @@ from neuronmap.metrics.probing import (
     stratified_folds,
     within_fold_permutations,
 )
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, wilson_interval
+from neuronmap.stats import adjust_pvalues, wilson_interval
 
 __all__ = ["RepresentationBias", "weat_effect_size", "weat_test"]
 
@@ -75,6 +77,16 @@ class _Row:
     layer: str
     attribute: str
     values: dict[str, float] = field(default_factory=dict)
+
+
+class _TagPair(Constraint):
+    """Two WEAT tags (strings)."""
+
+    def __call__(self, value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(t, str) for t in value)
+
+    def __str__(self) -> str:
+        return "two tag strings"
 
 
 @register_analysis
@@ -112,6 +124,15 @@ class RepresentationBias(Analysis):
 
     name = "representation_bias"
     probe_columns = ("sensitive",)
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "sensitive": [Columns()],
+        "targets": [_TagPair()],
+        "attributes": [_TagPair()],
+        "weat_column": [None, str],
+        "n_permutations": [Interval(int, 1, None)],
+        "min_group_size": [Interval(int, 1, None)],
+        "max_components": [Interval(int, 1, None)],
+    }
     headline_metrics = ("*_decodability", "weat_effect_size")
 
     def findings(self, result: AnalysisResult) -> list[Finding]:
@@ -137,17 +158,6 @@ class RepresentationBias(Analysis):
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        for label, value, low in (("cv", cv, 2), ("n_permutations", n_permutations, 1),
-                                  ("min_group_size", min_group_size, 1), ("max_components", max_components, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(f"{label} must be an int >= {low}; got {value!r}.")
-        for label, pair in (("targets", targets), ("attributes", attributes)):
-            if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
-                raise InvalidParameterError(f"{label} must be two tag strings; got {pair!r}.")
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
-        if not 0.0 < confidence < 1.0 or not 0.0 < alpha < 1.0:
-            raise InvalidParameterError(f"confidence and alpha must be in (0, 1); got {confidence!r}, {alpha!r}.")
         self.sensitive = [sensitive] if isinstance(sensitive, str) else list(sensitive)
         self.targets, self.attributes = tuple(targets), tuple(attributes)
         self.weat_column = weat_column
@@ -197,7 +207,9 @@ class RepresentationBias(Analysis):
         self, ctx: AnalysisContext, attr: str, notes: list[str]
     ) -> tuple[NDArray[np.bool_], NDArray[np.int64]] | None:
         if "/" in attr:
-            raise InvalidParameterError(f"Sensitive column names cannot contain '/'; got {attr!r}.")
+            raise InvalidParameterError(
+                f"RepresentationBias: sensitive must be column names without '/'; got {attr!r}."
+            )
         values = pd.Series(ctx.probe.column(attr)).astype(str)
         sizes = values.value_counts()
         small = sizes[sizes < max(self.min_group_size, self.cv)]

@@ -115,7 +115,7 @@ def test_bad_inputs() -> None:
     with pytest.raises(AnalysisError, match=r"need the column 'weat'") as info:
         _run(RepresentationBias("gender", targets=("career", "family")), probe)
     assert isinstance(info.value.__cause__, ProbeSetError)
-    with pytest.raises(InvalidParameterError, match="targets must be two tag strings"):
+    with pytest.raises(InvalidParameterError, match=r"RepresentationBias: targets must be two tag strings; got \("):
         RepresentationBias("gender", targets=("x",))  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="cv must be an int >= 2"):
+    with pytest.raises(InvalidParameterError, match=r"RepresentationBias: cv must be an int in \[2, inf\); got 1"):
         RepresentationBias("gender", cv=1)
