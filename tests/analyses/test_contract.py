@@ -10,18 +10,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 import neuronmap as nm
 from neuronmap.analyses import available_analyses
-from neuronmap.testing import check_analysis
+from neuronmap.testing import check_analysis, tiny_bert, tiny_text_probe, tiny_tokenizer
 
 Case = tuple[Any, Any, Any, Any]
+
+
+def _world_probe(n: int = 48) -> nm.ProbeSet:
+    """tiny_mlp inputs with places (latitude, longitude, region) and sentence pairs (language, pair_id)."""
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    return nm.ProbeSet(x, labels=(x[:, 0] > 0).long().numpy(), name="world", metadata={
+        "latitude": (60 * x[:, 0].clamp(-1.4, 1.4)).numpy(), "longitude": (120 * x[:, 1].clamp(-1.4, 1.4)).numpy(),
+        "region": np.where(x[:, 2] > 0, "north", "south"), "language": np.where(np.arange(n) < n // 2, "en", "de"),
+        "pair_id": np.arange(n) % (n // 2)})  # fmt: skip
+
+
 CASES: dict[str, Callable[[], Case]] = {
     # --- statistics and bias: probing, regression_probing, world_model, crosslingual,
     #     representation_bias, fairness, performance, counterfactual_bias
+    "probing": lambda: (nm.Probing(cv=3, n_permutations=19, n_resamples=50), None, None, None),
+    "regression_probing": lambda: (nm.RegressionProbing(cv=3, n_permutations=19, n_resamples=50), None, None, None),
+    "world_model": lambda: (nm.WorldModelProbe("space", cv=3, n_permutations=19, n_resamples=50), None,
+                            _world_probe(), None),
+    "crosslingual": lambda: (nm.CrossLingualAlignment("en", n_permutations=19), None, _world_probe(), None),
+    "representation_bias": lambda: (nm.RepresentationBias("group", cv=3, n_permutations=19, max_components=4),
+                                    None, None, None),
     "fairness": lambda: (nm.Fairness("group", n_resamples=50, n_permutations=19), None, None, None),
-    "probing": lambda: (nm.Probing(cv=3, n_permutations=19, n_bootstrap=50), None, None, None),
+    "performance": lambda: (nm.ModelPerformance(n_resamples=50), None, None, None),
+    "counterfactual_bias": lambda: (nm.CounterfactualBias("gender", tokenizer=tiny_tokenizer(), n_resamples=49),
+                                    tiny_bert(num_labels=2), tiny_text_probe(), ["bert.pooler"]),
     # --- representations: cka, rsa, information, neuron_stats, activation_stats, concept_algebra,
     #     concept_extraction, projection, tcav
     "activation_stats": lambda: (nm.ActivationStats(), None, None, None),
