@@ -26,6 +26,15 @@ def test_every_preset_is_deterministic_labelled_and_tokenizes(name):
     assert len(probe) == len(a.frame) and probe.name == name
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_statistics_settings_reach_every_analysis_and_n_bootstrap_is_deprecated(name):
+    preset = PRESETS[name](n_permutations=19, n_resamples=49)
+    assert all((a.n_permutations, a.n_resamples) == (19, 49) for a in preset.analyses)
+    with pytest.warns(FutureWarning, match=rf"presets.{name}\(n_bootstrap=...\) is deprecated .* use n_resamples="):
+        old = PRESETS[name](n_bootstrap=49)
+    assert all(a.n_resamples == 49 for a in old.analyses)
+
+
 def test_code_preset_columns_and_balance():
     df = nm.presets.code(n=120).frame
     assert df["construct"].value_counts().to_dict() == {c: 30 for c in ("loop", "conditional", "definition", "call")}
