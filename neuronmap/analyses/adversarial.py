@@ -38,16 +38,17 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from neuronmap.analyses._input_space import InputSpace, output_scores
+from neuronmap.analyses._input_space import InputSpace
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -55,6 +56,8 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval, Type
+from neuronmap.capture.forward import output_logits as output_scores
 from neuronmap.capture.hooks import ActivationCapture, model_device
 from neuronmap.data.perturb import PERTURBATIONS, perturb_texts
 from neuronmap.errors import InvalidParameterError, ProbeSetError
@@ -69,7 +72,7 @@ from neuronmap.metrics.adversarial import (
 from neuronmap.metrics.adversarial import random_perturbation as _random
 from neuronmap.metrics.similarity import linear_cka
 from neuronmap.probe import ProbeSet
-from neuronmap.stats import PVALUE_METHODS, adjust_pvalues, bootstrap_ci, mcnemar
+from neuronmap.stats import adjust_pvalues, bootstrap_ci, mcnemar
 
 __all__ = ["AdversarialRobustness", "wilson_interval"]
 
@@ -123,7 +126,8 @@ class AdversarialRobustness(Analysis):
         tokenizer: The probe set's tokenizer, to encode perturbed texts.
         max_length: Truncation used for the probe set.
         max_examples: Attack only the first examples (bounds the cost).
-        n_bootstrap: Bootstrap resamples. confidence: Interval coverage.
+        n_resamples: Bootstrap resamples (``n_bootstrap`` before issue 16; the old name warns).
+        confidence: Interval coverage.
         p_adjust: Correction across (attack, norm, epsilon) cells. alpha: Significance level.
         layers, name: As for every analysis.
 
@@ -136,7 +140,7 @@ class AdversarialRobustness(Analysis):
     Example:
         >>> import neuronmap as nm
         >>> from neuronmap.testing import tiny_mlp, tiny_probe
-        >>> adv = AdversarialRobustness(epsilons=[0.1, 0.5], n_bootstrap=99)
+        >>> adv = AdversarialRobustness(epsilons=[0.1, 0.5], n_resamples=99)
         >>> monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[adv], reporters=[])
         >>> m = monitor.run(tiny_mlp(), step=0).metrics
         >>> key = "neuronmap/adversarial/input/{}_linf_flip_rate_eps0.5"
@@ -144,9 +148,24 @@ class AdversarialRobustness(Analysis):
         True
     """
 
-    needs_model = True  # attacks the model with gradients
-    name = "adversarial"
     needs_model = True  # attacks differentiate through the live model
+    name = "adversarial"
+    _renamed_parameters: ClassVar[dict[str, str]] = {"n_bootstrap": "n_resamples"}
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        # list contents are checked in __init__ (a constraint sees the list as a whole)
+        "epsilons": [Type(list, tuple, np.ndarray, label="a non-empty list of positive, finite numbers")],
+        "attacks": [Type(list, tuple, label=f"a non-empty list of values from {list(_ATTACKS)}")],
+        "norms": [Type(str, list, tuple, label=f"one of {list(NORMS)} or a non-empty list of them")],
+        "pgd_steps": [Interval(int, 1, None)],
+        "relative": [None, bool],
+        "max_epsilon": [None, Interval(float, 0, None, closed="neither")],
+        "bisection_steps": [Interval(int, 0, None)],
+        "representation_shift": [bool],
+        "text_perturbations": [Type(list, tuple, label=f"a list of values from {list(PERTURBATIONS)}")],
+        "tokenizer": ["no_validation"],  # any callable tokenizer; required with text_perturbations (checked below)
+        "max_length": [Interval(int, 1, None)],
+        "max_examples": [None, Interval(int, 2, None)],
+    }
 
     def __init__(
         self,
@@ -163,7 +182,7 @@ class AdversarialRobustness(Analysis):
         tokenizer: Any = None,
         max_length: int = 128,
         max_examples: int | None = 32,
-        n_bootstrap: int = 1000,
+        n_resamples: int = 1000,
         confidence: float = 0.95,
         p_adjust: str = "holm",
         alpha: float = 0.05,
@@ -171,39 +190,25 @@ class AdversarialRobustness(Analysis):
         name: str | None = None,
     ) -> None:
         super().__init__(layers=layers, name=name)
-        eps = [float(e) for e in epsilons]
+        valid = all(isinstance(e, numbers.Real) and not isinstance(e, bool) for e in epsilons)
+        eps = [float(e) for e in epsilons] if valid else []
         if not eps or any(not math.isfinite(e) or e <= 0 for e in eps):
-            raise InvalidParameterError(
-                f"The 'epsilons' parameter of AdversarialRobustness must be positive numbers; got {list(epsilons)!r}."
-            )
+            raise InvalidParameterError(f"AdversarialRobustness: epsilons must be a non-empty list of positive, finite "
+                                        f"numbers; got {list(epsilons)!r}.")
         norms_ = [norms] if isinstance(norms, str) else list(norms)
         for label, values, allowed in (("attacks", list(attacks), _ATTACKS), ("norms", norms_, NORMS),
                                        ("text_perturbations", list(text_perturbations), PERTURBATIONS)):
             bad = [v for v in values if v not in allowed]
             if bad or (label != "text_perturbations" and not values):
+                which = "values" if label == "text_perturbations" else "a non-empty list of values"
                 raise InvalidParameterError(
-                    f"The '{label}' parameter of AdversarialRobustness must list values from {list(allowed)}; "
-                    f"got {values!r}."
+                    f"AdversarialRobustness: {label} must be {which} from {list(allowed)}; got {values!r}."
                 )
-        for label, value, low in (("pgd_steps", pgd_steps, 1), ("bisection_steps", bisection_steps, 0),
-                                  ("n_bootstrap", n_bootstrap, 1), ("max_length", max_length, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidParameterError(
-                    f"The '{label}' parameter of AdversarialRobustness must be an int >= {low}; got {value!r}."
-                )
-        if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 2):
-            raise InvalidParameterError(
-                f"The 'max_examples' parameter must be an int >= 2 or None; got {max_examples!r}."
-            )
         if text_perturbations and (tokenizer is None or not callable(tokenizer)):
             raise InvalidParameterError(
-                f"text_perturbations={list(text_perturbations)} needs the probe set's tokenizer (tokenizer=...); "
-                f"got {tokenizer!r}."
+                f"AdversarialRobustness: tokenizer must be the probe set's tokenizer (a callable) to encode "
+                f"text_perturbations={list(text_perturbations)}; got {tokenizer!r}."
             )
-        if p_adjust not in PVALUE_METHODS:
-            raise InvalidParameterError(f"p_adjust must be one of {PVALUE_METHODS}; got {p_adjust!r}.")
-        if not 0 < confidence < 1 or not 0 < alpha < 1:
-            raise InvalidParameterError(f"confidence and alpha must be in (0, 1); got {confidence!r} and {alpha!r}.")
         self.epsilons = sorted(eps)
         self.attacks = [a for a in _ATTACKS if a in attacks]
         self.norms = norms_
@@ -216,7 +221,7 @@ class AdversarialRobustness(Analysis):
         self._tokenizer = tokenizer
         self.max_length = max_length
         self.max_examples = max_examples
-        self.n_bootstrap = n_bootstrap
+        self.n_resamples = n_resamples
         self.confidence = confidence
         self.p_adjust = p_adjust
         self.alpha = alpha
@@ -326,7 +331,7 @@ class AdversarialRobustness(Analysis):
              random_flips: np.ndarray, seed: int) -> dict[str, Any]:  # fmt: skip
         n, k = len(flips), int(flips.sum())
         low, high = wilson_interval(k, n, self.confidence)
-        loss = bootstrap_ci(np.mean, gain, n_resamples=self.n_bootstrap, confidence=self.confidence, random_state=seed)
+        loss = bootstrap_ci(np.mean, gain, n_resamples=self.n_resamples, confidence=self.confidence, random_state=seed)
         test = mcnemar(flips, random_flips)
         return {"attack": attack, "norm": norm, "epsilon": eps, "n": n, "flip_rate": k / n,
                 "flip_rate_ci_low": low, "flip_rate_ci_high": high, "random_flip_rate": float(random_flips.mean()),
@@ -352,7 +357,7 @@ class AdversarialRobustness(Analysis):
                                    "unflippable_fraction": 1 - len(finite) / len(r), "max_epsilon": self.max_epsilon,
                                    "median": float(np.median(finite)) if len(finite) else math.nan}  # fmt: skip
             if len(finite) >= 2:
-                ci = bootstrap_ci(np.mean, finite, n_resamples=self.n_bootstrap, confidence=self.confidence,
+                ci = bootstrap_ci(np.mean, finite, n_resamples=self.n_resamples, confidence=self.confidence,
                                   random_state=seed)  # fmt: skip
                 row |= {"mean": ci.estimate, "mean_ci_low": ci.low, "mean_ci_high": ci.high}
             else:
@@ -375,7 +380,7 @@ class AdversarialRobustness(Analysis):
             for layer in names:
                 a, a2 = clean[layer].reshape(len(clean[layer]), -1), attacked[layer].reshape(len(clean[layer]), -1)
                 rel = np.linalg.norm(a2 - a, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-12)
-                ci = bootstrap_ci(np.mean, rel, n_resamples=self.n_bootstrap, confidence=self.confidence,
+                ci = bootstrap_ci(np.mean, rel, n_resamples=self.n_resamples, confidence=self.confidence,
                                   random_state=seed)  # fmt: skip
                 cka = linear_cka(a, a2) if np.ptp(a, axis=0).any() else math.nan
                 rows.append({"layer": layer, "epsilon": eps, "attack": self.attacks[-1], "norm": self.norms[0],

@@ -54,7 +54,7 @@ def test_analysis_flip_rate_and_minimal_eps_match_the_closed_form():
     probe = nm.ProbeSet(torch.randn(120, 6, generator=torch.Generator().manual_seed(2)))
     x = probe.inputs["input"]
     epsilons = [0.05, 0.2, 0.5]
-    report = _run(model, probe, AdversarialRobustness(epsilons, max_examples=None, n_bootstrap=200,
+    report = _run(model, probe, AdversarialRobustness(epsilons, max_examples=None, n_resamples=200,
                                                       max_epsilon=5.0, bisection_steps=16))
     result = report.results["adversarial"]
     table = result.tables["attacks"]
@@ -89,7 +89,7 @@ def test_minimal_flip_radius_bisection_recovers_margin_over_l1_norm():
 def test_pgd_reaches_at_least_fgsm_on_a_nonlinear_model_and_beats_random_noise():
     model = tiny_mlp(seed=3)
     probe = tiny_probe(n=96, seed=4)
-    report = _run(model, probe, AdversarialRobustness([0.05, 0.3], norms=["linf", "l2"], n_bootstrap=200,
+    report = _run(model, probe, AdversarialRobustness([0.05, 0.3], norms=["linf", "l2"], n_resamples=200,
                                                          pgd_steps=5, bisection_steps=3),
                   layers=["net.*"])  # fmt: skip
     table = report.results["adversarial"].tables["attacks"]
@@ -119,7 +119,7 @@ def test_pgd_keeps_the_first_flipping_iterate_inside_the_ball():
 def test_token_model_is_attacked_in_embedding_space_relative_to_each_token_norm():
     probe = tiny_text_probe(n=16)
     model = tiny_bert(num_labels=2)
-    analysis = AdversarialRobustness([0.1], n_bootstrap=100, text_perturbations=["char_swap", "synonym_swap"],
+    analysis = AdversarialRobustness([0.1], n_resamples=100, text_perturbations=["char_swap", "synonym_swap"],
                                      tokenizer=tiny_tokenizer(), pgd_steps=3, bisection_steps=3)  # fmt: skip
     report = _run(model, probe, analysis, layers=["bert.encoder.layer.*"])
     result = report.results["adversarial"]
@@ -153,7 +153,7 @@ def test_a_model_blind_to_its_input_never_flips():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.lin(x * 0.0)
 
-    report = _run(Constant(), tiny_probe(n=40), AdversarialRobustness([0.5], n_bootstrap=100, bisection_steps=2),
+    report = _run(Constant(), tiny_probe(n=40), AdversarialRobustness([0.5], n_resamples=100, bisection_steps=2),
                   layers=["lin"])
     table = report.results["adversarial"].tables["attacks"]
     assert (table.flip_rate == 0).all() and (table.p == 1).all()
@@ -166,13 +166,31 @@ def test_wilson_interval_matches_the_textbook_value():
 
 
 def test_errors():
-    with pytest.raises(InvalidParameterError, match=r"'epsilons' .* positive numbers; got \[0.0\]"):
+    with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: epsilons must be a non-empty list of "
+                                                    r"positive, finite numbers; got \[0.0\]\."):
         AdversarialRobustness([0.0])
-    with pytest.raises(InvalidParameterError, match=r"'attacks' .* \['fgsm', 'pgd'\]; got \['cw'\]"):
+    with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: attacks must be a non-empty list of "
+                                                    r"values from \['fgsm', 'pgd'\]; got \['cw'\]\."):
         AdversarialRobustness(attacks=["cw"])  # type: ignore[list-item]
-    with pytest.raises(InvalidParameterError, match=r"'norms' .* \['linf', 'l2'\]; got \['l1'\]"):
+    with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: norms must be .* from "
+                                                    r"\['linf', 'l2'\]; got \['l1'\]\."):
         AdversarialRobustness(norms="l1")
-    with pytest.raises(InvalidParameterError, match="needs the probe set's tokenizer"):
+    with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: tokenizer must be the probe set's "
+                                                    r"tokenizer .*; got None\."):
         AdversarialRobustness(text_perturbations=["char_swap"])
-    with pytest.raises(InvalidParameterError, match=r"'pgd_steps' .* int >= 1; got 0"):
+    with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: pgd_steps must be an int in \[1, inf\); "
+                                                    r"got 0\."):
         AdversarialRobustness(pgd_steps=0)
+    with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: max_examples must be None or an int in "
+                                                    r"\[2, inf\); got 1\."):
+        AdversarialRobustness(max_examples=1)
+
+
+def test_n_bootstrap_is_the_deprecated_name_of_n_resamples():
+    with pytest.warns(FutureWarning, match=r"AdversarialRobustness\(n_bootstrap=...\) is deprecated .* use "
+                                           r"n_resamples= instead"):
+        analysis = AdversarialRobustness([0.1], n_bootstrap=50)
+    assert analysis.n_resamples == 50 and not hasattr(analysis, "n_bootstrap")
+    assert analysis.config()["n_resamples"] == 50
+    with pytest.raises(InvalidParameterError, match="pass n_resamples= only"):
+        AdversarialRobustness([0.1], n_bootstrap=50, n_resamples=50)

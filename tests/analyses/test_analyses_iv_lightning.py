@@ -37,7 +37,7 @@ def _probe() -> nm.ProbeSet:
 def test_new_analyses_run_in_a_lightning_trainer_and_their_figures_reach_report_html(tmp_path: Path):
     stats = {"n_permutations": 49, "n_resamples": 50}
     analyses = [
-        nm.AdversarialRobustness([0.1, 0.5], pgd_steps=3, bisection_steps=3, n_bootstrap=50),
+        nm.AdversarialRobustness([0.1, 0.5], pgd_steps=3, bisection_steps=3, n_resamples=50),
         nm.RegressionProbing("score", **stats),
         nm.WorldModelProbe("space", **stats),
         nm.CrossLingualAlignment(**stats),

@@ -68,7 +68,7 @@ def test_multilingual_and_math_presets_on_minilm(minilm):
 def test_adversarial_robustness_in_minilm_embedding_space(minilm):
     model, tokenizer = minilm
     probe = nm.presets.temporal(n=16).probe_set(tokenizer, max_length=32)
-    analysis = nm.AdversarialRobustness([0.1], pgd_steps=2, bisection_steps=2, n_bootstrap=100, max_examples=8,
+    analysis = nm.AdversarialRobustness([0.1], pgd_steps=2, bisection_steps=2, n_resamples=100, max_examples=8,
                                         text_perturbations=["synonym_swap"], tokenizer=tokenizer)
     result = _run(model, probe, [analysis]).results["adversarial"]
     assert result.status == "ok", result.error
