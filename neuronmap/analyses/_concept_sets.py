@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neuronmap.capture.hooks import ActivationCapture, _numpy, run_probe
+from neuronmap.capture.hooks import ActivationCapture, run_probe, to_numpy
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.probe import ProbeSet
 
@@ -27,21 +27,28 @@ ConceptSpec = str | ProbeSet | Sequence[int]
 ConceptsArg = Mapping[str, ConceptSpec] | Sequence[str]
 
 
-def concept_specs(concepts: ConceptsArg) -> dict[str, ConceptSpec]:
-    """Normalise the ``concepts`` argument to ``name -> spec`` and check the names."""
+def concept_specs(concepts: ConceptsArg, owner: str) -> dict[str, ConceptSpec]:
+    """Normalise the ``concepts`` argument of analysis ``owner`` to ``name -> spec`` and check the names."""
     if isinstance(concepts, str):
         concepts = [concepts]
+    if not isinstance(concepts, (Mapping, Sequence)) or not concepts:
+        raise InvalidParameterError(f"{owner}: concepts must be a non-empty list of tag columns or a mapping "
+                                    f"name -> examples; got {concepts!r}.")
     specs: dict[str, ConceptSpec] = (
         dict(concepts) if isinstance(concepts, Mapping) else {str(c): str(c) for c in concepts}
     )
-    if not specs:
-        raise InvalidParameterError("concepts must name at least one concept; got none.")
     for name in specs:
         if not isinstance(name, str) or not name or "/" in name:
-            raise InvalidParameterError(
-                f"Concept names become metric names and must be non-empty strings without '/'; got {name!r}."
-            )
+            raise InvalidParameterError(f"{owner}: concepts must be named by non-empty strings without '/' (the "
+                                        f"names become metric names); got {name!r}.")
     return specs
+
+
+def concepts_config(specs: Mapping[str, ConceptSpec]) -> dict[str, Any]:
+    """A JSON-able account of the concepts for ``config()`` (a separate probe set by its name and size)."""
+    return {name: spec if isinstance(spec, str)
+            else f"ProbeSet {spec.name!r} of {len(spec)} examples" if isinstance(spec, ProbeSet)
+            else [int(i) for i in spec] for name, spec in specs.items()}
 
 
 def _truthy(values: np.ndarray) -> np.ndarray:
@@ -85,7 +92,7 @@ def capture_reduced(
     """Reduced activations ``layer -> [n, d]`` of a probe set (no gradients, bounded memory)."""
     cap = ActivationCapture(model, list(layers), reduce=reduce)  # type: ignore[arg-type]
     run_probe(model, probe, cap, batch_size=batch_size, device=device)
-    return {k: _numpy(v).reshape(len(probe), -1) for k, v in cap.collect().items()}
+    return {k: to_numpy(v).reshape(len(probe), -1) for k, v in cap.collect().items()}
 
 
 def concept_activations(

@@ -20,6 +20,14 @@ import torch
 from torch import nn
 
 from neuronmap.capture.checks import check_device, check_max_bytes
+from neuronmap.capture.forward import (
+    describe_output,
+    extract_tensor,
+    forward,
+    model_device,
+    output_logits,
+    probe_batches,
+)
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.capture.reduce import Reduction, check_reduction, reduce_tokens
 from neuronmap.errors import (
@@ -29,61 +37,12 @@ from neuronmap.errors import (
     MemoryBudgetError,
     NeuronMapError,
 )
-from neuronmap.probe import POSITIONAL_KEY, ProbeSet
+from neuronmap.probe import ProbeSet
 
-__all__ = ["ActivationCapture", "Activations", "capture_activations", "model_device"]
+# extract_tensor and model_device lived here before capture.forward; they stay importable from here.
+__all__ = ["ActivationCapture", "Activations", "capture_activations", "extract_tensor", "model_device", "to_numpy"]
 
 CaptureWhat = Literal["output", "input"]
-_HIDDEN_KEYS = ("last_hidden_state", "hidden_states", "logits")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"Tensor{tuple(value.shape)}"
-    if isinstance(value, (tuple, list)):
-        return f"{type(value).__name__}({', '.join(_describe(v) for v in value[:4])})"
-    if isinstance(value, Mapping):
-        return f"{type(value).__name__}(keys={list(value)[:6]})"
-    return type(value).__name__
-
-
-def extract_tensor(value: Any, index: int | str | None = None) -> torch.Tensor | None:
-    """The hidden-state tensor held by a module output, or ``None`` when it holds none.
-
-    Tuples give their ``index``-th element (default: the first tensor); mappings and
-    ``ModelOutput``s give ``value[index]`` (default: ``last_hidden_state``, ``hidden_states``,
-    ``logits``, then the first tensor).
-    """
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        if isinstance(index, str):
-            item = value.get(index)
-            return item if isinstance(item, torch.Tensor) else None
-        for key in _HIDDEN_KEYS:
-            item = value.get(key)
-            if isinstance(item, torch.Tensor):
-                return item
-        values: Sequence[Any] = list(value.values())
-    elif isinstance(value, (tuple, list)):
-        if isinstance(index, int):
-            return extract_tensor(value[index]) if -len(value) <= index < len(value) else None
-        values = value
-    else:
-        return None
-    for item in values:
-        if isinstance(item, torch.Tensor):
-            return item
-    return None
 
 
 class Activations(Mapping[str, np.ndarray]):
@@ -237,7 +196,7 @@ class ActivationCapture:
         if hidden is None:
             raise InvalidParameterError(
                 f"Module {name!r} ({type(module).__name__}) {self.capture} holds no tensor: got "
-                f"{_describe(value)}. Select another layer, or set output_index to the element "
+                f"{describe_output(value)}. Select another layer, or set output_index to the element "
                 "(int) or key (str) that holds the hidden state."
             )
         reduced = reduce_tokens(hidden, self.reduce, self.attention_mask)
@@ -270,7 +229,7 @@ class ActivationCapture:
             if self.capture_model_output:
 
                 def top_hook(module: nn.Module, args: Any, output: Any) -> None:
-                    logits = extract_tensor(output, "logits" if isinstance(output, Mapping) else None)
+                    logits = output_logits(output, hidden_fallback=False)
                     if logits is not None:
                         self._outputs.append(self._keep(logits))
 
@@ -341,10 +300,6 @@ def _concat(chunks: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def _forward(model: nn.Module, batch: Mapping[str, torch.Tensor], positional: bool) -> Any:
-    return model(batch[POSITIONAL_KEY]) if positional else model(**batch)
-
-
 def _format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -371,17 +326,14 @@ def run_probe(
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
-    batches = probe.batches(batch_size, device, trim=capture.reduce != "none")
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=-(-len(probe) // batch_size), desc="capture", unit="batch")
+    trim, bar = capture.reduce != "none", _capture_bar if progress else None
     try:
-        with torch.no_grad(), capture:
-            for i, batch in enumerate(batches):
+        with capture:
+            # Not held in a variable: an exception frees the loop's iterator, which ends its no_grad.
+            for i, batch in enumerate(probe_batches(probe, batch_size, device, trim=trim, no_grad=True, progress=bar)):
                 capture.attention_mask = batch.get("attention_mask")
                 try:
-                    _forward(model, batch, probe.positional)
+                    forward(model, batch, positional=probe.positional)
                 except NeuronMapError:
                     raise
                 except Exception as err:
@@ -394,6 +346,12 @@ def run_probe(
                     _check_budget(capture, len(probe), len(next(iter(batch.values()))), max_bytes)
     finally:
         model.train(was_training)
+
+
+def _capture_bar(batches: Iterable[dict[str, torch.Tensor]], total: int) -> Iterable[dict[str, torch.Tensor]]:
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=total, desc="capture", unit="batch")
 
 
 def _check_budget(capture: ActivationCapture, n: int, first_batch: int, max_bytes: int) -> None:
@@ -469,16 +427,17 @@ def capture_activations(
         capture_model_output=with_outputs,
     )
     run_probe(model, probe, cap, batch_size=batch_size, device=device, max_bytes=max_bytes, progress=progress)
-    as_numpy = {k: _numpy(v) for k, v in cap.collect().items()}
+    as_numpy = {k: to_numpy(v) for k, v in cap.collect().items()}
     outputs = cap.collect_outputs()
     return Activations(
         {name: as_numpy[name] for name in cap.layer_names if name in as_numpy},
         reduce=reduce,
-        outputs=None if outputs is None else _numpy(outputs),
+        outputs=None if outputs is None else to_numpy(outputs),
     )
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A captured CPU tensor as a numpy array (half precision widened to float32, which numpy lacks)."""
     if tensor.dtype in (torch.bfloat16, torch.float16):
         tensor = tensor.float()
     return tensor.numpy()

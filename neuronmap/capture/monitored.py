@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from neuronmap.capture.hooks import ActivationCapture, Activations, _numpy, run_probe
+from neuronmap.capture.hooks import ActivationCapture, Activations, run_probe, to_numpy
 
 if TYPE_CHECKING:
     from neuronmap.engine import NeuronMap
@@ -72,10 +72,10 @@ def capture_probe(monitor: NeuronMap, model: nn.Module) -> Activations:
         run_probe(target, probe, cap, batch_size=monitor.batch_size, device=monitor.device,
                   max_bytes=monitor.max_bytes)
     captured = cap.collect()
-    arrays = {clean: _numpy(captured[real]) for clean, real in names.items() if real in captured}
+    arrays = {clean: to_numpy(captured[real]) for clean, real in names.items() if real in captured}
     outputs = cap.collect_outputs()
     if outputs is not None:
-        arrays[_OUTPUTS_KEY] = _numpy(outputs)
+        arrays[_OUTPUTS_KEY] = to_numpy(outputs)
     if world is not None:
         arrays = gather_rows(arrays, len(monitor.probe), world)
     logits = arrays.pop(_OUTPUTS_KEY, None)

@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
 def _cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
-    from neuronmap.capture.hooks import _describe
+    from neuronmap.capture.forward import describe_output
     from neuronmap.capture.layers import resolve_layers
 
     model, tokenizer = load_hf_model(args.model)
@@ -48,7 +48,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
     def make_hook(name: str) -> Any:
         def hook(module: Any, inputs: Any, output: Any) -> None:
-            shapes.setdefault(name, _describe(output))
+            shapes.setdefault(name, describe_output(output))
 
         return hook
 
