@@ -8,19 +8,24 @@ Selectors, in the order they are tried:
   character (``encoder.layer.*`` is the blocks, not their sub-modules;
   ``encoder.**.dense`` is every ``dense`` inside the encoder);
 * anything else — an exact module name.
+
+:func:`match_selector` is the one matcher behind every selector: capture's layers, an
+analysis's ``layers=``, attention modules, and (with ``sep="/"``) the metric-key globs of the
+compliance gates.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 from torch import nn
 
 from neuronmap.errors import InvalidParameterError, LayerNotFoundError
 
-__all__ = ["glob_to_regex", "module_names", "resolve_layers"]
+__all__ = ["glob_to_regex", "match_selector", "module_names", "resolve_layers", "selector_regex"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -30,32 +35,35 @@ def module_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a dotted glob where ``*`` stays in one component and ``**`` crosses them.
+def glob_to_regex(pattern: str, sep: str = ".") -> re.Pattern[str]:
+    """Compile a glob over ``sep``-separated names where ``*`` stays in one component and ``**`` crosses them.
 
     ``?`` is one character and ``[...]`` a character class (``[!...]`` negated), as in fnmatch.
+    Module names are dotted (the default); metric keys are slash-separated (``sep="/"``).
     """
-    parts = pattern.split(".")
+    parts = pattern.split(sep)
+    edge = re.escape(sep)
+    other = "[^" + ("\\" + sep if sep in "\\]^-" else sep) + "]"
     out: list[str] = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if part == "**":
-            out.append(".*" if last else r"(?:[^.]+\.)*")
+            out.append(".*" if last else f"(?:{other}+{edge})*")
             continue
-        piece = _translate_component(part)
-        out.append(piece if last else piece + r"\.")
+        piece = _translate_component(part, other)
+        out.append(piece if last else piece + edge)
     return re.compile("".join(out))
 
 
-def _translate_component(part: str) -> str:
-    """One dotted component: ``*`` -> ``[^.]*``, ``?`` -> ``[^.]``, ``[...]`` kept as a class."""
+def _translate_component(part: str, other: str) -> str:
+    """One component: ``*`` -> ``other*``, ``?`` -> ``other`` (``other``: one non-separator), ``[...]`` kept."""
     out, i = [], 0
     while i < len(part):
         ch = part[i]
         if ch == "*":
-            out.append("[^.]*")
+            out.append(other + "*")
         elif ch == "?":
-            out.append("[^.]")
+            out.append(other)
         elif ch == "[" and "]" in part[i + 2 :]:
             end = part.index("]", i + 2)
             body = part[i + 1 : end]
@@ -66,6 +74,50 @@ def _translate_component(part: str) -> str:
             out.append(re.escape(ch))
         i += 1
     return "".join(out)
+
+
+@lru_cache(maxsize=256)
+def selector_regex(selector: str, sep: str = ".") -> re.Pattern[str] | None:
+    """The regex a name, glob or ``re:`` selector fully matches (``None`` for ``type:``).
+
+    Raises:
+        InvalidParameterError: A ``re:`` regular expression does not compile.
+    """
+    if selector.startswith("type:"):
+        return None
+    if selector.startswith("re:"):
+        try:
+            return re.compile(selector[3:])
+        except re.error as err:
+            raise InvalidParameterError(f"Invalid regular expression in {selector!r}: {err}.") from err
+    return glob_to_regex(selector, sep) if _GLOB_CHARS.search(selector) else re.compile(re.escape(selector))
+
+
+def match_selector(
+    selector: str, names: Iterable[str], *, modules: Mapping[str, nn.Module] | None = None, sep: str = "."
+) -> list[str]:
+    """The ``names`` one selector matches, in the order given.
+
+    Args:
+        selector: A name, a glob, ``re:<regex>`` or ``type:<ClassName>`` (see the module docstring).
+        names: Candidate names (module names, metric keys).
+        modules: ``name -> module``, needed by ``type:`` selectors (without it they match nothing).
+        sep: The separator ``*`` stays within: ``"."`` for module names, ``"/"`` for metric keys.
+
+    Raises:
+        InvalidParameterError: A ``re:`` regular expression does not compile.
+
+    Example:
+        >>> match_selector("enc.*", ["enc.0", "enc.0.attn", "enc.1"])
+        ['enc.0', 'enc.1']
+        >>> match_selector("neuronmap/p/*/acc", ["neuronmap/p/enc.0/acc", "neuronmap/q/x/acc"], sep="/")
+        ['neuronmap/p/enc.0/acc']
+    """
+    rx = selector_regex(selector, sep)
+    if rx is not None:
+        return [n for n in names if rx.fullmatch(n)]
+    wanted = selector[len("type:") :]
+    return [n for n in names if modules is not None and n in modules and wanted in _class_names(modules[n])]
 
 
 def _class_names(module: nn.Module) -> set[str]:
@@ -81,7 +133,7 @@ def _matcher(selector: str) -> re.Pattern[str] | None:
     """The regex a glob or exact selector compiles to (``None`` for ``re:`` and ``type:``)."""
     if selector.startswith(("re:", "type:")):
         return None
-    return glob_to_regex(selector) if _GLOB_CHARS.search(selector) else re.compile(re.escape(selector))
+    return selector_regex(selector)
 
 
 def _rerooted(selector: str, names: Sequence[str]) -> list[str]:
@@ -188,20 +240,7 @@ def resolve_layers(model: nn.Module, selectors: str | Iterable[str]) -> list[str
     for selector in selectors:
         if not isinstance(selector, str) or not selector:
             raise InvalidParameterError(f"A layer selector must be a non-empty string; got {selector!r}.")
-        if selector.startswith("re:"):
-            try:
-                rx = re.compile(selector[3:])
-            except re.error as err:
-                raise InvalidParameterError(f"Invalid regular expression in {selector!r}: {err}.") from err
-            hits = [n for n in names if rx.fullmatch(n)]
-        elif selector.startswith("type:"):
-            wanted = selector[5:]
-            hits = [n for n in names if wanted in _class_names(modules[n])]
-        elif _GLOB_CHARS.search(selector):
-            rx = glob_to_regex(selector)
-            hits = [n for n in names if rx.fullmatch(n)]
-        else:
-            hits = [selector] if selector in modules else []
+        hits = match_selector(selector, names, modules=modules)
         if not hits:
             raise _not_found(selector, model, names)
         chosen.update(hits)

@@ -30,12 +30,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pandas as pd
 
+from neuronmap.capture.layers import match_selector
 from neuronmap.compliance._gate_config import (
     BaselineRule,
     GateCheck,
@@ -229,21 +229,6 @@ def _as_run(run: RunLike, tracking_uri: str | None) -> LoadedRun:
     )
 
 
-@lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """``**`` spans slash-separated components; ``*``, ``?`` and ``[...]`` stay within one."""
-    out = []
-    for part in re.split(r"(\*\*|\*|\?|\[!?[^\]/]+\])", pattern):
-        if part in ("**", "*", "?"):
-            out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}[part])
-        elif part.startswith("[") and part.endswith("]") and len(part) > 2:
-            body = part[1:-1]
-            out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else "[" + re.escape(body) + "]")
-        else:
-            out.append(re.escape(part))
-    return re.compile("".join(out) + r"\Z")
-
-
 def match_keys(pattern: str, keys: Sequence[str]) -> list[str]:
     """Keys matched by a key or glob; statistic siblings only when the pattern names one.
 
@@ -253,9 +238,9 @@ def match_keys(pattern: str, keys: Sequence[str]) -> list[str]:
     """
     if not any(ch in pattern for ch in "*?["):
         return [pattern] if pattern in keys else []
-    regex = _glob_regex(pattern)
+    # The layer-selector matcher, with `*` staying between slashes (layer names in keys hold dots).
     wants_sibling = pattern.endswith(_SIBLINGS)
-    return sorted(k for k in keys if regex.match(k) and (wants_sibling or not k.endswith(_SIBLINGS)))
+    return sorted(k for k in match_selector(pattern, keys, sep="/") if wants_sibling or not k.endswith(_SIBLINGS))
 
 
 def _closest(pattern: str, keys: Sequence[str]) -> list[str]:
