@@ -14,7 +14,7 @@ them, and vector arithmetic ``a - b + c`` answered by the nearest probe examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from neuronmap.analyses._concept_sets import (
     capture_reduced,
     concept_activations,
     concept_specs,
+    concepts_config,
     example_labels,
     probe_members,
 )
@@ -36,6 +37,7 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval, Options, Type
 from neuronmap.errors import InvalidParameterError
 from neuronmap.metrics.concepts import (
     analogy_query,
@@ -69,7 +71,11 @@ class ConceptExtraction(Analysis):
         method: ``"nmf"``, ``"pca"`` or ``"ica"`` (scikit-learn's NMF, PCA, FastICA).
         n_components: Components per layer (capped by the number of examples and units).
         top_k: Top-activating examples listed per component.
-        correction: Multiple-comparison correction of the correlation p-values.
+        p_adjust: Multiple-comparison correction of the correlation p-values
+            (:data:`neuronmap.stats.PVALUE_METHODS`; formerly ``correction``, which still works
+            and warns).
+        alpha: Significance level of the findings (corrected p below it) and of the two-stage
+            FDR corrections.
         layers: Optional selectors restricting the analysis to some captured layers.
 
     Example:
@@ -83,6 +89,11 @@ class ConceptExtraction(Analysis):
     """
 
     name = "concept_extraction"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "method": [Options(_METHODS)],
+        "n_components": [Interval(int, 1, None)],
+    }
+    _renamed_parameters: ClassVar[dict[str, str]] = {"correction": "p_adjust"}
 
     def __init__(
         self,
@@ -90,20 +101,16 @@ class ConceptExtraction(Analysis):
         *,
         n_components: int = 6,
         top_k: int = 5,
-        correction: str = "holm",
+        p_adjust: str = "holm",
+        alpha: float = 0.05,
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        if method not in _METHODS:
-            raise InvalidParameterError(f"method must be one of {_METHODS}; got {method!r}.")
-        if not isinstance(n_components, int) or n_components < 1:
-            raise InvalidParameterError(f"n_components must be a positive int; got {n_components!r}.")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise InvalidParameterError(f"top_k must be a positive int; got {top_k!r}.")
         self.method = method
         self.n_components = n_components
         self.top_k = top_k
-        self.correction = correction
+        self.p_adjust = p_adjust
+        self.alpha = alpha
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         metrics = MetricSet()
@@ -119,7 +126,8 @@ class ConceptExtraction(Analysis):
             corrs += [{"layer": layer, **row} for row in _correlations(scores, ctx.probe)]
             metrics.add(layer, "explained_variance", explained[layer])
         corr = pd.DataFrame(corrs, columns=["layer", "component", "variable", "level", "r", "p"])
-        corr["p_adj"] = adjust_pvalues(corr["p"].to_numpy(dtype=float), method=self.correction)
+        corr["p_adj"] = adjust_pvalues(corr["p"].to_numpy(dtype=float), method=self.p_adjust,
+                                    alpha=self.alpha)
         for (layer, variable), sub in corr.groupby(["layer", "variable"], sort=False):
             best = sub.loc[sub["r"].abs().idxmax()] if sub["r"].notna().any() else None
             if best is not None:
@@ -238,6 +246,11 @@ class ConceptAlgebra(Analysis):
 
     needs_model = True  # captures separate concept probe sets
     name = "concept_algebra"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "concepts": ["no_validation"],  # concept_specs checks it (and the names it gives)
+        "expressions": [Type(list, tuple, label="a list of (a, b, c) or (a, b, c, expected) tuples")],
+        "direction": [Options(_DIRECTIONS)],
+    }
 
     def __init__(
         self,
@@ -249,20 +262,23 @@ class ConceptAlgebra(Analysis):
         layers: str | list[str] | None = None,
     ) -> None:
         super().__init__(layers=layers)
-        self._specs = concept_specs(concepts)
-        self.concepts = list(self._specs)
-        if direction not in _DIRECTIONS:
-            raise InvalidParameterError(f"direction must be one of {_DIRECTIONS}; got {direction!r}.")
-        self.expressions = [list(e) for e in expressions]
-        for expr in self.expressions:
+        self._specs = concept_specs(concepts, "ConceptAlgebra")
+        self._expressions = [list(e) for e in expressions]
+        for expr in self._expressions:
             unknown = [c for c in expr if c not in self._specs]
             if len(expr) not in (3, 4) or unknown:
                 raise InvalidParameterError(
-                    f"Each expression is (a, b, c) or (a, b, c, expected) over the given concepts "
-                    f"{self.concepts}; got {expr!r}" + (f" (unknown: {unknown})." if unknown else ".")
+                    f"ConceptAlgebra: expressions must be (a, b, c) or (a, b, c, expected) over the given concepts "
+                    f"{list(self._specs)}; got {expr!r}" + (f" (unknown: {unknown})." if unknown else ".")
                 )
+        self.concepts = concepts
+        self.expressions = expressions
         self.direction = direction
         self.top_k = top_k
+
+    def config(self) -> dict[str, Any]:
+        """The parameters; concepts that are not JSON-able (probe sets, index arrays) are described."""
+        return {"concepts": concepts_config(self._specs), **super().config()}
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         probe = ctx.probe
@@ -284,7 +300,7 @@ class ConceptAlgebra(Analysis):
             sim = cosine_similarity_table(directions)
             sim_rows += [{"layer": layer, "concept_a": a, "concept_b": b, "cosine": float(sim.loc[a, b])}
                          for a in sim.index for b in sim.columns]
-            for expr in self.expressions:
+            for expr in self._expressions:
                 a, b, c = expr[:3]
                 query = analogy_query(*(concept_acts[n][layer].mean(axis=0) for n in (a, b, c)))
                 excluded = [member for n in (a, b, c) if (member := members[n]) is not None]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from neuronmap.analyses._concept_sets import (
     capture_reduced,
     concept_activations,
     concept_specs,
+    concepts_config,
     probe_members,
 )
 from neuronmap.analyses.base import (
@@ -46,10 +47,12 @@ from neuronmap.analyses.base import (
     MetricSet,
     register_analysis,
 )
+from neuronmap.analyses.params import Interval, Options
+from neuronmap.capture.forward import forward, logits_of, probe_batches
+from neuronmap.capture.interventions import Node, answer_logits, intervene
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.capture.reduce import reduce_tokens
 from neuronmap.errors import InvalidParameterError, NeuronMapWarning
-from neuronmap.interventions import Node, answer_logits, forward, intervene, logits_of
 from neuronmap.metrics.concepts import (
     CAV,
     CAV_CLASSIFIERS,
@@ -61,7 +64,7 @@ from neuronmap.metrics.concepts import (
     train_cav,
 )
 from neuronmap.probe import ProbeSet
-from neuronmap.stats import PVALUE_METHODS, ConfidenceInterval, adjust_pvalues, bootstrap_ci
+from neuronmap.stats import ConfidenceInterval, adjust_pvalues, bootstrap_ci
 
 __all__ = ["TCAV"]
 
@@ -96,9 +99,11 @@ class TCAV(Analysis):
         reduce: How token activations are reduced to one vector (``mean``, ``first``,
             ``last``, ``max``); default: the monitor's reduction, else ``mean``.
         classifier: Linear classifier for the CAVs (``logistic``, ``sgd``, ``svm``).
-        correction: Multiple-comparison correction over concepts x layers (any method of
-            :func:`neuronmap.stats.adjust_pvalues`).
+        p_adjust: Multiple-comparison correction over concepts x layers (any method of
+            :func:`neuronmap.stats.adjust_pvalues`; formerly ``correction``, which still works
+            and warns).
         alpha: Significance level for the ``significant`` column and the figure's stars.
+        confidence: Level of the CI of the mean TCAV score (``ci_low`` / ``ci_high``).
         interval: CI of the mean TCAV score over runs: ``"t"`` (default), Student's t interval
             over the runs, which are independent given the concept examples (their
             counterexample sets are drawn afresh), or ``"bootstrap"`` (BCa over runs). With 5 runs
@@ -120,6 +125,19 @@ class TCAV(Analysis):
 
     needs_model = True  # takes gradients through the model
     name = "tcav"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "concepts": ["no_validation"],  # concept_specs checks it (and the names it gives)
+        "target": [Interval(int, 0, None)],  # a class index; its range is known at the first run
+        "random_examples": [None, ProbeSet],
+        "n_runs": [Interval(int, 2, None)],  # a t interval needs two runs
+        "n_random": [Interval(int, 2, None)],  # the null needs a spread
+        "test": [Options(_TESTS)],
+        "examples": [Options(_EXAMPLES)],
+        "reduce": [None, Options(_REDUCTIONS)],
+        "classifier": [Options(CAV_CLASSIFIERS)],
+        "interval": [Options(("t", "bootstrap"))],
+    }
+    _renamed_parameters: ClassVar[dict[str, str]] = {"correction": "p_adjust"}
 
     def __init__(
         self,
@@ -134,22 +152,15 @@ class TCAV(Analysis):
         examples: Literal["target", "all"] = "target",
         reduce: TCAVReduction | None = None,
         classifier: Classifier = "logistic",
-        correction: str = "holm",
+        p_adjust: str = "holm",
         alpha: float = 0.05,
+        confidence: float = 0.95,
         n_resamples: int = 1000,
         interval: Literal["t", "bootstrap"] = "t",
     ) -> None:
         super().__init__(layers=layers)
-        self._specs = concept_specs(concepts)
-        self.concepts = list(self._specs)
-        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
-            raise InvalidParameterError(f"target must be a non-negative class index; got {target!r}.")
-        if not isinstance(n_runs, int) or n_runs < 2:
-            raise InvalidParameterError(f"n_runs must be an int >= 2 (a t-test needs two runs); got {n_runs!r}.")
-        if not isinstance(n_random, int) or n_random < 2:
-            raise InvalidParameterError(f"n_random must be an int >= 2 (the null needs a spread); got {n_random!r}.")
-        if test not in _TESTS:
-            raise InvalidParameterError(f"test must be one of {_TESTS}; got {test!r}.")
+        self._specs = concept_specs(concepts, "TCAV")
+        self.concepts = concepts
         if test == "runs":
             warnings.warn(
                 "TCAV(test='runs') is Kim et al.'s run-by-run t-test, kept to reproduce published "
@@ -158,18 +169,6 @@ class TCAV(Analysis):
                 "test='random_sets' (the default) is calibrated.",
                 NeuronMapWarning, stacklevel=2,
             )  # fmt: skip
-        if examples not in _EXAMPLES:
-            raise InvalidParameterError(f"examples must be one of {_EXAMPLES}; got {examples!r}.")
-        if reduce is not None and reduce not in _REDUCTIONS:
-            raise InvalidParameterError(f"reduce must be one of {_REDUCTIONS} or None; got {reduce!r}.")
-        if classifier not in CAV_CLASSIFIERS:
-            raise InvalidParameterError(f"classifier must be one of {CAV_CLASSIFIERS}; got {classifier!r}.")
-        if interval not in ("t", "bootstrap"):
-            raise InvalidParameterError(f"interval must be one of ('t', 'bootstrap'); got {interval!r}.")
-        if correction not in PVALUE_METHODS:
-            raise InvalidParameterError(f"correction must be one of {PVALUE_METHODS}; got {correction!r}.")
-        if not 0.0 < alpha < 1.0:
-            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
         self.target = int(target)
         self._random_examples = random_examples
         self.n_runs = n_runs
@@ -178,10 +177,15 @@ class TCAV(Analysis):
         self.examples = examples
         self.reduce = reduce
         self.classifier = classifier
-        self.correction = correction
+        self.p_adjust = p_adjust
         self.alpha = alpha
+        self.confidence = confidence
         self.n_resamples = n_resamples
         self.interval = interval
+
+    def config(self) -> dict[str, Any]:
+        """The parameters; concepts that are not JSON-able (probe sets, index arrays) are described."""
+        return {"concepts": concepts_config(self._specs), **super().config()}
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         model, probe = ctx.model, ctx.probe
@@ -222,7 +226,7 @@ class TCAV(Analysis):
 
         rows, cav_rows = self._test_all(layers, concept_acts, pool, grads, ctx.random_state, notes)
         table = pd.DataFrame(rows)
-        table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.correction, alpha=self.alpha)
+        table["p_adj"] = adjust_pvalues(table["p"].to_numpy(dtype=float), method=self.p_adjust, alpha=self.alpha)
         table["significant"] = table["p_adj"] < self.alpha
         metrics = MetricSet()
         for row in table.itertuples():
@@ -294,10 +298,12 @@ class TCAV(Analysis):
 
     def _interval(self, scores: np.ndarray, seed: int) -> ConfidenceInterval:
         if self.interval == "bootstrap":
-            return bootstrap_ci(np.mean, scores, n_resamples=self.n_resamples, random_state=seed)
+            return bootstrap_ci(np.mean, scores, n_resamples=self.n_resamples, confidence=self.confidence,
+                                random_state=seed)
         mean = float(scores.mean())
-        half = float(scipy.stats.t.ppf(0.975, len(scores) - 1) * scores.std(ddof=1) / np.sqrt(len(scores)))
-        return ConfidenceInterval(mean, mean - half, mean + half, 0.95, "t")
+        quantile = scipy.stats.t.ppf((1 + self.confidence) / 2, len(scores) - 1)
+        half = float(quantile * scores.std(ddof=1) / np.sqrt(len(scores)))
+        return ConfidenceInterval(mean, mean - half, mean + half, self.confidence, "t")
 
     def _cav(self, concept: np.ndarray, random: np.ndarray, seed: int) -> CAV:
         return train_cav(concept, random, classifier=self.classifier, random_state=seed)
@@ -385,7 +391,7 @@ def _activations_and_gradients(
     model.eval()
     start = 0
     try:
-        for batch in probe.batches(batch_size, device):
+        for batch in probe_batches(probe, batch_size, device):
             size = len(next(iter(batch.values())))
             keep = eval_mask[start : start + size]
             start += size

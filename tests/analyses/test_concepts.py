@@ -92,10 +92,23 @@ def test_ica_unmixes_independent_sources_better_than_pca() -> None:
 
 
 def test_extraction_rejects_unknown_methods() -> None:
-    with pytest.raises(InvalidParameterError, match=r"method must be one of \('nmf', 'pca', 'ica'\); got 'svd'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"^ConceptExtraction: method must be one of \['ica', 'nmf', 'pca'\]; got 'svd'\.$"):
         ConceptExtraction("svd")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="n_components must be a positive int; got 0"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"^ConceptExtraction: n_components must be an int in \[1, inf\); got 0\.$"):
         ConceptExtraction(n_components=0)
+    with pytest.raises(InvalidParameterError, match=r"^ConceptExtraction: p_adjust must be one of .*; got 'bh'\.$"):
+        ConceptExtraction(p_adjust="bh")
+
+
+def test_correction_is_the_deprecated_name_of_p_adjust() -> None:
+    s, x = _sources(seed=1)
+    with pytest.warns(FutureWarning, match=r"ConceptExtraction\(correction=\.\.\.\) is deprecated .* use p_adjust="):
+        old = ConceptExtraction("pca", n_components=2, correction="bonferroni")
+    assert old.p_adjust == "bonferroni" and "correction" not in old.config()
+    new = ConceptExtraction("pca", n_components=2, p_adjust="bonferroni")
+    assert _run(x, old, labels=s[:, 0]).metrics == _run(x, new, labels=s[:, 0]).metrics
 
 
 # ----------------------------------------------------------------------------- algebra
@@ -152,7 +165,10 @@ def test_algebra_functions_follow_their_definitions() -> None:
 
 
 def test_algebra_rejects_expressions_over_unknown_concepts() -> None:
-    with pytest.raises(InvalidParameterError, match=r"unknown: \['queen'\]"):
+    with pytest.raises(InvalidParameterError, match=r"^ConceptAlgebra: expressions must be .*unknown: \['queen'\]"):
         ConceptAlgebra(["king", "man", "woman"], expressions=[("king", "man", "queen")])
-    with pytest.raises(InvalidParameterError, match=r"direction must be one of \('centroid', 'cav'\); got 'mean'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"^ConceptAlgebra: direction must be one of \['cav', 'centroid'\]; got 'mean'\.$"):
         ConceptAlgebra(["a"], direction="mean")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"^ConceptAlgebra: concepts must be a non-empty list .*; got \[\]"):
+        ConceptAlgebra([])

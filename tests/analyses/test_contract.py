@@ -13,12 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _synthetic import key_token_pairs
 
 import neuronmap as nm
 from neuronmap.analyses import available_analyses
 from neuronmap.testing import check_analysis, tiny_bert, tiny_text_probe, tiny_tokenizer
 
 Case = tuple[Any, Any, Any, Any]
+
+
+def _concept_probe() -> nm.ProbeSet:
+    """Concept examples given as a separate probe set (TCAV captures their activations itself)."""
+    return nm.ProbeSet(torch.randn(20, 8, generator=torch.Generator().manual_seed(1)) + 1.0, name="concept")
 
 
 def _world_probe(n: int = 48) -> nm.ProbeSet:
@@ -52,8 +58,31 @@ CASES: dict[str, Callable[[], Case]] = {
     "information": lambda: (nm.Information(n_components=3, n_permutations=19), None, None, None),
     "neuron_stats": lambda: (nm.NeuronStats(top_k=3), None, None, None),
     "projection": lambda: (nm.Projection(methods=["pca", "tsne"], max_examples=40), None, None, None),
+    "concept_extraction": lambda: (nm.ConceptExtraction("pca", n_components=3), None, None, None),
+    "concept_algebra": lambda: (nm.ConceptAlgebra({"pos": "label=1", "a": "group=a", "b": "group=b"},
+                                                  expressions=[("pos", "a", "b")]), None, None, None),
+    "tcav": lambda: (nm.TCAV({"pos": "label=1", "extra": _concept_probe()}, target=1, n_runs=2, n_random=2),
+                     None, None, None),
     # --- mechanistic: activation_max, activation_patching, circuit_discovery, causal_tracing,
     #     attention, attribution, adversarial
+    "activation_max": lambda: (nm.ActivationMaximization("net.2", units=[0, [1.0] * 16], steps=5, top_k=3),
+                               None, None, None),
+    "activation_patching": lambda: (nm.ActivationPatching(layers="bert.encoder.layer.*",
+                                                          heads="bert.encoder.layer.*.attention.output.dense",
+                                                          n_resamples=50),
+                                    tiny_bert(num_labels=2, vocab_size=16), key_token_pairs(4), ["bert.embeddings"]),
+    "circuit_discovery": lambda: (nm.CircuitDiscovery(heads="bert.encoder.layer.*.attention.output.dense",
+                                                      max_passes=1, n_resamples=50),
+                                  tiny_bert(num_labels=2, vocab_size=16), key_token_pairs(4), ["bert.embeddings"]),
+    "causal_tracing": lambda: (nm.CausalTracing(layers="bert.encoder.layer.*", n_samples=2, max_examples=4,
+                                                n_resamples=50),
+                               tiny_bert(num_labels=2), tiny_text_probe(8), ["bert.encoder.layer.0"]),
+    "attention": lambda: (nm.AttentionAnalysis(ablation_examples=4, n_resamples=50, n_permutations=19),
+                          tiny_bert(num_labels=2), tiny_text_probe(8), ["bert.encoder.layer.0"]),
+    "attribution": lambda: (nm.Attribution("integrated_gradients", n_steps=4, max_examples=8, n_resamples=50),
+                            None, None, None),
+    "adversarial": lambda: (nm.AdversarialRobustness([0.1, 0.5], pgd_steps=2, bisection_steps=2, max_examples=8,
+                                                     n_resamples=50), None, None, None),
 }
 
 

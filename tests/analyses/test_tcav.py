@@ -184,11 +184,14 @@ def test_cav_accuracy_tracks_where_the_concept_is_readable(tmp_path) -> None:
 
 
 def test_tcav_errors_say_what_is_wrong() -> None:
-    with pytest.raises(InvalidParameterError, match="n_runs must be an int >= 2"):
+    with pytest.raises(InvalidParameterError, match=r"^TCAV: n_runs must be an int in \[2, inf\); got 1\.$"):
         TCAV(["c"], target=1, n_runs=1)
-    with pytest.raises(InvalidParameterError, match=r"test must be one of \('random_sets', 'runs'\); got 'z'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"^TCAV: test must be one of \['random_sets', 'runs'\]; got 'z'\.$"):
         TCAV(["c"], target=1, test="z")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="without '/'"):
+    with pytest.raises(InvalidParameterError, match=r"^TCAV: target must be an int in \[0, inf\); got -1\.$"):
+        TCAV(["c"], target=-1)
+    with pytest.raises(InvalidParameterError, match=r"^TCAV: concepts must be named by .*without '/'.*; got 'a/b'\.$"):
         TCAV({"a/b": "c"}, target=1)
     tcav = TCAV(["missing"], target=1, layers="net.0")
     monitor = nm.NeuronMap(planted_probe(), layers="net.0", analyses=[tcav], reporters=[], strict=True)
@@ -207,7 +210,32 @@ def test_interval_is_student_t_over_runs_and_the_runs_test_warns() -> None:
         model, step=0).results["tcav"].tables["scores"].iloc[0]
     half = scipy.stats.t.ppf(0.975, 3) * row["tcav_std"] / 2.0  # sqrt(4 runs)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["tcav"] - half, row["tcav"] + half))
+    tcav.confidence = 0.8  # the level of the same t interval
+    row = nm.NeuronMap(probe, layers="net.0", analyses=[tcav], reporters=[], strict=True).run(
+        model, step=0).results["tcav"].tables["scores"].iloc[0]
+    half = scipy.stats.t.ppf(0.9, 3) * row["tcav_std"] / 2.0
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["tcav"] - half, row["tcav"] + half))
     with pytest.warns(NeuronMapWarning, match=r"test='runs'\) is Kim et al.'s run-by-run t-test"):
         TCAV({"random": "random"}, target=1, test="runs")
-    with pytest.raises(InvalidParameterError, match=r"interval must be one of \('t', 'bootstrap'\); got 'bca'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"^TCAV: interval must be one of \['bootstrap', 't'\]; got 'bca'\.$"):
         TCAV({"random": "random"}, target=1, interval="bca")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"^TCAV: confidence must be a float in \(0, 1\); got 95\.$"):
+        TCAV({"random": "random"}, target=1, confidence=95)
+
+
+def test_correction_is_the_deprecated_name_of_p_adjust() -> None:
+    with pytest.warns(FutureWarning, match=r"TCAV\(correction=\.\.\.\) is deprecated .* use p_adjust="):
+        tcav = TCAV(["c"], target=1, correction="fdr_bh")
+    assert tcav.p_adjust == "fdr_bh" and "correction" not in tcav.config()
+    with pytest.raises(InvalidParameterError, match="pass p_adjust= only"):
+        TCAV(["c"], target=1, correction="holm", p_adjust="holm")
+
+
+def test_concepts_are_kept_as_given_and_described_in_the_config() -> None:
+    stripes = nm.ProbeSet(torch.zeros(5, 2), name="stripes")
+    tcav = TCAV({"neg": "has_negation", "stripes": stripes, "first": [0, 1]}, target=1)
+    assert tcav.concepts["stripes"] is stripes
+    assert tcav.config()["concepts"] == {"neg": "has_negation", "stripes": "ProbeSet 'stripes' of 5 examples",
+                                         "first": [0, 1]}
+    assert TCAV(["a", "b"], target=1).config()["concepts"] == ["a", "b"]
