@@ -11,7 +11,7 @@ Private to :mod:`neuronmap.analyses.attribution` and :mod:`neuronmap.analyses.ac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from neuronmap.capture.hooks import extract_tensor
+from neuronmap.capture.forward import output_logits, probe_batches
 from neuronmap.errors import InvalidParameterError
 from neuronmap.probe import POSITIONAL_KEY, ProbeSet
 
-__all__ = ["InputBatch", "InputSpace", "output_scores", "token_labels"]
+__all__ = ["InputBatch", "InputSpace", "token_labels"]
 
 TOKEN_KEY = "input_ids"
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -97,7 +97,7 @@ class InputSpace:
     def batches(self, batch_size: int, device: torch.device | None) -> Iterator[InputBatch]:
         """The probe set in batches, as continuous inputs plus everything else the model takes."""
         start = 0
-        for batch in self.probe.batches(batch_size, device):
+        for batch in probe_batches(self.probe, batch_size, device):
             extras = tuple(batch[k] for k in self.keys)
             if self.kind == "embeddings":
                 ids = batch[self._key]
@@ -133,7 +133,7 @@ class InputSpace:
     def logits(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         """The model's scores ``[n]`` or logits ``[n, classes]`` on continuous inputs."""
         output = self.call(x, *extras)
-        logits = output_scores(output)
+        logits = output_logits(output)
         if logits is None or logits.ndim > 2:
             shape = None if logits is None else tuple(logits.shape)
             raise InvalidParameterError(
@@ -177,9 +177,3 @@ def token_labels(texts: list[str] | None, ids: list[np.ndarray]) -> list[list[st
         else:
             labels.append(fallback)
     return labels
-
-
-def output_scores(output: Any) -> torch.Tensor | None:
-    """The ``logits`` of a model output when it has them, else its first hidden-state tensor."""
-    logits = extract_tensor(output, "logits") if isinstance(output, Mapping) else None
-    return logits if logits is not None else extract_tensor(output)

@@ -23,8 +23,9 @@ from torch import nn
 
 from neuronmap.analyses.base import Analysis, AnalysisContext
 from neuronmap.analyses.params import Interval, Options, Type
+from neuronmap.capture.forward import forward, logits_of, probe_batches
+from neuronmap.capture.interventions import Node, answer_logits, resolve_nodes
 from neuronmap.errors import InvalidParameterError, ProbeSetError
-from neuronmap.interventions import Node, answer_logits, forward, logits_of, resolve_nodes
 from neuronmap.metrics.patching import logit_difference, normalized_effect
 from neuronmap.probe import ProbeSet
 from neuronmap.stats import bootstrap_ci
@@ -88,8 +89,13 @@ def pair_batches(
     answers: Answers,
     batch_size: int,
     device: torch.device | None,
+    max_pairs: int | None = None,
+    seed: int = 0,
 ) -> tuple[list[PairBatch], list[str]]:
     """Batches of aligned pairs with their answers; pairs whose answers coincide are dropped.
+
+    With ``max_pairs``, a seeded random subset of that many of the remaining pairs is kept
+    (in probe order), so that the cost of a patching run does not grow with the probe set.
 
     Raises:
         InvalidParameterError: Unknown ``answers`` mode, or ``"label"`` without integer labels.
@@ -121,6 +127,10 @@ def pair_batches(
                      "and were left out.")
     batches = []
     kept = np.flatnonzero(keep)
+    if max_pairs is not None and len(kept) > max_pairs:
+        notes.append(f"{max_pairs} of the {len(kept)} pairs were used (a seeded random subset; max_pairs=None "
+                     "uses every pair).")
+        kept = np.sort(np.random.default_rng(seed).choice(kept, size=max_pairs, replace=False))
     for start in range(0, len(kept), batch_size):
         sel = kept[start : start + batch_size]
         tsel = torch.as_tensor(sel)
@@ -153,10 +163,9 @@ def normalized_effect_ci(
     return estimate, ci.low, ci.high
 
 
-@torch.no_grad()
 def _predictions(model: nn.Module, probe: ProbeSet, batch_size: int, device: torch.device | None) -> torch.Tensor:
     out = []
-    for batch in probe.batches(batch_size, device, trim=False):
+    for batch in probe_batches(probe, batch_size, device, trim=False, no_grad=True):
         output = forward(model, batch, positional=probe.positional)
         logits = answer_logits(logits_of(output), batch.get("attention_mask"))
         out.append(logits.argmax(dim=-1).cpu())
@@ -177,6 +186,7 @@ class PairedNodeAnalysis(Analysis):
         "heads": [None, Type(str, list, tuple, label="a layer selector (str) or a list of them")],
         "n_heads": [None, Interval(int, 1, None)],
         "answers": [Options(ANSWERS)],
+        "max_pairs": [None, Interval(int, 1, None)],
     }
 
     def __init__(
@@ -190,6 +200,7 @@ class PairedNodeAnalysis(Analysis):
         n_resamples: int,
         confidence: float,
         nodes_role: str,
+        max_pairs: int | None = None,
     ) -> None:
         super().__init__(layers=layers)
         if layers is None and heads is None:
@@ -201,10 +212,12 @@ class PairedNodeAnalysis(Analysis):
         self.answers = answers
         self.n_resamples = n_resamples
         self.confidence = confidence
+        self.max_pairs = max_pairs
 
     def prepare(self, ctx: AnalysisContext) -> tuple[list[Node], list[PairBatch], list[str]]:
         """The nodes to intervene on, the pair batches, and notes about pairs left out."""
         nodes = resolve_nodes(ctx.model, layers=self.layers, heads=self.heads, n_heads=self.n_heads)
         batches, notes = pair_batches(ctx.model, ctx.probe, self.pairs, answers=self.answers,
-                                      batch_size=ctx.batch_size, device=ctx.device)
+                                      batch_size=ctx.batch_size, device=ctx.device, max_pairs=self.max_pairs,
+                                      seed=ctx.random_state)
         return nodes, batches, notes

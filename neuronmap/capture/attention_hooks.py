@@ -1,6 +1,6 @@
 """Finding attention modules, recording their probabilities and ablating single heads.
 
-Private to :mod:`neuronmap.analyses.attention`.
+Used by :mod:`neuronmap.analyses.attention`.
 
 *Finding*: on one probe batch every module is hooked and the modules whose output is a tuple
 holding, after its first element, a ``[batch, heads, queries, keys]`` tensor whose rows sum to
@@ -34,15 +34,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from neuronmap.capture.forward import forward
 from neuronmap.errors import InvalidParameterError, NeuronMapError
-from neuronmap.probe import POSITIONAL_KEY
 
 __all__ = [
     "AttentionModule",
     "HeadAblation",
+    "ablation_mechanism",
     "eager_attention",
     "find_attention_modules",
-    "model_forward",
 ]
 
 _PROJECTIONS = ("o_proj", "out_proj", "c_proj", "out_lin")
@@ -59,25 +59,6 @@ class AttentionModule:
     #: Index of the probabilities in the module's output tuple.
     index: int
     heads: int
-
-
-def _accepts(model: nn.Module, name: str) -> bool:
-    params = inspect.signature(model.forward).parameters
-    if name in params:
-        return True
-    # Hugging Face forwards take their flags through **kwargs in transformers 5.
-    return hasattr(model, "config") and any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-
-
-def model_forward(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], positional: bool, **extra: Any
-) -> Any:
-    """Run the model on a probe batch, asking Hugging Face models for their attention maps."""
-    if _accepts(model, "output_attentions"):
-        extra.setdefault("output_attentions", True)
-    return model(batch[POSITIONAL_KEY], **extra) if positional else model(**batch, **extra)
 
 
 def _is_attention(value: Any, batch_size: int) -> bool:
@@ -116,7 +97,7 @@ def find_attention_modules(
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
         with torch.no_grad():
-            model_forward(model, batch, positional)
+            forward(model, batch, positional=positional, output_attentions=True)
     finally:
         for handle in handles:
             handle.remove()
