@@ -195,7 +195,7 @@ def test_invalid_parameters_are_rejected(kwargs: dict, match: str) -> None:
 
 def test_n_bootstrap_is_a_deprecated_name_of_n_resamples() -> None:
     with pytest.warns(FutureWarning, match=r"Probing\(n_bootstrap=...\) is deprecated .* use n_resamples="):
-        analysis = Probing(n_bootstrap=123)
+        analysis = Probing(n_bootstrap=123)  # type: ignore[call-arg]
     assert analysis.n_resamples == 123
     assert "n_bootstrap" not in analysis.config()
 

@@ -130,7 +130,7 @@ def test_crosslingual_alignment_planted_and_null():
 
 def test_errors():
     with pytest.raises(InvalidParameterError, match=r"WorldModelProbe: kind must be one of \['space', 'time'\]"):
-        nm.WorldModelProbe("depth")  # type: ignore[arg-type]
+        nm.WorldModelProbe("depth")
     with pytest.raises(InvalidParameterError, match=r"WorldModelProbe: targets must be two columns .*; got \['x'\]"):
         nm.WorldModelProbe("space", targets=["x"])
     with pytest.raises(InvalidParameterError, match=r"RegressionProbing: cv must be an int in \[2, inf\); got 1"):
