@@ -101,3 +101,36 @@ def test_character_classes_in_globs() -> None:
     model = tiny_mlp()
     assert resolve_layers(model, "net.[13]") == ["net.1", "net.3"]
     assert resolve_layers(model, "net.[!0-2]") == ["net.3", "net.4"]
+
+
+def test_match_selector_is_the_one_matcher(bert) -> None:
+    from neuronmap.capture.layers import match_selector
+
+    names = ["encoder.layer.0", "encoder.layer.0.output", "encoder.layer.1"]
+    assert match_selector("encoder.layer.*", names) == ["encoder.layer.0", "encoder.layer.1"]
+    assert match_selector("re:.*output", names) == ["encoder.layer.0.output"]
+    assert match_selector("encoder.layer.1", names) == ["encoder.layer.1"]
+    modules = dict(bert.named_modules())
+    assert match_selector("type:BertLayer", names, modules=modules) == ["encoder.layer.0", "encoder.layer.1"]
+    assert match_selector("type:BertLayer", names) == []  # without modules a class names nothing
+    keys = ["neuronmap/p/enc.1/acc", "neuronmap/p/a/b/acc", "neuronmap/q/acc"]
+    assert match_selector("neuronmap/p/*/acc", keys, sep="/") == ["neuronmap/p/enc.1/acc"]
+    assert match_selector("neuronmap/**/acc", keys, sep="/") == keys
+    with pytest.raises(InvalidParameterError, match="Invalid regular expression"):
+        match_selector("re:(", names)
+
+
+def test_analysis_layers_accept_every_selector_kind(bert) -> None:
+    import numpy as np
+
+    from neuronmap.analyses.base import Analysis, AnalysisContext
+    from neuronmap.capture.hooks import Activations
+
+    class Names(Analysis):
+        def run(self, ctx):  # pragma: no cover - layer_items only
+            raise NotImplementedError
+
+    acts = Activations({n: np.zeros((2, 3)) for n in ["embeddings", "encoder.layer.0", "encoder.layer.1"]})
+    ctx = AnalysisContext(model=bert, probe=None, activations=acts, step=0)  # type: ignore[arg-type]
+    for selector in ("encoder.layer.*", "re:encoder\\.layer\\.\\d", "type:BertLayer"):
+        assert [n for n, _ in Names(layers=selector).layer_items(ctx)] == ["encoder.layer.0", "encoder.layer.1"]
