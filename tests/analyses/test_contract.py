@@ -67,7 +67,7 @@ CASES: dict[str, Callable[[], Case]] = {
     #     attention, attribution, adversarial
     "activation_max": lambda: (nm.ActivationMaximization("net.2", units=[0, [1.0] * 16], steps=5, top_k=3),
                                None, None, None),
-    "activation_patching": lambda: (nm.ActivationPatching(layers="bert.encoder.layer.*",
+    "activation_patching": lambda: (nm.ActivationPatching(layers="bert.encoder.layer.1",
                                                           heads="bert.encoder.layer.*.attention.output.dense",
                                                           n_resamples=50),
                                     tiny_bert(num_labels=2, vocab_size=16), key_token_pairs(4), ["bert.embeddings"]),
