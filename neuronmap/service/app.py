@@ -152,7 +152,7 @@ def create_app(config: ServiceConfig) -> Any:
     app.state.neuronmap = state
     install_handlers(app)
     app.include_router(api_router(state), prefix="/api/v1")
-    app.include_router(dashboard_router(state), prefix="/ui")
+    app.include_router(dashboard_router(state, cookie=COOKIE), prefix="/ui")
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])

@@ -50,10 +50,12 @@ def _plotly_js() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def dashboard_router(state: ServiceState) -> APIRouter:
-    """Every dashboard route, bound to one server's state."""
-    from neuronmap.service.app import COOKIE
+def dashboard_router(state: ServiceState, *, cookie: str) -> APIRouter:
+    """Every dashboard route, bound to one server's state.
 
+    ``cookie`` names the session cookie that ``ServiceState.authenticate`` reads; the app passes
+    it in so that this module never imports the app that mounts it.
+    """
     router = APIRouter(include_in_schema=False)
     env = SandboxedEnvironment(loader=FileSystemLoader(str(files("neuronmap") / "service" / "templates")),
                                autoescape=select_autoescape(["html", "j2"]))
@@ -87,13 +89,13 @@ def dashboard_router(state: ServiceState) -> APIRouter:
         if record is None:
             raise Problem(401, "The token is not valid (unknown, revoked or mistyped).", slug="unauthorized")
         response = JSONResponse({"id": record.id, "scope": record.scope})
-        response.set_cookie(COOKIE, body.token, httponly=True, samesite="strict", path="/", max_age=8 * 3600)
+        response.set_cookie(cookie, body.token, httponly=True, samesite="strict", path="/", max_age=8 * 3600)
         return response
 
     @router.post("/logout")
     def logout() -> JSONResponse:
         response = JSONResponse({"ok": True})
-        response.delete_cookie(COOKIE, path="/")
+        response.delete_cookie(cookie, path="/")
         return response
 
     @router.get("/static/plotly.min.js")
