@@ -20,9 +20,8 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Literal
 
+from neuronmap._keys import PREFIX, SIBLINGS, split_rel
 from neuronmap.errors import InvalidParameterError
-from neuronmap.findings import SIBLINGS, split_rel
-from neuronmap.results import PREFIX
 
 if TYPE_CHECKING:
     from neuronmap.analyses.base import Analysis, AnalysisResult
@@ -90,9 +89,9 @@ def tracker_metrics(report: Report, *, scalars: Scalars = "headline") -> dict[st
     for name, result in report.results.items():
         patterns = headline.get(name)
         if patterns is None:
-            from neuronmap.findings import _registered
+            from neuronmap.analyses._registry import default_instance
 
-            patterns = headline_patterns(_registered(name))
+            patterns = headline_patterns(default_instance(name))
         for rel, value in result.metrics.items():
             layer, metric = split_rel(rel)
             if scalars == "headline" and not is_headline(metric, patterns):

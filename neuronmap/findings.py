@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from neuronmap._keys import SIBLINGS, is_sibling, split_rel  # re-exported: they lived here before
+
 if TYPE_CHECKING:
     from neuronmap.analyses.base import Analysis, AnalysisResult
     from neuronmap.results import History, Report
@@ -39,8 +41,6 @@ __all__ = [
 
 Kind = Literal["failure", "threshold", "significant", "encodes", "change", "info"]
 
-#: Statistic siblings of a metric (``<metric>_ci_low`` ...): detail, never a finding of their own.
-SIBLINGS = ("_ci_low", "_ci_high", "_p_adj", "_p")
 #: Base rank of each kind: a failure leads, a crossed threshold before a significant effect.
 _RANK: dict[str, float] = {"failure": 100.0, "threshold": 60.0, "encodes": 40.0, "significant": 30.0,
                            "change": 20.0, "info": 0.0}
@@ -127,16 +127,6 @@ def format_value(value: float | None) -> str:
 
 def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else format_value(p)
-
-
-def split_rel(rel: str) -> tuple[str, str]:
-    """``(layer, metric)`` of a relative key ``<layer>/<metric>``."""
-    layer, _, metric = rel.rpartition("/")
-    return layer, metric
-
-
-def is_sibling(metric: str) -> bool:
-    return metric.endswith(SIBLINGS)
 
 
 def _finite(value: float | None) -> float | None:
@@ -308,11 +298,13 @@ def collect_findings(
     step: int = 0,
 ) -> tuple[Finding, ...]:
     """Every analysis' findings, ranked (failures first, then crossed thresholds ...)."""
+    from neuronmap.analyses._registry import default_instance
+
     by_name = {a.name: a for a in analyses}
     previous, previous_step = _previous(history, step)
     found: list[Finding] = []
     for name, result in results.items():
-        found += analysis_findings(by_name.get(name) or _registered(name), result, previous, previous_step)
+        found += analysis_findings(by_name.get(name) or default_instance(name), result, previous, previous_step)
     return tuple(sorted(found, key=lambda f: -f.rank))
 
 
@@ -335,15 +327,3 @@ def findings_of(report: Report) -> tuple[Finding, ...]:
     if report.findings or not report.results:
         return tuple(report.findings)
     return collect_findings(report.results, step=report.step)
-
-
-def _registered(name: str) -> Analysis | None:
-    """A default instance of the registered analysis ``name`` (for its findings hook), if any."""
-    from neuronmap.analyses.base import _REGISTRY, available_analyses
-
-    available_analyses()
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        return None
-    instance = cls.__new__(cls)  # the hooks read class attributes and the result, not __init__ state
-    return instance

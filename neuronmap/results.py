@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from neuronmap._keys import PREFIX, metric_key, split_key  # re-exported: they lived here before
 from neuronmap.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -28,22 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["HISTORY_COLUMNS", "PREFIX", "AnalysisResult", "History", "MetricSet", "Report", "Status", "metric_key",
            "split_key"]
 
-PREFIX = "neuronmap"
 HISTORY_COLUMNS = ["step", "epoch", "event", "analysis", "layer", "metric", "value", "key"]
-
-
-def metric_key(analysis: str, layer: str, metric: str) -> str:
-    """The stable tracker key ``neuronmap/<analysis>/<layer>/<metric>``."""
-    return f"{PREFIX}/{analysis}/{layer}/{metric}"
-
-
-def split_key(key: str) -> tuple[str, str, str]:
-    """``(analysis, layer, metric)`` of a stable key (the layer part may contain ``/``)."""
-    parts = key.split("/")
-    if len(parts) < 4 or parts[0] != PREFIX:
-        raise ValueError(f"Not a NeuronMap metric key: {key!r} (expected 'neuronmap/<analysis>/<layer>/<metric>').")
-    return parts[1], "/".join(parts[2:-1]), parts[-1]
-
 
 Status = Literal["ok", "skipped", "failed"]
 

@@ -5,20 +5,22 @@ History of earlier runs) and returns an :class:`AnalysisResult` of scalar metric
 tables, matplotlib figures and notes. Numerics live in ``neuronmap.metrics`` and
 ``neuronmap.stats``; analyses only orchestrate them per layer.
 
-Third-party analyses register under the entry-point group ``neuronmap.analyses``.
+Third-party analyses register under the entry-point group ``neuronmap.analyses``. The registry
+itself (``register_analysis``, ``available_analyses``, ``get_analysis``, re-exported here) lives in
+:mod:`neuronmap.analyses._registry`, which imports no analysis, so that findings and the tracker
+headline rule can look an analysis up by name without importing this module.
 """
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from neuronmap.analyses._registry import available_analyses, get_analysis, register_analysis
 from neuronmap.analyses.params import STATISTICS, contract_init
 from neuronmap.errors import InvalidParameterError
 from neuronmap.results import AnalysisResult, MetricSet  # re-exported: they lived here before
@@ -131,13 +133,17 @@ class Analysis(ABC):
         """Compute this analysis for one scheduled run."""
 
     def layer_items(self, ctx: AnalysisContext) -> list[tuple[str, np.ndarray]]:
-        """The captured ``(layer, activations)`` pairs this analysis covers, in model order."""
+        """The captured ``(layer, activations)`` pairs this analysis covers, in model order.
+
+        ``layers`` selectors are names, globs, ``re:`` or ``type:`` (matched against ``ctx.model``'s modules).
+        """
         names = ctx.activations.layers
         if self.layers:
-            from neuronmap.capture.layers import glob_to_regex
+            from neuronmap.capture.layers import match_selector
 
-            wanted = [re.compile(s[3:]) if s.startswith("re:") else glob_to_regex(s) for s in self.layers]
-            names = [n for n in names if any(w.fullmatch(n) for w in wanted)]
+            modules = dict(ctx.model.named_modules()) if any(s.startswith("type:") for s in self.layers) else None
+            chosen = {n for s in self.layers for n in match_selector(s, names, modules=modules)}
+            names = [n for n in names if n in chosen]
         return [(n, np.asarray(ctx.activations[n])) for n in names]
 
     def findings(self, result: AnalysisResult) -> list[Finding]:
@@ -211,38 +217,3 @@ def _jsonable(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool)) or (
         isinstance(value, (list, tuple)) and all(_jsonable(v) for v in value)
     ) or (isinstance(value, dict) and all(isinstance(k, str) and _jsonable(v) for k, v in value.items()))
-
-
-_REGISTRY: dict[str, type[Analysis]] = {}
-
-
-def register_analysis(cls: type[Analysis]) -> type[Analysis]:
-    """Class decorator adding an analysis to the registry under ``cls.name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    for ep in entry_points(group="neuronmap.analyses"):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
-
-
-def available_analyses() -> list[str]:
-    """Names of every registered analysis, built-in and from entry points."""
-    import neuronmap.analyses  # noqa: F401  (registers the built-ins)
-
-    _load_entry_points()
-    return sorted(_REGISTRY)
-
-
-def get_analysis(name: str, **kwargs: Any) -> Analysis:
-    """Instantiate a registered analysis by name.
-
-    Raises:
-        InvalidParameterError: Unknown name; the message lists the known ones.
-    """
-    known = available_analyses()
-    if name not in _REGISTRY:
-        raise InvalidParameterError(f"Unknown analysis {name!r}; known analyses: {known}.")
-    return _REGISTRY[name](**kwargs)
