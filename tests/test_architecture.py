@@ -17,20 +17,6 @@ from pathlib import Path
 import neuronmap
 
 ROOT = Path(neuronmap.__file__).parent
-#: Circles known to remain, each in an area another change owns (docs/architecture.md says which):
-#: the analysis registry (``analyses.base.available_analyses`` imports the package to register the
-#: built-ins, ``findings`` reads the registry, ``results``/``_notebook`` render findings), and the
-#: service's app and dashboard. A circle with any other module fails.
-KNOWN_CIRCLES: list[set[str]] = [
-    {"neuronmap.findings", "neuronmap._headline", "neuronmap.results", "neuronmap._notebook"},
-    {"neuronmap.service.app", "neuronmap.service.dashboard"},
-]
-
-
-def _known(circle: set[str]) -> bool:
-    rest = {m for m in circle if not m.startswith("neuronmap.analyses")}
-    return any(rest <= known for known in KNOWN_CIRCLES)
-
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -130,10 +116,9 @@ def test_the_graph_sees_lazy_imports_and_skips_type_checking() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
-def test_no_import_circle_beyond_the_known_ones() -> None:
-    found = circles(import_graph())
-    unexpected = [sorted(c) for c in found if not _known(c)]
-    assert unexpected == [], f"modules that import each other: {unexpected}"
+def test_no_import_circle() -> None:
+    found = [sorted(c) for c in circles(import_graph())]
+    assert found == [], f"modules that import each other: {found}"
 
 
 def test_compliance_cli_runs_and_reporters_are_circle_free() -> None:
