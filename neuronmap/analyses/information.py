@@ -19,15 +19,7 @@ Per layer, the activations are projected onto their top ``n_components`` princip
   per-unit binning of Shwartz-Ziv & Tishby (2017) without its joint histogram, which is
   undersampled in any realistic width (Saxe et al. 2018).
 
-References:
-    Ross (2014). Mutual Information between Discrete and Continuous Data Sets. PLoS ONE 9(2).
-    Kraskov, Stoegbauer & Grassberger (2004). Estimating mutual information. Phys. Rev. E 69.
-    Miller (1955). Note on the bias of information estimates. In Information Theory in
-    Psychology, Free Press.
-    Paninski (2003). Estimation of Entropy and Mutual Information. Neural Computation 15(6).
-    Shwartz-Ziv & Tishby (2017). Opening the Black Box of Deep Neural Networks via Information.
-    arXiv:1703.00810.
-    Saxe et al. (2018). On the Information Bottleneck Theory of Deep Learning. ICLR.
+The estimators are in :mod:`neuronmap.metrics.information`, whose docstring lists the references in full.
 """
 
 from __future__ import annotations
