@@ -13,18 +13,34 @@ given as
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from neuronmap.analyses.base import Analysis
 from neuronmap.capture.hooks import ActivationCapture, run_probe, to_numpy
 from neuronmap.errors import InvalidParameterError, ProbeSetError
 from neuronmap.probe import ProbeSet
 
 ConceptSpec = str | ProbeSet | Sequence[int]
 ConceptsArg = Mapping[str, ConceptSpec] | Sequence[str]
+
+
+class ConceptSetAnalysis(Analysis):
+    """Base of the analyses whose first argument names concepts (TCAV, ConceptAlgebra).
+
+    The subclass keeps ``concepts`` as passed and its normalised form in ``_specs``
+    (:func:`concept_specs`, which also checks it).
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {"concepts": ["no_validation"]}  # concept_specs
+    _specs: dict[str, ConceptSpec]
+
+    def config(self) -> dict[str, Any]:
+        """The parameters; concepts that are not JSON-able (probe sets, index arrays) are described."""
+        return {"concepts": concepts_config(self._specs), **super().config()}
 
 
 def concept_specs(concepts: ConceptsArg, owner: str) -> dict[str, ConceptSpec]:

@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 
 from neuronmap.analyses._concept_sets import (
     ConceptsArg,
+    ConceptSetAnalysis,
     capture_reduced,
     concept_activations,
     concept_specs,
-    concepts_config,
     example_labels,
     probe_members,
 )
@@ -216,7 +216,7 @@ def _correlation_figure(corr: pd.DataFrame, method: str) -> Figure:
 
 
 @register_analysis
-class ConceptAlgebra(Analysis):
+class ConceptAlgebra(ConceptSetAnalysis):
     """Concept directions, their cosine similarities, and analogies ``a - b + c``.
 
     Args:
@@ -247,7 +247,6 @@ class ConceptAlgebra(Analysis):
     needs_model = True  # captures separate concept probe sets
     name = "concept_algebra"
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "concepts": ["no_validation"],  # concept_specs checks it (and the names it gives)
         "expressions": [Type(list, tuple, label="a list of (a, b, c) or (a, b, c, expected) tuples")],
         "direction": [Options(_DIRECTIONS)],
     }
@@ -275,10 +274,6 @@ class ConceptAlgebra(Analysis):
         self.expressions = expressions
         self.direction = direction
         self.top_k = top_k
-
-    def config(self) -> dict[str, Any]:
-        """The parameters; concepts that are not JSON-able (probe sets, index arrays) are described."""
-        return {"concepts": concepts_config(self._specs), **super().config()}
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         probe = ctx.probe

@@ -34,14 +34,13 @@ from torch import nn
 
 from neuronmap.analyses._concept_sets import (
     ConceptsArg,
+    ConceptSetAnalysis,
     capture_reduced,
     concept_activations,
     concept_specs,
-    concepts_config,
     probe_members,
 )
 from neuronmap.analyses.base import (
-    Analysis,
     AnalysisContext,
     AnalysisResult,
     MetricSet,
@@ -76,7 +75,7 @@ _TESTS = ("random_sets", "runs")
 
 
 @register_analysis
-class TCAV(Analysis):
+class TCAV(ConceptSetAnalysis):
     """Testing with Concept Activation Vectors, with a significance test per concept and layer.
 
     Args:
@@ -126,7 +125,6 @@ class TCAV(Analysis):
     needs_model = True  # takes gradients through the model
     name = "tcav"
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "concepts": ["no_validation"],  # concept_specs checks it (and the names it gives)
         "target": [Interval(int, 0, None)],  # a class index; its range is known at the first run
         "random_examples": [None, ProbeSet],
         "n_runs": [Interval(int, 2, None)],  # a t interval needs two runs
@@ -182,10 +180,6 @@ class TCAV(Analysis):
         self.confidence = confidence
         self.n_resamples = n_resamples
         self.interval = interval
-
-    def config(self) -> dict[str, Any]:
-        """The parameters; concepts that are not JSON-able (probe sets, index arrays) are described."""
-        return {"concepts": concepts_config(self._specs), **super().config()}
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         model, probe = ctx.model, ctx.probe
