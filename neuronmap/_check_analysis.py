@@ -199,7 +199,7 @@ def check_analysis(analysis: Any, model: Any = None, probe: Any = None, *, layer
         >>> check_analysis(ActivationStats())
     """
     import neuronmap as nm
-    from neuronmap.testing import tiny_mlp, tiny_probe
+    from neuronmap._tiny import tiny_mlp, tiny_probe
 
     kind = type(analysis).__name__
     model = tiny_mlp() if model is None else model

@@ -128,6 +128,16 @@ def test_compliance_cli_runs_and_reporters_are_circle_free() -> None:
     assert [sorted(c) for c in found if any(m.startswith(areas) for m in c)] == []
 
 
+def test_numerics_import_only_numerics() -> None:
+    """``metrics`` and ``stats`` are pure functions on arrays: they import no analysis, capture or results."""
+    graph = import_graph()
+    numerics = ("neuronmap.metrics", "neuronmap.stats", "neuronmap._stats_cv", "neuronmap._stats_base")
+    allowed = (*numerics, "neuronmap.errors", "neuronmap._imports")
+    offenders = {m: sorted(e for e in edges if not e.startswith(allowed))
+                 for m, edges in graph.items() if m.startswith(numerics)}
+    assert {m: e for m, e in offenders.items() if e} == {}
+
+
 def test_no_domain_module_imports_the_cli() -> None:
     graph = import_graph()
     front_ends = ("neuronmap.cli", "neuronmap.service")  # the service reads the analyze config
