@@ -130,7 +130,7 @@ def test_image_channel_with_jitter_and_total_variation(tmp_path):
         assert f"neuronmap/figures/activation_max/{name}" in events.Tags()["images"]
 
 
-def test_errors():
+def test_errors() -> None:
     with pytest.raises(
         InvalidParameterError,
         match=r"ActivationMaximization: init must be one of \['noise', 'probe'\]; got 'zeros'\.",

@@ -165,7 +165,7 @@ def test_wilson_interval_matches_the_textbook_value():
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
 
 
-def test_errors():
+def test_errors() -> None:
     with pytest.raises(InvalidParameterError, match=r"AdversarialRobustness: epsilons must be a non-empty list of "
                                                     r"positive, finite numbers; got \[0.0\]\."):
         AdversarialRobustness([0.0])
@@ -186,11 +186,11 @@ def test_errors():
         AdversarialRobustness(max_examples=1)
 
 
-def test_n_bootstrap_is_the_deprecated_name_of_n_resamples():
+def test_n_bootstrap_is_the_deprecated_name_of_n_resamples() -> None:
     with pytest.warns(FutureWarning, match=r"AdversarialRobustness\(n_bootstrap=...\) is deprecated .* use "
                                            r"n_resamples= instead"):
-        analysis = AdversarialRobustness([0.1], n_bootstrap=50)
+        analysis = AdversarialRobustness([0.1], n_bootstrap=50)  # type: ignore[call-arg]
     assert analysis.n_resamples == 50 and not hasattr(analysis, "n_bootstrap")
     assert analysis.config()["n_resamples"] == 50
     with pytest.raises(InvalidParameterError, match="pass n_resamples= only"):
-        AdversarialRobustness([0.1], n_bootstrap=50, n_resamples=50)
+        AdversarialRobustness([0.1], n_bootstrap=50, n_resamples=50)  # type: ignore[call-arg]

@@ -241,7 +241,7 @@ def test_end_to_end_figures_in_the_run_folder_and_in_tensorboard(tmp_path):
     assert f"neuronmap/attention/head0_importance_p_adj/{LAYER0}" in events.Tags()["scalars"]
 
 
-def test_errors():
+def test_errors() -> None:
     with pytest.raises(
         InvalidParameterError,
         match=r"AttentionAnalysis: measure must be one of \['auto', 'logit', 'loss'\]; got 'accuracy'\.",
@@ -277,15 +277,16 @@ def test_ablation_examples_measures_importance_on_a_seeded_subsample():
         AttentionAnalysis(ablation_examples=1)
 
 
-def test_confidence_sets_the_ci_level_and_alpha_the_findings_threshold():
+def test_confidence_sets_the_ci_level_and_alpha_the_findings_threshold() -> None:
     model, probe = _dead_head_classifier(), _custom_probe()
-    settings = {"measure": "logit", "n_resamples": 200, "n_permutations": 19}
-    wide = _run(model, probe, AttentionAnalysis(**settings), strict=True)
-    narrow = _run(model, probe, AttentionAnalysis(**settings, confidence=0.5), strict=True).metrics
+    wide = _run(model, probe, AttentionAnalysis(measure="logit", n_resamples=200, n_permutations=19), strict=True)
+    narrow = _run(model, probe, AttentionAnalysis(measure="logit", n_resamples=200, n_permutations=19, confidence=0.5),
+                  strict=True).metrics
     key = "neuronmap/attention/blocks.0/head0_importance"
     assert narrow[key] == wide.metrics[key]
-    assert narrow[key + "_ci_high"] - narrow[key + "_ci_low"] < wide.metrics[key + "_ci_high"] - wide.metrics[
-        key + "_ci_low"]
+    width = {"wide": wide.metrics[key + "_ci_high"] - wide.metrics[key + "_ci_low"],
+             "narrow": narrow[key + "_ci_high"] - narrow[key + "_ci_low"]}
+    assert width["narrow"] < width["wide"]
     result = wide.results["attention"]
     assert not [f for f in AttentionAnalysis(alpha=1e-6).findings(result) if f.metric.endswith("_importance")]
     assert [f for f in AttentionAnalysis(alpha=0.999).findings(result) if f.metric.endswith("_importance")]

@@ -168,7 +168,7 @@ def test_image_occlusion_end_to_end(tmp_path):
     assert len(analysis.state_dict()["attributions"][0]) == 8 * 8  # per pixel, channels summed
 
 
-def test_errors():
+def test_errors() -> None:
     with pytest.raises(
         InvalidParameterError,
         match=r"Attribution: method must be one of \['input_x_gradient', .*\]; got 'gradcam'\.",
