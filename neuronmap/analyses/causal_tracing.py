@@ -29,6 +29,7 @@ from torch import nn
 
 from neuronmap._progress import progress
 from neuronmap.analyses._figures import heatmap_figure
+from neuronmap.analyses._replay import BlockReplay, per_copy, tile
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -38,9 +39,9 @@ from neuronmap.analyses.base import (
 )
 from neuronmap.analyses.params import Interval, Options, Type
 from neuronmap.capture.hooks import model_device
+from neuronmap.capture.interventions import Edit, Node, answer_logits, forward, intervene, logits_of, record
 from neuronmap.capture.layers import resolve_layers
 from neuronmap.errors import InvalidParameterError, ProbeSetError
-from neuronmap.interventions import Edit, Node, answer_logits, forward, intervene, logits_of, record
 from neuronmap.metrics.patching import indirect_effect, target_probability
 from neuronmap.probe import ProbeSet
 from neuronmap.stats import bootstrap_ci
@@ -49,6 +50,8 @@ __all__ = ["CausalTracing"]
 
 Target = Literal["prediction", "label"]
 _TARGETS = ("prediction", "label")
+#: Restorations stacked into one forward hold up to this many times ``batch_size`` sequences.
+_STACK = 4
 
 
 @register_analysis
@@ -149,11 +152,12 @@ class CausalTracing(Analysis):
         starts = range(0, len(probe), chunk)
         for start in progress(starts, desc="causal tracing", unit="chunk"):
             sub = probe.subset(slice(start, min(start + chunk, len(probe))))
-            batch = next(sub.batches(len(sub), ctx.device, trim=False))
+            # cut to the chunk's longest text: padding is masked out, so only the cost changes
+            batch = next(sub.batches(len(sub), ctx.device, trim=True))
             target = self._targets(model, batch, probe, start)
             clean, corrupted, rows = self._trace_chunk(
                 model, batch, target, layers, emb, corrupt_mask[start : start + len(sub)], scale, gen,
-                positional=probe.positional,
+                positional=probe.positional, batch_size=ctx.batch_size,
             )
             p_clean.append(clean)
             p_corr.append(corrupted)
@@ -164,7 +168,7 @@ class CausalTracing(Analysis):
 
     def _trace_chunk(
         self, model: nn.Module, batch: dict[str, torch.Tensor], target: torch.Tensor, layers: list[str], emb: Node,
-        corrupt_mask: torch.Tensor, scale: float, gen: torch.Generator, *, positional: bool,
+        corrupt_mask: torch.Tensor, scale: float, gen: torch.Generator, *, positional: bool, batch_size: int,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Clean, corrupted and restored target probabilities of one chunk of examples; the
         ``n_samples`` noise draws of each example run side by side in one batch."""
@@ -186,7 +190,9 @@ class CausalTracing(Analysis):
         def add_noise(act: torch.Tensor) -> torch.Tensor:
             # One draw per chunk, reused by every restoration run, as in Meng et al.
             if not noise:
-                eps = torch.randn(act.shape, generator=gen, device=act.device, dtype=act.dtype)
+                # drawn at the probe's full width, so a trimmed chunk gets the same draws as an untrimmed one
+                shape = (act.shape[0], max(width, act.shape[1]), *act.shape[2:])
+                eps = torch.randn(shape, generator=gen, device=act.device, dtype=act.dtype)[:, : act.shape[1]]
                 noise.append(eps * scale * mask[:, : act.shape[1], None].to(act.dtype))
             return act + noise[0]
 
@@ -195,17 +201,36 @@ class CausalTracing(Analysis):
                 out = answer_logits(logits_of(forward(model, rep, positional=positional)), rep.get("attention_mask"))
             return target_probability(out, rep_target).reshape(size, self.n_samples).mean(dim=1).cpu().numpy()
 
-        p_corrupted = prob({emb: add_noise})
+        def probs(node: Node, edits: list[dict[Node, Edit]]) -> np.ndarray:
+            """``prob`` of each of ``edits`` (restorations of ``node``), from one stacked forward."""
+            copies, n = len(edits), len(rep_target)
+            with replay.replaying([node], copies=copies, rows=n), intervene(model, per_copy(edits, n)):
+                tiled = tile(rep, copies)
+                out = answer_logits(logits_of(forward(model, tiled, positional=positional)),
+                                    tiled.get("attention_mask"))
+            p = target_probability(out, rep_target.repeat(copies))
+            return p.reshape(copies, size, self.n_samples).mean(dim=2).cpu().numpy()
+
+        # The corrupted run is the reference: a restoration at layer l leaves the blocks before
+        # it as they were there, so those are replayed instead of recomputed (same tensors).
+        replay = BlockReplay(model, [Node(layer) for layer in layers])
+        with replay.recording():
+            p_corrupted = prob({emb: add_noise})
         lengths = _lengths(batch, width)
         ie = {}
         for layer in layers:
             rows = np.full((size, width), np.nan)
             # Positions past the chunk's longest text are padding (NaN below): not worth a forward.
-            for pos in range(min(int(lengths.max()), clean_states[layer].shape[1])):
-                restore = _restore(clean_states[layer], pos)
-                node = Node(layer)
-                edits = {emb: _compose(add_noise, restore)} if node == emb else {emb: add_noise, node: restore}
-                rows[:, pos] = indirect_effect(prob(edits), p_corrupted)
+            node = Node(layer)
+            positions = range(min(int(lengths.max()), clean_states[layer].shape[1]))
+            # up to `stack` restorations (positions) go through the model as one stacked forward
+            stack = max(1, _STACK * batch_size // len(rep_target))
+            for start in range(0, len(positions), stack):
+                chunk = positions[start : start + stack]
+                edits = [{emb: _compose(add_noise, _restore(clean_states[layer], pos))} if node == emb else
+                         {emb: add_noise, node: _restore(clean_states[layer], pos)} for pos in chunk]
+                for pos, p_restored in zip(chunk, probs(node, edits), strict=True):
+                    rows[:, pos] = indirect_effect(p_restored, p_corrupted)
             rows[np.arange(width)[None, :] >= lengths[:, None]] = np.nan
             ie[layer] = rows
         return p_clean, p_corrupted, ie

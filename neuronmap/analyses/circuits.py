@@ -37,6 +37,7 @@ from neuronmap.analyses._pairs import (
     logit_diff,
     normalized_effect_ci,
 )
+from neuronmap.analyses._replay import BlockReplay, per_copy, tile
 from neuronmap.analyses.base import (
     AnalysisContext,
     AnalysisResult,
@@ -44,12 +45,14 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.analyses.params import Interval, Options
-from neuronmap.interventions import Node, intervene, record
+from neuronmap.capture.interventions import Node, intervene, record
 from neuronmap.metrics.patching import normalized_effect
 
 __all__ = ["CircuitDiscovery"]
 
 Order = Literal["reverse", "effect"]
+#: Single-node ablations stacked into one forward hold up to this many times ``batch_size`` sequences.
+_STACK = 4
 _ORDERS = ("reverse", "effect")
 
 
@@ -122,8 +125,13 @@ class CircuitDiscovery(PairedNodeAnalysis):
         try:
             with torch.no_grad():
                 search = _Search(model, nodes, batches, positional=ctx.probe.positional)
-                single = {n: 1.0 - search.score({n})
-                          for n in progress(nodes, desc="circuit discovery: nodes", unit="node")}
+                # single-node ablations of one module (a projection's heads) share a stacked forward
+                groups: dict[str, list[Node]] = {}
+                for node in nodes:
+                    groups.setdefault(node.module, []).append(node)
+                for group in progress(list(groups.values()), desc="circuit discovery: modules", unit="module"):
+                    search.score_singles(group, stack=max(1, _STACK * ctx.batch_size // len(batches[0])))
+                single = {n: 1.0 - search.score({n}) for n in nodes}
                 ablated, removed_at = self._prune(search, nodes, single)
                 final = search.evaluate(ablated)
         finally:
@@ -175,9 +183,17 @@ class _Search:
 
     def __init__(self, model: nn.Module, nodes: list[Node], batches: list[PairBatch], *, positional: bool) -> None:
         self.model, self.nodes, self.batches, self.positional = model, nodes, batches, positional
-        self.clean = np.concatenate(
-            [logit_diff(model, b.clean, b, positional=positional).cpu().numpy() for b in batches]
-        )
+        # Each batch's clean run is the reference whose early blocks (those before the first
+        # ablated node) every evaluation replays instead of recomputing: the same tensors.
+        self._replays = [BlockReplay(model, nodes) for _ in batches]
+        clean = []
+        for b, replay in zip(batches, self._replays, strict=True):
+            with replay.recording():
+                clean.append(logit_diff(model, b.clean, b, positional=positional).cpu().numpy())
+        self.clean = np.concatenate(clean)
+        # A greedy pass often re-tests a node against the same ablated set as the pass before
+        # (every node after the last removal); the score of a set is computed once.
+        self._scores: dict[frozenset[Node], float] = {}
         # The corrupted run is never patched, so every node's corrupted activation is recorded
         # once here instead of re-running the corrupted prompts in every evaluation (which
         # halves the forward passes of the search; the values are the same tensors).
@@ -194,15 +210,34 @@ class _Search:
         if not ablated:
             return self.clean
         out = []
-        for batch, seen in zip(self.batches, self._sources, strict=True):
+        for batch, seen, replay in zip(self.batches, self._sources, self._replays, strict=True):
             edits: dict[Node, Any] = {n: _constant(seen[n]) for n in ablated}
-            with intervene(self.model, edits):
+            with replay.replaying(ablated), intervene(self.model, edits):
                 out.append(logit_diff(self.model, batch.clean, batch, positional=self.positional).cpu().numpy())
         return np.concatenate(out)
 
+    def score_singles(self, nodes: list[Node], *, stack: int) -> None:
+        """Score each node ablated alone, ``stack`` of them per stacked forward (cached for :meth:`score`)."""
+        for start in range(0, len(nodes), stack):
+            chunk = nodes[start : start + stack]
+            out = []
+            for batch, seen, replay in zip(self.batches, self._sources, self._replays, strict=True):
+                edits: list[dict[Node, Any]] = [{n: _constant(seen[n])} for n in chunk]
+                copies, rows = len(chunk), len(batch)
+                tiled = PairBatch(clean={}, corrupted={}, correct=batch.correct.repeat(copies),
+                                  wrong=batch.wrong.repeat(copies))
+                with replay.replaying(chunk, copies=copies, rows=rows), intervene(self.model, per_copy(edits, rows)):
+                    ld = logit_diff(self.model, tile(batch.clean, copies), tiled, positional=self.positional)
+                out.append(ld.reshape(copies, rows).cpu().numpy())
+            for node, values in zip(chunk, np.concatenate(out, axis=1), strict=True):
+                self._scores[frozenset({node})] = normalized_effect(values, clean=self.clean, corrupted=self.corrupted)
+
     def score(self, ablated: set[Node]) -> float:
         """Normalised metric: 1 for the full model, 0 for the corrupted run."""
-        return normalized_effect(self.evaluate(ablated), clean=self.clean, corrupted=self.corrupted)
+        key = frozenset(ablated)
+        if key not in self._scores:
+            self._scores[key] = normalized_effect(self.evaluate(ablated), clean=self.clean, corrupted=self.corrupted)
+        return self._scores[key]
 
 
 def _constant(value: torch.Tensor) -> Any:

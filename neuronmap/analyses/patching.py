@@ -31,7 +31,7 @@ from neuronmap.analyses._pairs import (
     logit_diff,
     normalized_effect_ci,
 )
-from neuronmap.analyses._replay import BlockReplay
+from neuronmap.analyses._replay import BlockReplay, per_copy, tile
 from neuronmap.analyses.base import (
     AnalysisContext,
     AnalysisResult,
@@ -39,8 +39,8 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.analyses.params import Options
+from neuronmap.capture.interventions import Edit, Node, intervene, record
 from neuronmap.errors import InvalidParameterError
-from neuronmap.interventions import Node, intervene, record
 from neuronmap.metrics.patching import (
     attribution_patching_effect,
     normalized_effect,
@@ -50,6 +50,8 @@ from neuronmap.metrics.patching import (
 __all__ = ["ActivationPatching"]
 
 Direction = Literal["denoising", "noising"]
+#: Patched runs stacked into one forward hold up to this many times ``batch_size`` sequences.
+_STACK = 4
 _DIRECTIONS = ("denoising", "noising")
 
 
@@ -125,13 +127,15 @@ class ActivationPatching(PairedNodeAnalysis):
         try:
             acc = _Accumulator(nodes)
             for batch in batches:
-                self._patch_batch(model, batch, nodes, acc, positional=ctx.probe.positional)
+                self._patch_batch(model, batch, nodes, acc, positional=ctx.probe.positional,
+                                  batch_size=ctx.batch_size)
         finally:
             model.train(was_training)
         return self._result(acc, ctx.random_state, notes)
 
     def _patch_batch(
-        self, model: Any, batch: PairBatch, nodes: list[Node], acc: _Accumulator, *, positional: bool
+        self, model: Any, batch: PairBatch, nodes: list[Node], acc: _Accumulator, *, positional: bool,
+        batch_size: int,
     ) -> None:
         if self.direction == "denoising":
             source, target = batch.clean, batch.corrupted
@@ -159,29 +163,43 @@ class ActivationPatching(PairedNodeAnalysis):
                      if self.attribution else [None] * len(nodes))
         acc.add_baselines(ld_source, ld_target)
         with torch.no_grad():
-            pairs = zip(nodes, grads, strict=True)
-            for node, grad in progress(pairs, desc="activation patching: nodes", total=len(nodes), unit="node"):
+            for node, grad in zip(nodes, grads, strict=True):
                 if src[node].shape != leaves[node][0].shape:
                     raise InvalidParameterError(
                         f"Node {node.name!r} has shape {tuple(src[node].shape)} in one prompt and "
                         f"{tuple(leaves[node][0].shape)} in the other; patched pairs must be token-aligned."
                     )
-                delta = src[node] - leaves[node][0]
-                with replay.replaying([node]), intervene(model, {node: _constant(src[node])}):
-                    acc.add(node, "exact", logit_diff(model, target, batch, positional=positional))
                 if grad is not None:
+                    delta = src[node] - leaves[node][0]
                     approx = attribution_patching_effect(delta, grad, sum_dims=delta.ndim - 1)
                     acc.add(node, "approx", ld_target + approx)
-                positions = self.per_position is True or (self.per_position == "layers" and node.head is None)
-                if positions and delta.ndim == 3:
-                    with replay.replaying([node]):
-                        acc.add(node, "pos_exact", torch.stack([
-                            _logit_diff_patched(model, target, batch, node, src[node], p, positional=positional)
-                            for p in range(delta.shape[1])
-                        ], dim=1))
-                    if grad is not None:
+                    if self._positions(node) and delta.ndim == 3:
                         pos_approx = attribution_patching_effect(delta, grad, sum_dims=1)
                         acc.add(node, "pos_approx", ld_target[:, None] + pos_approx)
+            # Several patched runs go through the model as one stacked forward (up to `stack` copies
+            # of the batch): the heads of one projection, or the positions of one node.
+            stack = max(1, _STACK * batch_size // len(batch))
+            groups: dict[str, list[Node]] = {}
+            for node in nodes:
+                groups.setdefault(node.module, []).append(node)
+            for group in progress(list(groups.values()), desc="activation patching: modules", unit="module"):
+                for start in range(0, len(group), stack):
+                    chunk = group[start : start + stack]
+                    edits = [{n: _constant(src[n])} for n in chunk]
+                    for node, ld in zip(chunk, _stacked_logit_diff(model, target, batch, replay, edits,
+                                                                    positional=positional), strict=True):
+                        acc.add(node, "exact", ld)
+                for node in group:
+                    if self._positions(node) and src[node].ndim == 3:
+                        width = src[node].shape[1]
+                        lds = [ld for start in range(0, width, stack) for ld in _stacked_logit_diff(
+                            model, target, batch, replay,
+                            [{node: _at_position(src[node], p)} for p in range(start, min(start + stack, width))],
+                            positional=positional)]
+                        acc.add(node, "pos_exact", torch.stack(lds, dim=1))
+
+    def _positions(self, node: Node) -> bool:
+        return self.per_position is True or (self.per_position == "layers" and node.head is None)
 
     def _result(self, acc: _Accumulator, seed: int, notes: list[str]) -> AnalysisResult:
         src, tgt = acc.baseline("source"), acc.baseline("target")
@@ -230,19 +248,28 @@ class ActivationPatching(PairedNodeAnalysis):
                               figures=figures, notes=tuple(notes))
 
 
-def _logit_diff_patched(
-    model: Any, inputs: dict[str, torch.Tensor], batch: PairBatch, node: Node, source: torch.Tensor, position: int,
-    *, positional: bool,
-) -> torch.Tensor:
-    """Logit difference on ``inputs`` with ``node`` patched from ``source`` at one position."""
+def _at_position(source: torch.Tensor, position: int) -> Edit:
+    """An edit that patches ``source`` in at one token position."""
 
     def edit(act: torch.Tensor) -> torch.Tensor:
         out = act.clone()
         out[:, position] = source[:, position]
         return out
 
-    with intervene(model, {node: edit}):
-        return logit_diff(model, inputs, batch, positional=positional)
+    return edit
+
+
+def _stacked_logit_diff(
+    model: Any, inputs: dict[str, torch.Tensor], batch: PairBatch, replay: BlockReplay,
+    edits: list[dict[Node, Edit]], *, positional: bool,
+) -> list[torch.Tensor]:
+    """Per-pair logit differences on ``inputs`` under each of ``edits``, from one stacked forward."""
+    copies, rows = len(edits), len(batch)
+    tiled = PairBatch(clean={}, corrupted={}, correct=batch.correct.repeat(copies), wrong=batch.wrong.repeat(copies))
+    nodes = {node for edit in edits for node in edit}
+    with replay.replaying(nodes, copies=copies, rows=rows), intervene(model, per_copy(edits, rows)):
+        ld = logit_diff(model, tile(inputs, copies), tiled, positional=positional)
+    return list(ld.reshape(copies, rows))
 
 
 def _constant(value: torch.Tensor) -> Any:
