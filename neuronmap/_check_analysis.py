@@ -40,9 +40,9 @@ def constructor_params(analysis: Any) -> dict[str, Any]:
 
 def _bad_value(constraints: list[Any]) -> Any:
     """A value none of ``constraints`` accepts (``None`` when every probe value is accepted)."""
-    from neuronmap.analyses.params import _as_constraint
+    from neuronmap.analyses.params import as_constraint
 
-    checks = [_as_constraint(c) for c in constraints]
+    checks = [as_constraint(c) for c in constraints]
     for candidate in (-7, "no-such-option", 3.5, object()):
         if not any(check(candidate) for check in checks):
             return candidate

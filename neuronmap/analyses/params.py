@@ -44,7 +44,10 @@ from typing import Any
 
 from neuronmap.errors import InvalidParameterError
 
-__all__ = ["STATISTICS", "Columns", "Constraint", "Interval", "Options", "Subset", "Type", "validate_parameters"]
+__all__ = [
+    "STATISTICS", "Columns", "Constraint", "Interval", "Options", "Subset", "Type", "as_constraint",
+    "validate_parameters",
+]
 
 
 class Constraint:
@@ -175,7 +178,8 @@ def _article(noun: str) -> str:
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
-def _as_constraint(spec: Any) -> Constraint:
+def as_constraint(spec: Any) -> Constraint:
+    """A constraint from its short form: a :class:`Constraint`, ``None``, ``callable``, a type or a literal string."""
     if isinstance(spec, Constraint):
         return spec
     if spec is None or spec is callable or isinstance(spec, type):
@@ -236,7 +240,7 @@ def validate_parameters(owner: str, arguments: Mapping[str, Any], constraints: M
         specs = constraints.get(param)
         if specs is None or specs == "no_validation" or specs == ["no_validation"]:
             continue
-        checks = [_as_constraint(s) for s in specs]
+        checks = [as_constraint(s) for s in specs]
         ok = any(check(value) for check in checks)
         if ok and param == "name" and isinstance(value, str):
             ok = bool(value) and "/" not in value
