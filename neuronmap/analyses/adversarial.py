@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from neuronmap._progress import progress
 from neuronmap.analyses._input_space import InputSpace
 from neuronmap.analyses.base import (
     Analysis,
@@ -243,16 +244,16 @@ class AdversarialRobustness(Analysis):
         clean_pred = torch.cat([b.y for b in batches]).cpu().numpy()
         rows: list[dict[str, Any]] = []
         strongest: dict[float, list[torch.Tensor]] = {}
-        for norm in self.norms:
-            for eps in self.epsilons:
-                random_flips = self._flips(space, batches, lambda b, e=eps, n=norm: _random(
-                    b.x, e * b.scale[n], norm=n, dims=b.dims, mask=b.mask, generator=rng))[0]
-                for attack in self.attacks:
-                    flips, loss_gain, adv = self._flips(space, batches, lambda b, e=eps, n=norm, a=attack: self._attack(
-                        space, b, a, n, e))
-                    rows.append(self._row(attack, norm, eps, flips, loss_gain, random_flips, seed))
-                    if norm == self.norms[0]:
-                        strongest[eps] = adv  # PGD comes after FGSM, so the strongest is kept
+        cells = [(norm, eps) for norm in self.norms for eps in self.epsilons]
+        for norm, eps in progress(cells, desc="adversarial: attacks", unit="cell"):
+            random_flips = self._flips(space, batches, lambda b, e=eps, n=norm: _random(
+                b.x, e * b.scale[n], norm=n, dims=b.dims, mask=b.mask, generator=rng))[0]
+            for attack in self.attacks:
+                flips, loss_gain, adv = self._flips(space, batches, lambda b, e=eps, n=norm, a=attack: self._attack(
+                    space, b, a, n, e))
+                rows.append(self._row(attack, norm, eps, flips, loss_gain, random_flips, seed))
+                if norm == self.norms[0]:
+                    strongest[eps] = adv  # PGD comes after FGSM, so the strongest is kept
         table = pd.DataFrame(rows)
         table["p_adj"] = adjust_pvalues(table["p"].to_numpy(float), method=self.p_adjust, alpha=self.alpha)
         table["significant"] = table["p_adj"] < self.alpha
