@@ -72,9 +72,11 @@ class CausalTracing(Analysis):
         embedding: Module whose output is corrupted; default the model's
             ``get_input_embeddings()`` (the token embeddings, before positions are added).
         max_examples: Trace at most this many probe examples (the first ones). Tracing costs
-            ``layers x positions x n_samples`` sequence forwards per example, so the default 16
-            (was 64) bounds a 6-block model on 16-token texts to about 15 000 sequence passes;
-            the heatmap's CIs are about twice as wide as with 64 (docs/performance.md).
+            ``layers x positions x n_samples`` sequence forwards per example (the blocks before
+            the restored layer are replayed, not recomputed), so the default 12 (64 before
+            issue 17, then 16) keeps 6 blocks of MiniLM on 15-token texts near 25 capture passes
+            of 160 sentences; the heatmap's CIs are about sqrt(64/12) = 2.3x as wide as with 64
+            (docs/performance.md).
         n_resamples: Bootstrap resamples (over examples) of the CIs.
         confidence: Coverage of the CIs.
 
@@ -108,7 +110,7 @@ class CausalTracing(Analysis):
         noise: float = 3.0,
         n_samples: int = 10,
         embedding: str | None = None,
-        max_examples: int | None = 16,
+        max_examples: int | None = 12,
         n_resamples: int = 1000,
         confidence: float = 0.95,
     ) -> None:
