@@ -11,6 +11,12 @@ of ``examples/hf_trainer_sentiment_bias.py``), plus
   that tokenizes to the same length (token-aligned pairs, as patching needs);
 * concept tags for TCAV and concept algebra: ``gender=female`` / ``gender=male``.
 
+Two analyses need columns this set lacks and get their own 160-text probe set (``OWN_PROBES``),
+captured the same way, whose capture time is then their unit of cost: ``crosslingual`` the
+parallel sentences of :func:`neuronmap.presets.multilingual` (32 sentences x 5 languages,
+``language`` and ``pair_id``), ``world_model`` 160 city names of :func:`neuronmap.presets.places`
+(``latitude``, ``longitude``, ``region``), as ``tests/integration/test_minilm_analyses_iv.py`` runs them.
+
 Layers: the 6 encoder blocks (``bert.encoder.layer.*``), mean-reduced, captured once.
 
 Each analysis runs at its defaults (only the arguments it cannot run without are given,
@@ -78,6 +84,7 @@ def _cases(tokenizer: Any) -> dict[str, Callable[[], Any]]:
         "concept_algebra": lambda: A.ConceptAlgebra(concepts),
         "concept_extraction": lambda: A.ConceptExtraction(),
         "counterfactual_bias": lambda: A.CounterfactualBias(tokenizer=tokenizer),
+        "crosslingual": lambda: A.CrossLingualAlignment(),
         "fairness": lambda: A.Fairness(["gender", "race"]),
         "information": lambda: A.Information(),
         "neuron_stats": lambda: A.NeuronStats(),
@@ -86,6 +93,7 @@ def _cases(tokenizer: Any) -> dict[str, Callable[[], Any]]:
         "representation_bias": lambda: A.RepresentationBias(["gender", "race"]),
         "rsa": lambda: A.RSA(),
         "tcav": lambda: A.TCAV(concepts, target=1),
+        "world_model": lambda: A.WorldModelProbe("space"),
     }
     from neuronmap.analyses import available_analyses
 
@@ -93,6 +101,22 @@ def _cases(tokenizer: Any) -> dict[str, Callable[[], Any]]:
         if name not in cases:
             cases[name] = lambda name=name: A.get_analysis(name)
     return cases
+
+
+def _multilingual_probe(tokenizer: Any) -> Any:
+    from neuronmap.presets import multilingual
+
+    return multilingual(n=32).probe_set(tokenizer, max_length=64)
+
+
+def _places_probe(tokenizer: Any) -> Any:
+    from neuronmap.presets import places
+
+    return places(n=160).probe_set(tokenizer, max_length=64)
+
+
+#: Registry name -> the probe set of an analysis whose columns the sentiment set lacks.
+OWN_PROBES: dict[str, Callable[[Any], Any]] = {"crosslingual": _multilingual_probe, "world_model": _places_probe}
 
 
 def _token_aligned_pairs(frame: Any, input_ids: Any, mask: Any) -> list[int]:
@@ -170,20 +194,31 @@ def _measure(names: list[str], repeats: int) -> Iterator[dict[str, Any]]:
     import matplotlib
 
     matplotlib.use("Agg")
-    from neuronmap.capture import capture_activations
 
     model, tokenizer, probe = _setup()
+    acts, capture_s = _capture(model, probe)
+    for name in names:
+        if name in OWN_PROBES:
+            own = OWN_PROBES[name](tokenizer)
+            yield _time_one(name, model, tokenizer, own, *_capture(model, own), repeats)
+        else:
+            yield _time_one(name, model, tokenizer, probe, acts, capture_s, repeats)
+
+
+def _capture(model: Any, probe: Any) -> tuple[Any, float]:
+    """The activations of ``probe`` and the median time of capturing them (this process' unit of cost)."""
+    from neuronmap.capture import capture_activations
+
     captures = []
-    for _ in range(4):  # the first is a warm-up; the median of the others is this process' unit of cost
+    for _ in range(4):  # the first is a warm-up; the median of the others is the unit
         t0 = time.perf_counter()
         acts = capture_activations(model, probe, layers=[BLOCKS], reduce="mean", batch_size=32,
                                    with_outputs=True, progress=False)
         captures.append(time.perf_counter() - t0)
     capture_s = statistics.median(captures[1:])
-    print(f"# capture of {len(probe)} sentences: median {capture_s:.2f} s (the unit of the capture-pass column)",
-          flush=True)
-    for name in names:
-        yield _time_one(name, model, tokenizer, probe, acts, capture_s, repeats)
+    print(f"# capture of {len(probe)} texts ({probe.name}): median {capture_s:.2f} s (the unit of the "
+          "capture-pass column)", flush=True)
+    return acts, capture_s
 
 
 def _time_one(name: str, model: Any, tokenizer: Any, probe: Any, acts: Any, capture_s: float,
