@@ -73,7 +73,7 @@ class CircuitDiscovery(PairedNodeAnalysis):
         answers: ``"label"`` or ``"prediction"`` (see :class:`ActivationPatching`).
         max_pairs: Search on at most this many pairs, a seeded random subset (``None``: every
             pair). Every evaluation of the greedy search runs them all; the default 32 (new in
-            issue 17; before, every pair) keeps 6 MLPs + 72 heads of MiniLM near 25 capture
+            issue 17; before, every pair) keeps 6 MLPs + 72 heads of MiniLM near 20 capture
             passes of 160 sentences (docs/performance.md gives the effect on the circuit found).
         n_resamples: Bootstrap resamples (over pairs) of the retained-metric CI.
         confidence: Coverage of that CI.
