@@ -189,7 +189,8 @@ def test_two_instances_of_one_analysis_get_distinct_names() -> None:
     metrics = monitor.run(tiny_mlp(), step=0).metrics
     assert "neuronmap/probing/net.1/accuracy" in metrics
     assert "neuronmap/probing_group/net.1/accuracy" in metrics
-    with pytest.raises(InvalidParameterError, match=r"must be non-empty and contain no '/'; got 'a/b'"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"Probing: name must be None or a non-empty str without '/'; got 'a/b'"):
         nm.Probing(name="a/b")
 
 

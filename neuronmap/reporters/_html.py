@@ -130,6 +130,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     )
     charts = metric_charts(history) if not history.empty and plotly_js() is not None else []
     figures.sort(key=lambda f: analysis_rank(f["name"].split("/")[0]))
+    findings = _latest_findings(run_dir)
     page = env.get_template("report.html.j2").render(
         run_name=run_dir.name,
         run=read_object(run_dir / RUN_FILE),
@@ -138,8 +139,8 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         failures=read_object(run_dir / FAILURES_FILE),
         steps=sorted({int(s) for s in history["step"]}) if not history.empty else [],
         summary=sorted(summary_rows, key=lambda r: analysis_rank(str(r["analysis"]))),
-        findings=_latest_findings(run_dir),
-        stats_note=STATS_NOTE,
+        findings=findings,
+        stats_note=STATS_NOTE if any(f.get("p_adj") is not None for f in findings) else "",
         charts=charts,
         plotly_js=plotly_js() if charts else None,
         plots=_metric_plots(history) if not history.empty and not charts else [],

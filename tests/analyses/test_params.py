@@ -58,7 +58,7 @@ def test_validation_runs_before_the_constructor_body_and_once_per_instance() -> 
     assert Window.calls == before
     WiderWindow(size=3)
     assert Window.calls == before + 1
-    with pytest.raises(InvalidParameterError, match="^WiderWindow: size must be"):
+    with pytest.raises(InvalidParameterError, match=r"^WiderWindow: size must be"):
         WiderWindow(size=0)
 
 
@@ -68,10 +68,9 @@ def test_renamed_argument_warns_and_still_works() -> None:
     assert window.size == 4
     with pytest.raises(InvalidParameterError, match="pass size= only"):
         Window(width=4, size=5)
-    with pytest.raises(InvalidParameterError, match="Window: size must be"):  # the old name is validated too
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Window(width=0)
+    with pytest.raises(InvalidParameterError, match="Window: size must be"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Window(width=0)  # the old name is validated too
 
 
 def test_name_is_accepted_by_every_analysis_and_validated() -> None:
@@ -104,6 +103,6 @@ def test_constraint_helpers_describe_themselves() -> None:
     assert str(Interval(float, 0, 1, closed="neither")) == "a float in (0, 1)"
     assert str(Interval(int, None, 10, closed="left")) == "an int in (-inf, 10)"
     assert str(Type(None, callable)) == "None or a callable"
-    with pytest.raises(InvalidParameterError, match="^Thing: k must be a str or an int; got 1.5.$"):
+    with pytest.raises(InvalidParameterError, match=r"^Thing: k must be a str or an int; got 1\.5\.$"):
         validate_parameters("Thing", {"k": 1.5}, {"k": [str, int]})
     validate_parameters("Thing", {"k": True}, {"k": [bool]})

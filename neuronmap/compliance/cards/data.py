@@ -219,10 +219,10 @@ class ModelCard:
 
     @property
     def stats_note(self) -> str:
-        """What the findings' CI, p and p_adj mean (:data:`neuronmap.findings.STATS_NOTE`)."""
+        """What the findings' CI, p and p_adj mean (:data:`neuronmap.findings.STATS_NOTE`); empty without p_adj."""
         from neuronmap.findings import STATS_NOTE
 
-        return STATS_NOTE
+        return STATS_NOTE if any(f.get("p_adj") is not None for f in self.findings) else ""
 
     def with_data(self, data: Any) -> ModelCard:
         """A copy with people-supplied data (YAML path or mapping) merged over the automatic sections."""
