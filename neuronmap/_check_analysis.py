@@ -9,11 +9,11 @@ import math
 import warnings
 from typing import Any
 
+from neuronmap._keys import SIBLINGS
 from neuronmap.errors import AnalysisError, InvalidParameterError
 
 __all__ = ["check_analysis"]
 
-_SIBLINGS = ("_ci_low", "_ci_high", "_p_adj", "_p")
 _RENAMED = "check_renamed"
 
 
@@ -143,8 +143,8 @@ def _check_result(analysis: Any, report: Any, name: str) -> list[str]:
         if not isinstance(value, (float, int)) or isinstance(value, bool):
             problems.append(f"metric {key!r} is {type(value).__name__}, not a float")
             break
-        if key.endswith(_SIBLINGS):
-            base = next(key[: -len(s)] for s in _SIBLINGS if key.endswith(s))
+        if key.endswith(SIBLINGS):
+            base = next(key[: -len(s)] for s in SIBLINGS if key.endswith(s))
             if base not in result.metrics:
                 problems.append(f"statistic {key!r} has no metric {base!r} beside it")
                 break

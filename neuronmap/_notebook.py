@@ -11,6 +11,7 @@ import base64
 import html
 from typing import TYPE_CHECKING
 
+from neuronmap._keys import SIBLINGS
 from neuronmap.findings import describe, findings_of, format_value, split_rel, stats_of
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def _values_table(report: Report) -> str:
     for name, result in report.results.items():
         for rel, value in result.metrics.items():
             layer, metric = split_rel(rel)
-            if metric.endswith(("_ci_low", "_ci_high", "_p", "_p_adj")):
+            if metric.endswith(SIBLINGS):
                 continue
             st = stats_of(result.metrics, layer, metric)
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(layer)}</td><td>{html.escape(metric)}"
@@ -90,7 +91,7 @@ def history_html(history: History) -> str:
     frame = history.frame
     if frame.empty:
         return "<div><b>NeuronMap history</b>: no runs yet.</div>"
-    main = frame[~frame["metric"].astype(str).str.endswith(("_ci_low", "_ci_high", "_p", "_p_adj"))]
+    main = frame[~frame["metric"].astype(str).str.endswith(SIBLINGS)]
     grouped = main.groupby("key", sort=False)
     rows = []
     for _key, group in list(grouped)[:_MAX_ROWS]:

@@ -33,6 +33,11 @@ class ConfidenceInterval:
     note: str = ""
     """Why the method differs from the one requested, if it does."""
 
+    @classmethod
+    def point(cls, estimate: float, confidence: float, note: str) -> ConfidenceInterval:
+        """A zero-width interval at ``estimate`` (method ``"point"``), with the reason in ``note``."""
+        return cls(estimate, estimate, estimate, confidence, "point", note)
+
 
 def _sample(values: ArrayLike, name: str, *, min_size: int = 2) -> NDArray[Any]:
     arr = np.asarray(values)

@@ -288,14 +288,7 @@ class NeuronMap:
     def capture_activations(self, model: nn.Module) -> Activations:
         """Capture the monitored layers (and the model output if an analysis needs it).
 
-        Wrappers are looked through (:func:`neuronmap.distributed.unwrap_model`), so layer names
-        are those of the bare model. Under ``torch.distributed`` every rank must call this: each
-        runs its shard of the probe set and every rank receives the full activations, in the
-        probe set's order.
-
-        Raises:
-            LayerNotFoundError, ForwardError, MemoryBudgetError: As :func:`capture_activations`;
-                under ``torch.distributed``, on every rank when any rank failed.
+        See :func:`neuronmap.capture.monitored.capture_probe` (wrappers, ``torch.distributed``, errors).
         """
         return capture_probe(self, model)
 

@@ -195,14 +195,7 @@ def bootstrap_ci(
         )
     estimate = _scalar(statistic(*data), "statistic")
     if all(np.all(s == s[0]) for s in data):
-        return ConfidenceInterval(
-            estimate,
-            estimate,
-            estimate,
-            confidence,
-            "point",
-            "all values are identical; the interval has zero width",
-        )
+        return ConfidenceInterval.point(estimate, confidence, "all values are identical; the interval has zero width")
     total = sum(len(s) for s in data)
     kwargs: dict[str, Any] = {
         "n_resamples": int(n_resamples),
@@ -225,14 +218,8 @@ def bootstrap_ci(
                 "defined for every resample (e.g. a resample drawn from a single class)."
             )
         if np.ptp(distribution) == 0:
-            return ConfidenceInterval(
-                estimate,
-                estimate,
-                estimate,
-                confidence,
-                "point",
-                "the statistic is constant over all bootstrap resamples",
-            )
+            return ConfidenceInterval.point(estimate, confidence,
+                                            "the statistic is constant over all bootstrap resamples")
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         used, note = method, ""
         if not (math.isfinite(low) and math.isfinite(high)):

@@ -13,6 +13,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from neuronmap._keys import SIBLINGS
 from neuronmap.findings import (
     Finding,
     default_findings,
@@ -91,7 +92,7 @@ def fairness_findings(
     largest: tuple[float, str, str, float] | None = None
     for rel, value in result.metrics.items():
         attr, metric = split_rel(rel)
-        if metric.endswith(("_ci_low", "_ci_high", "_p", "_p_adj")) or not math.isfinite(value):
+        if metric.endswith(SIBLINGS) or not math.isfinite(value):
             continue
         is_ratio = bool(_RATIO.search(metric))
         if not is_ratio and not metric.endswith("_difference"):

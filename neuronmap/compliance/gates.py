@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pandas as pd
 
+from neuronmap._keys import SIBLINGS
 from neuronmap.capture.layers import match_selector
 from neuronmap.compliance._gate_config import (
     BaselineRule,
@@ -55,7 +56,6 @@ __all__ = ["BaselineRule", "CheckResult", "GateCheck", "GateConfig", "GateConfig
            "KeyResult", "RunReadError", "Status", "evaluate", "load_gate_config", "match_keys"]
 
 Status = Literal["passed", "failed", "error", "skipped"]
-_SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
 RunLike: TypeAlias = "History | pd.DataFrame | LoadedRun | str | os.PathLike[str]"
 
 
@@ -239,12 +239,12 @@ def match_keys(pattern: str, keys: Sequence[str]) -> list[str]:
     if not any(ch in pattern for ch in "*?["):
         return [pattern] if pattern in keys else []
     # The layer-selector matcher, with `*` staying between slashes (layer names in keys hold dots).
-    wants_sibling = pattern.endswith(_SIBLINGS)
-    return sorted(k for k in match_selector(pattern, keys, sep="/") if wants_sibling or not k.endswith(_SIBLINGS))
+    wants_sibling = pattern.endswith(SIBLINGS)
+    return sorted(k for k in match_selector(pattern, keys, sep="/") if wants_sibling or not k.endswith(SIBLINGS))
 
 
 def _closest(pattern: str, keys: Sequence[str]) -> list[str]:
-    plain = [k for k in keys if not k.endswith(_SIBLINGS)] or list(keys)
+    plain = [k for k in keys if not k.endswith(SIBLINGS)] or list(keys)
     close = difflib.get_close_matches(pattern.replace("*", ""), plain, n=3, cutoff=0.4)
     return close or plain[:3]
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from neuronmap._files import write_text_atomic
+from neuronmap._keys import SIBLINGS
 from neuronmap.findings import STATS_NOTE
 from neuronmap.reporters._plotly import analysis_rank, metric_charts, plotly_js
 from neuronmap.runs.folder import (
@@ -31,7 +32,6 @@ from neuronmap.runs.folder import (
 
 __all__ = ["render_run_html"]
 
-_SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
 _MAX_PLOTS = 60
 _MAX_TABLE_ROWS = 50
 
@@ -44,7 +44,7 @@ def _png(fig: Figure) -> str:
 
 def _metric_plots(history: pd.DataFrame) -> list[dict[str, str]]:
     """One plot per (analysis, metric): a line per layer, with a CI band where there is one."""
-    main = history[~history["metric"].str.endswith(_SIBLINGS) & (history["analysis"] != "")]
+    main = history[~history["metric"].str.endswith(SIBLINGS) & (history["analysis"] != "")]
     plots: list[dict[str, str]] = []
     for (analysis, metric), group in main.groupby(["analysis", "metric"], sort=True):
         if group["step"].nunique() < 2:
@@ -105,7 +105,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     history = read_history(run_dir)
     latest = history.drop_duplicates("key", keep="last") if not history.empty else history
-    summary = latest[~latest["metric"].str.endswith(_SIBLINGS)] if not latest.empty else latest
+    summary = latest[~latest["metric"].str.endswith(SIBLINGS)] if not latest.empty else latest
     summary_rows = []
     for row in summary.itertuples():
         ci_low = latest.loc[latest["key"] == f"{row.key}_ci_low", "value"]

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neuronmap._keys import SIBLINGS
+
 __all__ = ["ANALYSIS_ORDER", "analysis_rank", "metric_charts", "plotly_js"]
 
 #: Reading order of analyses on the page: bias and probing first, health statistics last.
@@ -23,7 +25,6 @@ ANALYSIS_ORDER = ("fairness", "counterfactual_bias", "representation_bias", "pro
                   "tcav", "concept_extraction", "cka", "rsa", "attention", "attribution",
                   "activation_patching", "causal_tracing", "circuit_discovery", "neuron_stats",
                   "activation_stats")
-_SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
 _MAX_LINES = 12
 
 
@@ -53,7 +54,7 @@ def _clean(values: Any) -> list[float | None]:
 
 def metric_charts(history: pd.DataFrame, *, limit: int = 60) -> list[dict[str, Any]]:
     """Plotly specs ``{"id", "title", "analysis", "spec"}`` (``spec`` is JSON), in reading order."""
-    main = history[~history["metric"].astype(str).str.endswith(_SIBLINGS) & (history["analysis"] != "")]
+    main = history[~history["metric"].astype(str).str.endswith(SIBLINGS) & (history["analysis"] != "")]
     by_key = {k: g.sort_values("step") for k, g in history.groupby("key", sort=False)}
     charts: list[dict[str, Any]] = []
     groups = sorted(main.groupby(["analysis", "metric"], sort=False), key=lambda kv: (analysis_rank(kv[0][0]),

@@ -31,7 +31,6 @@ __all__ = ["RunStore", "check_name", "encode_history", "filter_history"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,199}$")
 _MLFLOW_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
 _SIGNIFICANCE = 0.05
 #: Seconds an MLflow run's History is served from the cache before it is fetched again.
 MLFLOW_TTL_S = 30.0

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
+from neuronmap._keys import SIBLINGS
 from neuronmap.service._history import HistoryCache
 from neuronmap.service._problems import Problem
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["api_router"]
 
 _MAX_PAGE = 500
-_SIBLINGS = ("_ci_low", "_ci_high", "_p", "_p_adj")
 
 
 class GateRequest(BaseModel):
@@ -198,7 +198,7 @@ def api_router(state: ServiceState) -> APIRouter:
         shared = sorted(set(latest_a) & set(latest_b))
         rows = [{"key": k, "a": _finite(latest_a[k][1]), "b": _finite(latest_b[k][1]), "step_a": latest_a[k][0],
                  "step_b": latest_b[k][0], "delta": _finite(latest_b[k][1] - latest_a[k][1])}
-                for k in shared if not k.endswith(_SIBLINGS)]
+                for k in shared if not k.endswith(SIBLINGS)]
         return {"a": a, "b": b, "metrics": rows, "only_a": sorted(set(latest_a) - set(latest_b)),
                 "only_b": sorted(set(latest_b) - set(latest_a)), "cka": _cka(runs, a, b)}
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -42,6 +43,18 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Module-wide :func:`single_thread` (import it into a test module to apply it there)."""
+    with single_thread():
+        yield
+
+
+#: The tiny BERT's attention heads (split at the output projection) and its first blocks.
+HEADS = "bert.encoder.layer.*.attention.output.dense"
+BLOCKS = ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1"]
 
 
 def _no_dropout(model: nn.Module) -> nn.Module:

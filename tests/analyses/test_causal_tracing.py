@@ -9,13 +9,12 @@ last position matters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _synthetic import (
+from _synthetic import (  # noqa: F401  (one_thread: the module-wide single-thread fixture)
     GPT_LEN,
     KEY,
     SOURCE,
@@ -23,7 +22,7 @@ from _synthetic import (
     copy_ids,
     key_token_bert,
     key_token_probe,
-    single_thread,
+    one_thread,
 )
 from torch import nn
 
@@ -34,11 +33,6 @@ from neuronmap.reporters import LocalReporter, TensorBoardReporter
 
 BERT_LAYERS = ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

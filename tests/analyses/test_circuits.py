@@ -7,12 +7,15 @@ independently of the search by re-patching with the intervention primitives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
-from _synthetic import key_token_bert, key_token_pairs, single_thread
+from _synthetic import (  # noqa: F401  (one_thread: the module-wide single-thread fixture)
+    HEADS,
+    key_token_bert,
+    key_token_pairs,
+    one_thread,
+)
 
 import neuronmap as nm
 from neuronmap.analyses.circuits import CircuitDiscovery
@@ -20,14 +23,8 @@ from neuronmap.errors import InvalidParameterError
 from neuronmap.interventions import Node, intervene, record, resolve_nodes
 from neuronmap.reporters import LocalReporter
 
-HEADS = "bert.encoder.layer.*.attention.output.dense"
 MLPS = "bert.encoder.layer.*.output.dense"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

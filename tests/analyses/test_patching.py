@@ -9,12 +9,18 @@ read-out).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
-from _synthetic import KEY, SEQ_LEN, key_token_bert, key_token_pairs, single_thread
+from _synthetic import (  # noqa: F401  (one_thread: the module-wide single-thread fixture)
+    BLOCKS,
+    HEADS,
+    KEY,
+    SEQ_LEN,
+    key_token_bert,
+    key_token_pairs,
+    one_thread,
+)
 
 import neuronmap as nm
 from neuronmap.analyses.patching import ActivationPatching
@@ -29,15 +35,6 @@ from neuronmap.metrics.patching import (
 )
 from neuronmap.reporters import LocalReporter
 from neuronmap.testing import tiny_mlp
-
-HEADS = "bert.encoder.layer.*.attention.output.dense"
-BLOCKS = ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 def _run(model: torch.nn.Module, probe: nm.ProbeSet, analysis: nm.Analysis, *, layer: str) -> nm.Report:

@@ -6,28 +6,24 @@ Each analysis runs twice on the key-token BERT, once as it ships and once with r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _synthetic import KEY, key_token_bert, key_token_pairs, single_thread
+from _synthetic import (  # noqa: F401  (one_thread: the module-wide single-thread fixture)
+    BLOCKS,
+    HEADS,
+    KEY,
+    key_token_bert,
+    key_token_pairs,
+    one_thread,
+)
 
 import neuronmap as nm
 from neuronmap.analyses import _replay, causal_tracing, circuits, patching
 from neuronmap.analyses._replay import BlockReplay, per_copy, tile
 from neuronmap.capture.interventions import Node, intervene
 from neuronmap.testing import tiny_mlp
-
-HEADS = "bert.encoder.layer.*.attention.output.dense"
-BLOCKS = ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 def _tables(analysis: nm.Analysis) -> dict[str, pd.DataFrame]:
