@@ -143,7 +143,7 @@ def stats_of(metrics: Mapping[str, float], layer: str, metric: str) -> dict[str,
 
 #: What a finding's numbers mean; shown under every list of findings that has a corrected p-value.
 STATS_NOTE = ("CI and p are per test (not adjusted for multiplicity); p_adj is corrected for the number of tests "
-              "the analysis ran (its p_adjust method), so a CI that excludes 0 can stand beside p_adj > 0.05.")
+              "the analysis ran (its p_adjust method), so a CI that excludes 0 can stand beside a p_adj above 0.05.")
 
 
 def describe(value: float, ci: tuple[float, float] | None, p_adj: float | None, p: float | None = None) -> str:

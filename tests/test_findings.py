@@ -62,3 +62,9 @@ def test_fairness_finding_shows_raw_and_corrected_p_with_the_note(tmp_path) -> N
     assert STATS_NOTE in report.summary()
     page = (local.run_dir / "report.html").read_text()
     assert 'class="stats-note"' in page
+    from neuronmap.cli import main
+
+    for fmt in ("md", "html"):
+        out = tmp_path / f"card.{fmt}"
+        assert main(["card", str(local.run_dir), "--format", fmt, "--out", str(out)]) == 0
+        assert STATS_NOTE in out.read_text()

@@ -58,6 +58,7 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.analyses.params import Interval, Type
+from neuronmap.capture.forward import forward, probe_batches
 from neuronmap.capture.forward import output_logits as output_scores
 from neuronmap.capture.hooks import ActivationCapture, model_device
 from neuronmap.data.perturb import PERTURBATIONS, perturb_texts
@@ -425,15 +426,12 @@ class AdversarialRobustness(Analysis):
         probe = ProbeSet.from_texts(texts, self._tokenizer, max_length=self.max_length)
         device = ctx.device or model_device(ctx.model)
         out = []
-        with torch.no_grad():
-            for batch in probe.batches(ctx.batch_size, device):
-                scores = output_scores(ctx.model(**batch))
-                if scores is None:
-                    raise InvalidParameterError(
-                        f"{type(ctx.model).__name__} returned no tensor on the perturbed texts."
-                    )
-                scores = scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
-                out.append(decisions(scores).cpu())
+        for batch in probe_batches(probe, ctx.batch_size, device, no_grad=True):
+            scores = output_scores(forward(ctx.model, batch, positional=probe.positional))
+            if scores is None:
+                raise InvalidParameterError(f"{type(ctx.model).__name__} returned no tensor on the perturbed texts.")
+            scores = scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
+            out.append(decisions(scores).cpu())
         return torch.cat(out).numpy()
 
 

@@ -38,6 +38,7 @@ from neuronmap.analyses.base import (
     register_analysis,
 )
 from neuronmap.analyses.params import Interval, Options, Type
+from neuronmap.capture.forward import probe_batches
 from neuronmap.capture.hooks import model_device
 from neuronmap.capture.interventions import Edit, Node, answer_logits, forward, intervene, logits_of, record
 from neuronmap.capture.layers import resolve_layers
@@ -155,7 +156,7 @@ class CausalTracing(Analysis):
         for start in progress(starts, desc="causal tracing", unit="chunk"):
             sub = probe.subset(slice(start, min(start + chunk, len(probe))))
             # cut to the chunk's longest text: padding is masked out, so only the cost changes
-            batch = next(sub.batches(len(sub), ctx.device, trim=True))
+            batch = next(probe_batches(sub, len(sub), ctx.device, trim=True))
             target = self._targets(model, batch, probe, start)
             clean, corrupted, rows = self._trace_chunk(
                 model, batch, target, layers, emb, corrupt_mask[start : start + len(sub)], scale, gen,
@@ -323,7 +324,7 @@ def _embedding_name(model: nn.Module) -> str:
 def _embedding_std(model: nn.Module, probe: ProbeSet, emb: Node, batch_size: int, device: torch.device | None) -> float:
     """Standard deviation of the embedding entries over every real token of the probe set."""
     total, total_sq, count = 0.0, 0.0, 0
-    for batch in probe.batches(batch_size, device):
+    for batch in probe_batches(probe, batch_size, device):
         with record(model, [emb]) as seen:
             forward(model, batch, positional=probe.positional)
         act = seen[emb].double()

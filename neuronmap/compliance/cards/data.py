@@ -208,8 +208,8 @@ class ModelCard:
             notes={n: list(r.notes) for n, r in last.results.items()} if last is not None else {},
         )
         if last is not None and getattr(last, "findings", None):
-            auto["findings"] = [{"analysis": f.analysis, "kind": f.kind, "line": f.line(), "step": last.step,
-                                 "p_adj": f.p_adj} for f in last.findings]
+            auto["findings"] = [{"analysis": f.analysis, "kind": f.kind, "line": f.line(), "step": last.step}
+                                for f in last.findings]
         if model is not None:
             auto["model_details"]["architecture"] = type(model).__name__
             auto["model_details"]["parameters"] = int(sum(p.numel() for p in model.parameters()))
@@ -222,7 +222,9 @@ class ModelCard:
         """What the findings' CI, p and p_adj mean (:data:`neuronmap.findings.STATS_NOTE`); empty without p_adj."""
         from neuronmap.findings import STATS_NOTE
 
-        return STATS_NOTE if any(f.get("p_adj") is not None for f in self.findings) else ""
+        # a finding states a corrected p as "p_adj <value>" (neuronmap.findings.describe); the findings
+        # keep only their text here, so that a card from a monitor and one from its run folder agree
+        return STATS_NOTE if any("p_adj " in str(f.get("line", "")) for f in self.findings) else ""
 
     def with_data(self, data: Any) -> ModelCard:
         """A copy with people-supplied data (YAML path or mapping) merged over the automatic sections."""

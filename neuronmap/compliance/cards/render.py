@@ -304,6 +304,7 @@ def render_card(
                       missing=missing, required=list(required), fmt=fmt, digest=digest,
                       annex_status=annex_iv_status(card), sign_off=sign_off_status(card, digest),
                       incomplete=problems, metadata_warnings=meta_warnings, disclaimer=DISCLAIMER,
+                      stats_note=card.stats_note,
                       **dict(context or {}))
     trail = _trail(audit, card)
     if trail is not None:

@@ -91,7 +91,7 @@ def test_failed_analyses_become_caveats(tmp_path: Path) -> None:
     monitor = nm.NeuronMap(tiny_probe(), layers=["net.*"], analyses=[Broken()], reporters=[reporter])
     with pytest.warns(nm.errors.AnalysisFailedWarning):
         monitor.run(tiny_mlp(), step=3)
-    reporter.close()
+    monitor.close()  # the publisher delivers on its own thread; closing the monitor flushes it
     (failure,) = ModelCard.from_run(reporter.run_dir).caveats_and_recommendations["analysis_failures"]
     assert failure["step"] == 3 and failure["analysis"] == "broken" and "singular matrix" in failure["error"]
 
