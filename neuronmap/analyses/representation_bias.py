@@ -50,6 +50,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
+from neuronmap._progress import progress
 from neuronmap.analyses.base import (
     Analysis,
     AnalysisContext,
@@ -175,7 +176,7 @@ class RepresentationBias(Analysis):
         weat_sets = self._weat_sets(ctx, notes)
         rng = np.random.default_rng([ctx.random_state, 11])
         rows: list[_Row] = []
-        for layer, acts in self.layer_items(ctx):
+        for layer, acts in progress(self.layer_items(ctx), desc="representation bias", unit="layer"):
             x = np.asarray(acts, dtype=np.float64).reshape(len(acts), -1)
             if not np.isfinite(x).all():
                 notes.append(f"{layer}: activations contain NaN or Inf; layer skipped.")
