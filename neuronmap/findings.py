@@ -249,7 +249,7 @@ def summary_text(findings: Sequence[Finding], *, header: str | None = None, limi
     if limit and len(findings) > limit:
         lines.append(f"- ... and {len(findings) - limit} more (report.html)")
     if needs_stats_note(shown):
-        lines.append(f"  ({STATS_NOTE})")
+        lines.append(f"  Note: {STATS_NOTE}")
     return "\n".join(lines)
 
 
