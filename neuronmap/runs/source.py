@@ -120,7 +120,13 @@ def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None, material
             run = client.get_run(run_id)
             mirrored = _mirrored(client, run_id, materialize=materialize)
             if mirrored is not None:  # the full record NeuronMap wrote beside the headline scalars
-                return LoadedRun(source, read_history(mirrored), mirrored if materialize else None)
+                folder, temp = mirrored
+                if materialize:
+                    return LoadedRun(source, read_history(folder), folder)
+                try:  # only the metrics were needed: the download goes now (a long-running service reads often)
+                    return LoadedRun(source, read_history(folder), None)
+                finally:
+                    shutil.rmtree(temp, ignore_errors=True)
             translate = run.data.tags.get(LAYOUT_TAG) == LAYOUT
             rows: list[list[object]] = []
             for key in sorted(run.data.metrics):
@@ -137,19 +143,24 @@ def _load_mlflow(source: str, run_id: str, *, tracking_uri: str | None, material
     return LoadedRun(source, frame, None)
 
 
-def _mirrored(client: Any, run_id: str, *, materialize: bool) -> Path | None:
-    """The run's ``neuronmap/`` artifact folder downloaded (all of it, or the record only), if any."""
+def _mirrored(client: Any, run_id: str, *, materialize: bool) -> tuple[Path, Path] | None:
+    """The run's ``neuronmap/`` artifact folder downloaded (all of it, or the record only), if any,
+    with the temporary folder that holds it."""
     import tempfile
 
     names = {Path(a.path).name for a in client.list_artifacts(run_id, "neuronmap")}
     if "metrics.jsonl" not in names:
         return None
     target = Path(tempfile.mkdtemp(prefix="neuronmap-run-"))
-    # readers may keep the path (a report, a card): the download goes when the process ends
-    atexit.register(shutil.rmtree, target, ignore_errors=True)
-    if materialize:
-        return Path(client.download_artifacts(run_id, "neuronmap", str(target)))
-    return Path(client.download_artifacts(run_id, "neuronmap/metrics.jsonl", str(target))).parent
+    try:
+        if materialize:
+            # readers keep the path (a report, a card): the download goes when the process ends
+            atexit.register(shutil.rmtree, target, ignore_errors=True)
+            return Path(client.download_artifacts(run_id, "neuronmap", str(target))), target
+        return Path(client.download_artifacts(run_id, "neuronmap/metrics.jsonl", str(target))).parent, target
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 def _row(key: str, step: int, value: float) -> list[object]:

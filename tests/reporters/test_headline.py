@@ -94,3 +94,19 @@ def test_findings_lead_the_mlflow_run_and_its_report(typical_run, tmp_path) -> N
     # one embedded store per project, the local folder and the MLflow run share a name
     assert Path(tracker.store_dir) == typical_run["root"]
     assert tracker.client.get_run(tracker.run_id).info.run_name == "typical"
+
+
+def test_reading_mlflow_metrics_leaves_no_download_behind(typical_run, tmp_path, monkeypatch) -> None:
+    """A long-running reader (neuronmap serve) fetches mlflow:ID often: each metrics download is removed."""
+    import tempfile
+
+    from neuronmap.runs.source import load_run
+
+    tracker = typical_run["tracker"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for _ in range(3):
+        run = load_run(f"mlflow:{tracker.run_id}", tracking_uri=tracker.tracking_uri)
+        assert run.run_dir is None and "neuronmap/probing/bert.encoder.layer.0/accuracy_p_adj" in run.keys
+    assert not list(tmp_path.glob("neuronmap-run-*"))
+    kept = load_run(f"mlflow:{tracker.run_id}", tracking_uri=tracker.tracking_uri, materialize=True)
+    assert kept.run_dir is not None and (kept.run_dir / "metrics.jsonl").is_file()  # a report reads it later
