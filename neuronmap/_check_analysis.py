@@ -50,7 +50,7 @@ def _bad_value(constraints: list[Any]) -> Any:
 
 
 def _check_constructor(analysis: Any, params: dict[str, Any]) -> list[str]:
-    from neuronmap.analyses.params import merged
+    from neuronmap.analyses.params import merged, unchecked
 
     cls, kind = type(analysis), type(analysis).__name__
     problems: list[str] = []
@@ -73,7 +73,7 @@ def _check_constructor(analysis: Any, params: dict[str, Any]) -> list[str]:
         problems.append(f"constructor argument(s) {undeclared} have no entry in _parameter_constraints (declare "
                         "what each may be, or 'no_validation' for a value checked elsewhere)")
     for param, specs in constraints.items():
-        if param not in params or param == "name" or specs in ("no_validation", ["no_validation"]):
+        if param not in params or param == "name" or unchecked(specs):
             continue
         bad = _bad_value(specs)
         if bad is None:

@@ -13,7 +13,23 @@ from numpy.typing import ArrayLike, NDArray
 
 from neuronmap.errors import InvalidParameterError
 
-__all__ = ["ConfidenceInterval"]
+__all__ = ["PVALUE_METHODS", "ConfidenceInterval"]
+
+PVALUE_METHODS: tuple[str, ...] = (
+    "bonferroni",
+    "sidak",
+    "holm-sidak",
+    "holm",
+    "simes-hochberg",
+    "hommel",
+    "fdr_bh",
+    "fdr_by",
+    "fdr_tsbh",
+    "fdr_tsbky",
+    "fdr_gbs",
+    "lfdr",
+)
+"""Every method of :func:`statsmodels.stats.multitest.multipletests`, by canonical name."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import pandas as pd
 import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
-from neuronmap._stats_base import ConfidenceInterval, _sample
+from neuronmap._stats_base import PVALUE_METHODS, ConfidenceInterval, _sample
 from neuronmap._stats_cv import (
     CorrectedTTestResult,
     corrected_resampled_ttest,
@@ -75,21 +75,6 @@ RandomState = int | np.random.Generator | None
 _CI_METHODS = ("bca", "percentile")
 _PERMUTATION_TYPES = ("independent", "samples", "pairings")
 _ALTERNATIVES = ("two-sided", "greater", "less")
-PVALUE_METHODS: tuple[str, ...] = (
-    "bonferroni",
-    "sidak",
-    "holm-sidak",
-    "holm",
-    "simes-hochberg",
-    "hommel",
-    "fdr_bh",
-    "fdr_by",
-    "fdr_tsbh",
-    "fdr_tsbky",
-    "fdr_gbs",
-    "lfdr",
-)
-"""Every method of :func:`statsmodels.stats.multitest.multipletests`, by canonical name."""
 # Cap on resampled values scipy materialises at once (about 80 MB of float64).
 _MAX_BATCH_VALUES = 10_000_000
 

@@ -22,7 +22,6 @@ import numpy as np
 
 from neuronmap.analyses._registry import available_analyses, get_analysis, register_analysis
 from neuronmap.analyses.params import STATISTICS, contract_init
-from neuronmap.errors import InvalidParameterError
 from neuronmap.results import AnalysisResult, MetricSet  # re-exported: they lived here before
 
 if TYPE_CHECKING:
@@ -123,9 +122,7 @@ class Analysis(ABC):
 
     def __init__(self, *, layers: str | list[str] | None = None, name: str | None = None) -> None:
         self.layers = [layers] if isinstance(layers, str) else layers
-        if name is not None:
-            if not name or "/" in name:
-                raise InvalidParameterError(f"An analysis name must be non-empty and contain no '/'; got {name!r}.")
+        if name is not None:  # validated by the constructor contract (analyses.params.STATISTICS["name"])
             self.name = name  # type: ignore[misc]  # per-instance override, e.g. two Probing targets
 
     @abstractmethod

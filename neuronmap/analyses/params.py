@@ -42,10 +42,11 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from neuronmap._stats_base import PVALUE_METHODS
 from neuronmap.errors import InvalidParameterError
 
 __all__ = [
-    "STATISTICS", "Columns", "Constraint", "Interval", "Options", "Subset", "Type", "as_constraint",
+    "STATISTICS", "Columns", "Constraint", "Interval", "Options", "Subset", "Type", "as_constraint", "unchecked",
     "validate_parameters",
 ]
 
@@ -118,12 +119,11 @@ class Type(Constraint):
 
     def __call__(self, value: Any) -> bool:
         for kind in self.types:
-            if kind is None and value is None:
-                return True
-            if kind is callable and callable(value):
-                return True
-            if isinstance(kind, type) and isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)
-                                                                            and kind in (int, float)):
+            if kind is None or kind is callable:
+                ok = value is None if kind is None else callable(value)
+            else:  # a bool is no int or float here, as in Interval
+                ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+            if ok:
                 return True
         return False
 
@@ -170,6 +170,16 @@ class Subset(Constraint):
         return f"a list of items from {sorted(self.values, key=str)}"
 
 
+class _Name(Constraint):
+    """An analysis name: it becomes the ``<analysis>`` part of metric keys."""
+
+    def __call__(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value) and "/" not in value
+
+    def __str__(self) -> str:
+        return "a non-empty str without '/'"
+
+
 def _column(name: Any) -> bool:
     return isinstance(name, str) and bool(name)
 
@@ -189,34 +199,6 @@ def as_constraint(spec: Any) -> Constraint:
     raise TypeError(f"Not a parameter constraint: {spec!r}.")
 
 
-def _pvalue_methods() -> list[str]:
-    from neuronmap.stats import PVALUE_METHODS
-
-    return list(PVALUE_METHODS)
-
-
-class _LazyOptions(Options):
-    """Options computed on first use (the p-value methods live in :mod:`neuronmap.stats`, which imports scipy)."""
-
-    def __init__(self, load: Callable[[], list[Any]]) -> None:
-        self._load = load
-        self._loaded = False
-        super().__init__(())
-
-    def _values(self) -> list[Any]:
-        if not self._loaded:
-            self.values, self._loaded = self._load(), True
-        return self.values
-
-    def __call__(self, value: Any) -> bool:
-        self._values()
-        return super().__call__(value)
-
-    def __str__(self) -> str:
-        self._values()
-        return super().__str__()
-
-
 #: The statistics settings, ``name``, ``layers`` and the other shared settings, declared once for every
 #: analysis that takes them (an analysis overrides an entry where its meaning differs).
 STATISTICS: dict[str, list[Any]] = {
@@ -224,8 +206,8 @@ STATISTICS: dict[str, list[Any]] = {
     "alpha": [Interval(float, 0, 1, closed="neither")],
     "n_resamples": [Interval(int, 1, None)],
     "n_permutations": [Interval(int, 0, None)],  # 0 skips the permutation test where an analysis allows it
-    "p_adjust": [_LazyOptions(_pvalue_methods)],
-    "name": [None, Type(str, label="a non-empty str without '/'")],
+    "p_adjust": [Options(PVALUE_METHODS)],
+    "name": [None, _Name()],
     "layers": [None, Type(str, list, tuple, label="a layer selector (str) or a list of them")],
     # not statistics, but the same concept under the same name in many analyses
     "max_examples": [None, Interval(int, 1, None)],
@@ -234,17 +216,19 @@ STATISTICS: dict[str, list[Any]] = {
 }
 
 
+def unchecked(specs: Any) -> bool:
+    """Whether a parameter's constraints are ``"no_validation"`` (checked elsewhere, e.g. at run time)."""
+    return specs == "no_validation" or specs == ["no_validation"]
+
+
 def validate_parameters(owner: str, arguments: Mapping[str, Any], constraints: Mapping[str, list[Any]]) -> None:
     """Check each argument that has constraints; raise on the first that meets none of them."""
     for param, value in arguments.items():
         specs = constraints.get(param)
-        if specs is None or specs == "no_validation" or specs == ["no_validation"]:
+        if specs is None or unchecked(specs):
             continue
         checks = [as_constraint(s) for s in specs]
-        ok = any(check(value) for check in checks)
-        if ok and param == "name" and isinstance(value, str):
-            ok = bool(value) and "/" not in value
-        if not ok:
+        if not any(check(value) for check in checks):
             allowed = " or ".join(dict.fromkeys(str(c) for c in checks))
             raise InvalidParameterError(f"{owner}: {param} must be {allowed}; got {value!r}.")
 
