@@ -40,23 +40,20 @@ def constructor_params(analysis: Any) -> dict[str, Any]:
 
 def _bad_value(constraints: list[Any]) -> Any:
     """A value none of ``constraints`` accepts (``None`` when every probe value is accepted)."""
-    from neuronmap.analyses.params import as_constraint
+    from neuronmap.analyses.params import validates
 
-    checks = [as_constraint(c) for c in constraints]
-    for candidate in (-7, "no-such-option", 3.5, object()):
-        if not any(check(candidate) for check in checks):
-            return candidate
-    return None
+    return next((c for c in (-7, "no-such-option", 3.5, object()) if not validates(constraints, c)), None)
 
 
 def _check_constructor(analysis: Any, params: dict[str, Any]) -> list[str]:
-    from neuronmap.analyses.params import merged, unchecked
+    from neuronmap.analyses.params import STATISTICS, merged, unchecked, validates
 
     cls, kind = type(analysis), type(analysis).__name__
     problems: list[str] = []
     signature = inspect.signature(cls.__init__)
-    if not isinstance(getattr(analysis, "name", None), str) or not analysis.name or "/" in analysis.name:
-        problems.append(f"name must be a non-empty str without '/'; got {getattr(analysis, 'name', None)!r}")
+    name = getattr(analysis, "name", None)
+    if name is None or not validates(STATISTICS["name"], name):
+        problems.append(f"name must be a non-empty str without '/'; got {name!r}")
     try:
         json.dumps(analysis.config(), allow_nan=True)
     except (TypeError, ValueError) as err:
@@ -123,6 +120,7 @@ def _leading_allowed(signature: inspect.Signature) -> set[str]:
 
 
 def _check_result(analysis: Any, report: Any, name: str) -> list[str]:
+    import pandas as pd
     from matplotlib.figure import Figure
 
     from neuronmap.findings import Finding
@@ -150,11 +148,10 @@ def _check_result(analysis: Any, report: Any, name: str) -> list[str]:
                 break
     if result.metrics and not any(math.isfinite(v) for v in result.metrics.values()) and not result.notes:
         problems.append("every metric is NaN and no note says why")
-    for label, items, kind in (("table", result.tables, "DataFrame"), ("figure", result.figures, "Figure")):
+    for label, items, wanted in (("table", result.tables, pd.DataFrame), ("figure", result.figures, Figure)):
         for key, item in items.items():
-            wanted = Figure if kind == "Figure" else __import__("pandas").DataFrame
             if not isinstance(item, wanted):
-                problems.append(f"{label} {key!r} is a {type(item).__name__}, not a {kind}")
+                problems.append(f"{label} {key!r} is a {type(item).__name__}, not a {wanted.__name__}")
     try:
         found = analysis.findings(result)
         if not isinstance(found, list) or not all(isinstance(f, Finding) for f in found):

@@ -46,8 +46,17 @@ from neuronmap._stats_base import PVALUE_METHODS
 from neuronmap.errors import InvalidParameterError
 
 __all__ = [
-    "STATISTICS", "Columns", "Constraint", "Interval", "Options", "Subset", "Type", "as_constraint", "unchecked",
+    "STATISTICS",
+    "Columns",
+    "Constraint",
+    "Interval",
+    "Options",
+    "Subset",
+    "Type",
+    "as_constraint",
+    "unchecked",
     "validate_parameters",
+    "validates",
 ]
 
 
@@ -216,6 +225,11 @@ STATISTICS: dict[str, list[Any]] = {
 }
 
 
+def validates(specs: list[Any], value: Any) -> bool:
+    """Whether ``value`` meets at least one of a parameter's constraints."""
+    return any(as_constraint(spec)(value) for spec in specs)
+
+
 def unchecked(specs: Any) -> bool:
     """Whether a parameter's constraints are ``"no_validation"`` (checked elsewhere, e.g. at run time)."""
     return specs == "no_validation" or specs == ["no_validation"]
@@ -227,9 +241,8 @@ def validate_parameters(owner: str, arguments: Mapping[str, Any], constraints: M
         specs = constraints.get(param)
         if specs is None or unchecked(specs):
             continue
-        checks = [as_constraint(s) for s in specs]
-        if not any(check(value) for check in checks):
-            allowed = " or ".join(dict.fromkeys(str(c) for c in checks))
+        if not validates(specs, value):
+            allowed = " or ".join(dict.fromkeys(str(as_constraint(c)) for c in specs))
             raise InvalidParameterError(f"{owner}: {param} must be {allowed}; got {value!r}.")
 
 
