@@ -57,6 +57,7 @@ __all__ = [
     "unchecked",
     "validate_parameters",
     "validates",
+    "warn_renamed",
 ]
 
 
@@ -254,6 +255,12 @@ def merged(cls: type, attribute: str) -> dict[str, Any]:
     return out
 
 
+def warn_renamed(owner: str, old: str, new: str, *, stacklevel: int = 2) -> None:
+    """The one deprecation warning of a renamed argument (``owner`` as the caller wrote it)."""
+    warnings.warn(f"{owner}({old}=...) is deprecated and will be removed in the next release; use {new}= instead.",
+                  FutureWarning, stacklevel=stacklevel + 1)
+
+
 def contract_init(init: Callable[..., None]) -> Callable[..., None]:
     """Wrap an analysis ``__init__``: renamed arguments, ``name=`` and declarative validation.
 
@@ -276,8 +283,7 @@ def contract_init(init: Callable[..., None]) -> Callable[..., None]:
                 continue
             if new in kwargs:
                 raise InvalidParameterError(f"{owner}: pass {new}= only; {old}= is its deprecated name, got both.")
-            warnings.warn(f"{owner}({old}=...) is deprecated and will be removed in the next release; "
-                          f"use {new}= instead.", FutureWarning, stacklevel=2)
+            warn_renamed(owner, old, new, stacklevel=2)
             kwargs[new] = kwargs.pop(old)
         name = None if accepts_name or accepts_var_kw else kwargs.pop("name", None)
         try:

@@ -8,7 +8,6 @@ the result to get a :class:`~neuronmap.ProbeSet`. What each finding means is in
 from __future__ import annotations
 
 import math as _math
-import warnings
 from functools import cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import pandas as pd
 
+from neuronmap.analyses.params import warn_renamed
 from neuronmap.errors import InvalidParameterError
 from neuronmap.generate import generate
 from neuronmap.presets.base import Preset
@@ -61,8 +61,7 @@ class _Stats(TypedDict):
 def _stats(preset: str, n_permutations: int, n_resamples: int, n_bootstrap: int | None) -> _Stats:
     """The statistics settings of a preset's analyses (``n_bootstrap``: the deprecated name of ``n_resamples``)."""
     if n_bootstrap is not None:
-        warnings.warn(f"presets.{preset}(n_bootstrap=...) is deprecated and will be removed in the next release; "
-                      "use n_resamples= instead.", FutureWarning, stacklevel=3)
+        warn_renamed(f"presets.{preset}", "n_bootstrap", "n_resamples", stacklevel=3)
         n_resamples = n_bootstrap
     return {"n_permutations": n_permutations, "n_resamples": n_resamples}
 
