@@ -165,9 +165,20 @@ def describe(value: float, ci: tuple[float, float] | None, p_adj: float | None, 
     return text
 
 
-def needs_stats_note(findings: Iterable[Finding]) -> bool:
-    """Whether any finding shows a corrected p-value (so :data:`STATS_NOTE` belongs under the list)."""
-    return any(f.p_adj is not None for f in findings)
+def stats_note(findings: Iterable[Finding | Mapping[str, Any]]) -> str:
+    """:data:`STATS_NOTE` when a finding shows a corrected p-value, else ``""``.
+
+    Takes findings or their saved forms (``Finding.to_dict()``, or a card's ``{"line": ...}``,
+    where a shown corrected p reads ``p_adj <value>``, as :func:`describe` writes it).
+    """
+    for f in findings:
+        if isinstance(f, Finding):
+            shown = f.p_adj is not None
+        else:
+            shown = f.get("p_adj") is not None or "p_adj " in str(f.get("line", ""))
+        if shown:
+            return STATS_NOTE
+    return ""
 
 
 def significant_findings(
@@ -248,8 +259,8 @@ def summary_text(findings: Sequence[Finding], *, header: str | None = None, limi
     lines += [f"- {f.line()}" for f in shown] or ["- No findings: nothing significant, no threshold crossed."]
     if limit and len(findings) > limit:
         lines.append(f"- ... and {len(findings) - limit} more (report.html)")
-    if needs_stats_note(shown):
-        lines.append(f"  Note: {STATS_NOTE}")
+    if note := stats_note(shown):
+        lines.append(f"  Note: {note}")
     return "\n".join(lines)
 
 

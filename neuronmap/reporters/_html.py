@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from neuronmap._files import write_text_atomic
 from neuronmap._keys import SIBLINGS
-from neuronmap.findings import STATS_NOTE
+from neuronmap.findings import stats_note
 from neuronmap.reporters._plotly import analysis_rank, metric_charts, plotly_js
 from neuronmap.runs.folder import (
     CONFIG_FILE,
@@ -140,7 +140,7 @@ def render_run_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
         steps=sorted({int(s) for s in history["step"]}) if not history.empty else [],
         summary=sorted(summary_rows, key=lambda r: analysis_rank(str(r["analysis"]))),
         findings=findings,
-        stats_note=STATS_NOTE if any(f.get("p_adj") is not None for f in findings) else "",
+        stats_note=stats_note(findings),
         charts=charts,
         plotly_js=plotly_js() if charts else None,
         plots=_metric_plots(history) if not history.empty and not charts else [],

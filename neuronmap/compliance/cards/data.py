@@ -220,11 +220,11 @@ class ModelCard:
     @property
     def stats_note(self) -> str:
         """What the findings' CI, p and p_adj mean (:data:`neuronmap.findings.STATS_NOTE`); empty without p_adj."""
-        from neuronmap.findings import STATS_NOTE
+        from neuronmap.findings import stats_note
 
-        # a finding states a corrected p as "p_adj <value>" (neuronmap.findings.describe); the findings
-        # keep only their text here, so that a card from a monitor and one from its run folder agree
-        return STATS_NOTE if any("p_adj " in str(f.get("line", "")) for f in self.findings) else ""
+        # the findings keep only their text here, so that a card from a monitor and one from its run
+        # folder agree (and keep one digest)
+        return stats_note(self.findings)
 
     def with_data(self, data: Any) -> ModelCard:
         """A copy with people-supplied data (YAML path or mapping) merged over the automatic sections."""
